@@ -1,0 +1,52 @@
+"""Forward pass -> logits -> per-token next-token loss, for HF, TransformerLens and plain models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+LossFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+"""(model, input_ids (batch, seq)) -> per-token loss (batch, seq - 1)."""
+
+
+class NonFiniteLogitsError(ValueError):
+    """Raised when a model's logits contain NaN or Inf."""
+
+
+def is_transformer_lens_model(model: torch.nn.Module) -> bool:
+    """TransformerLens HookedTransformer models carry a `cfg` with `n_heads`."""
+    return hasattr(model, "cfg") and hasattr(model.cfg, "n_heads")
+
+
+def lm_forward_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """Run a forward pass and return logits (batch, seq, vocab)."""
+    if is_transformer_lens_model(model):
+        return model(input_ids, return_type="logits")
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover - transformers is a core dependency
+        PreTrainedModel = ()  # type: ignore[assignment]
+    if isinstance(model, PreTrainedModel):
+        return model(input_ids, return_dict=False, use_cache=False)[0]
+    output = model(input_ids)
+    return output.logits if hasattr(output, "logits") else output
+
+
+def lm_cross_entropy_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per-token cross entropy of predicting input_ids[:, 1:] from logits[:, :-1]; (batch, seq-1)."""
+    log_probs = torch.nn.functional.log_softmax(logits, dim=-1)
+    return -log_probs[..., :-1, :].gather(dim=-1, index=input_ids[..., 1:, None])[..., 0]
+
+
+def compute_per_token_loss(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy loss, (batch, seq-1); raises NonFiniteLogitsError on NaN/Inf logits."""
+    logits = lm_forward_logits(model, input_ids)
+    if not torch.isfinite(logits).all():
+        raise NonFiniteLogitsError("Non-finite values detected in model logits.")
+    return lm_cross_entropy_loss(logits, input_ids)
+
+
+def resolve_loss_fn(loss_fn: LossFn | None) -> LossFn:
+    """The user's loss_fn, or next-token cross-entropy."""
+    return loss_fn if loss_fn is not None else compute_per_token_loss

@@ -1,0 +1,201 @@
+"""SGLD and RMSprop-preconditioned SGLD updates, and their per-step metrics (pure tensor math).
+
+Update (Welling & Teh 2011, with localization as in Lau et al. 2023, arXiv 2308.12108):
+
+    theta <- theta - (lr/2) * M * G * (n_beta * g + lambda * theta + gamma * (theta - theta_0))
+                   + sqrt(lr) * M * sqrt(G) * N(0, noise_level^2)
+
+then, with a bounding box b, theta is clamped to [theta_0 - b, theta_0 + b]. g is the gradient of the
+mean per-token loss, M the parameter's 0/1 mask (1 where unrestricted), and G = 1 for plain SGLD or
+G = 1 / (sqrt(V) + eps) with V <- alpha V + (1 - alpha) g^2 for RMSprop-SGLD (Li et al. 2015).
+The operations and their order follow devinterp 2.x exactly, so one chain reproduces it bitwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from distinterp.config import SamplerConfig
+
+NORM_FIELDS = ("scaled_grad", "unscaled_grad", "localization", "weight_decay", "noise", "distance")
+DOT_FIELDS = ("dot_grad_prior", "dot_grad_noise", "dot_prior_noise")
+METRIC_FIELDS = NORM_FIELDS + DOT_FIELDS
+
+
+@dataclass(frozen=True)
+class SGLDHyper:
+    """The scalar hyperparameters of one SGLD update."""
+
+    lr: float
+    n_beta: float
+    noise_level: float = 1.0
+    localization: float = 0.0
+    weight_decay: float = 0.0
+    bounding_box_size: float | None = None
+    rmsprop: bool = False
+    alpha: float = 0.99
+    eps: float = 0.1
+
+    @classmethod
+    def from_config(cls, config: SamplerConfig) -> SGLDHyper:
+        kwargs = config.sampling_method_kwargs
+        return cls(
+            lr=config.lr,
+            n_beta=config.n_beta,
+            noise_level=config.noise_level,
+            localization=config.localization,
+            weight_decay=config.llc_weight_decay,
+            bounding_box_size=config.bounding_box_size,
+            rmsprop=config.sampling_method == "rmsprop_sgld",
+            alpha=float(kwargs.get("alpha", 0.99)),
+            eps=float(kwargs.get("eps", 0.1)),
+        )
+
+
+@dataclass
+class ParamSlot:
+    """One sampled parameter with its mask and the per-chain state the update needs."""
+
+    name: str
+    param: torch.Tensor
+    mask: torch.Tensor | None = None  # float 0/1, same shape as param
+    center: torch.Tensor | None = None  # theta_0, kept when localization, bounding box or metrics need it
+    square_avg: torch.Tensor | None = None  # RMSprop running average of g^2
+
+
+@dataclass
+class StepMetrics:
+    """Per-step L2 norms and dot products of the update's components (float32, as devinterp)."""
+
+    values: dict[str, torch.Tensor] = field(
+        default_factory=lambda: {k: torch.zeros(1, dtype=torch.float32) for k in METRIC_FIELDS}
+    )
+
+    def as_floats(self) -> dict[str, float]:
+        return {k: float(v.squeeze()) for k, v in self.values.items()}
+
+
+def make_slots(
+    named_params: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor | None],
+    hyper: SGLDHyper,
+    keep_center: bool,
+) -> list[ParamSlot]:
+    """Slots in the order of `masks` (the order devinterp draws noise in)."""
+    slots = []
+    for name, mask in masks.items():
+        p = named_params[name]
+        m = None if mask is None else mask.to(device=p.device).float()
+        center = p.detach().clone() if (keep_center or hyper.localization > 0) else None
+        slots.append(ParamSlot(name=name, param=p, mask=m, center=center))
+    return slots
+
+
+def _prior_grad(p: torch.Tensor, slot: ParamSlot, hyper: SGLDHyper) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight-decay and localization forces at p: (lambda * p, gamma * (p - theta_0)), zero when off."""
+    wd = torch.zeros_like(p)
+    loc = torch.zeros_like(p)
+    if hyper.weight_decay > 0:
+        wd += hyper.weight_decay * p
+    if hyper.localization > 0:
+        assert slot.center is not None
+        loc += hyper.localization * (p - slot.center)
+    return wd, loc
+
+
+@torch.no_grad()
+def sgld_step(
+    slots: list[ParamSlot],
+    hyper: SGLDHyper,
+    *,
+    generator: torch.Generator | None = None,
+    with_metrics: bool = False,
+) -> StepMetrics | None:
+    """Apply one SGLD update in place to every slot whose parameter has a gradient.
+
+    Noise is one full-shape normal draw per parameter, in slot order, from `generator` (the global
+    torch RNG when None, as devinterp). Parameters without a gradient draw nothing and stay put.
+    """
+    totals = StepMetrics() if with_metrics else None
+    half_lr = 0.5 * hyper.lr
+    sqrt_lr = hyper.lr**0.5
+    for slot in slots:
+        p = slot.param
+        grad = p.grad
+        if grad is None:
+            continue
+        if hyper.rmsprop:
+            if slot.square_avg is None:
+                slot.square_avg = torch.zeros_like(grad)
+            slot.square_avg.mul_(hyper.alpha).addcmul_(grad, grad, value=1 - hyper.alpha)
+            precond: torch.Tensor | float = 1.0 / (torch.sqrt(slot.square_avg) + hyper.eps)
+            noise_coef: torch.Tensor | float = torch.sqrt(precond)  # type: ignore[arg-type]
+        else:
+            precond, noise_coef = 1.0, 1.0
+        overall: torch.Tensor | float = slot.mask if slot.mask is not None else 1.0
+
+        d_p = precond * grad.mul(hyper.n_beta)
+        wd, loc = _prior_grad(p.data, slot, hyper)
+        d_p.add_(precond * (wd + loc))
+        d_p = overall * d_p
+        if with_metrics:
+            assert slot.center is not None
+            distance = p.data - slot.center
+        p.data.add_(d_p, alpha=-half_lr)
+
+        noise = torch.normal(mean=0.0, std=hyper.noise_level, size=d_p.size(), device=d_p.device, generator=generator)
+        noise = overall * noise
+        p.data.add_(noise_coef * noise, alpha=sqrt_lr)
+
+        if hyper.bounding_box_size is not None:
+            assert slot.center is not None
+            torch.clamp_(p.data, min=slot.center - hyper.bounding_box_size, max=slot.center + hyper.bounding_box_size)
+
+        if totals is not None:
+            _accumulate_metrics(totals, grad, precond, noise_coef, overall, wd, loc, noise, distance, hyper)
+    if totals is not None:
+        for k in NORM_FIELDS:
+            totals.values[k] = totals.values[k].sqrt()
+    return totals
+
+
+def _accumulate_metrics(
+    totals: StepMetrics,
+    grad: torch.Tensor,
+    precond: torch.Tensor | float,
+    noise_coef: torch.Tensor | float,
+    overall: torch.Tensor | float,
+    wd: torch.Tensor,
+    loc: torch.Tensor,
+    noise: torch.Tensor,
+    distance: torch.Tensor,
+    hyper: SGLDHyper,
+) -> None:
+    """Add one parameter's component norms (re-squared after a per-parameter sqrt, as devinterp) and dots."""
+    half_lr = 0.5 * hyper.lr
+    scaled_grad = half_lr * (overall * (precond * grad.mul(hyper.n_beta)))
+    unscaled_grad = half_lr * grad.mul(hyper.n_beta)
+    prior_scale = half_lr * precond * overall
+    loc_c = prior_scale * loc
+    wd_c = prior_scale * wd
+    noise_c = (hyper.lr**0.5) * noise_coef * noise
+    parts = {
+        "scaled_grad": scaled_grad,
+        "unscaled_grad": unscaled_grad,
+        "localization": loc_c,
+        "weight_decay": wd_c,
+        "noise": noise_c,
+        "distance": distance,
+    }
+    for k, v in parts.items():
+        per_param = (torch.zeros(1, dtype=torch.float32, device=v.device) + v.float().square().sum()).sqrt()
+        totals.values[k] = totals.values[k] + per_param.cpu().square()
+    sg, pr, nz = scaled_grad.float(), (loc_c + wd_c).float(), noise_c.float()
+    for k, (a, b) in {
+        "dot_grad_prior": (sg, pr),
+        "dot_grad_noise": (sg, nz),
+        "dot_prior_noise": (pr, nz),
+    }.items():
+        totals.values[k] = totals.values[k] + (torch.zeros(1, dtype=torch.float32, device=a.device) + (a * b).sum()).cpu()
