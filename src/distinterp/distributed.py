@@ -1,0 +1,75 @@
+"""The one place that talks to torch.distributed: process group set-up, rank facts, collectives.
+
+Everything else asks a `Runtime` (or the Plan built from it) and never reads RANK itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """This process's place in the job: rank, world size, local rank and compute device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_coordinator(self) -> bool:
+        """Rank 0 owns every job-wide side effect: store creation, the progress display, analyses."""
+        return self.rank == 0
+
+    def default_device(self) -> torch.device:
+        """cuda:LOCAL_RANK when CUDA is there, else CPU."""
+        if torch.cuda.is_available():
+            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+
+    def barrier(self) -> None:
+        if self.is_distributed:
+            dist.barrier()
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        """rank src's `obj` on every rank (any picklable object)."""
+        if not self.is_distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order."""
+        if not self.is_distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def runtime() -> Runtime:
+    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); a single process otherwise.
+
+    Idempotent: a process group that already exists (the user's own, or ours) is used as it is.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return Runtime(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Runtime()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    dist.init_process_group(backend=backend)
+    return Runtime(dist.get_rank(), dist.get_world_size(), local_rank)
