@@ -41,7 +41,9 @@ def input_ids_tensor(dataset: Any, field: str, vocab_size: int | None = None) ->
                 f"{field}: expected a HuggingFace Dataset with an 'input_ids' column, got {type(dataset).__name__}"
             )
         if "input_ids" not in columns:
-            raise DatasetError(f"{field}: has no 'input_ids' column (columns: {list(columns)}); tokenize it first")
+            raise DatasetError(
+                f"{field}: has no 'input_ids' column (columns: {list(columns)}); tokenize it first"
+            )
         if hasattr(dataset, "with_format"):
             dataset = dataset.with_format(None)
         raw = dataset["input_ids"]
@@ -66,7 +68,9 @@ def input_ids_tensor(dataset: Any, field: str, vocab_size: int | None = None) ->
         raise DatasetError(f"{field}: 'input_ids' must hold integers, got {ids.dtype}")
     ids = ids.to(torch.int64)
     if ids.shape[1] < 2:
-        raise DatasetError(f"{field}: sequences must have length >= 2 for next-token loss (got {ids.shape[1]})")
+        raise DatasetError(
+            f"{field}: sequences must have length >= 2 for next-token loss (got {ids.shape[1]})"
+        )
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or (vocab_size is not None and hi >= vocab_size):
         raise DatasetError(
@@ -190,7 +194,9 @@ def build_observables(
             ds, bpd = spec, default_batches_per_draw
         obs_id = to_obs_id(name)
         if obs_id in seen:
-            raise DatasetError(f"observables: {name!r} and {seen[obs_id]!r} both map to the variable id {obs_id!r}")
+            raise DatasetError(
+                f"observables: {name!r} and {seen[obs_id]!r} both map to the variable id {obs_id!r}"
+            )
         seen[obs_id] = name
         ids = input_ids_tensor(ds, f"observables[{name!r}]", vocab_size)
         if ids.shape[1] != seq_len:
@@ -200,6 +206,12 @@ def build_observables(
             )
         rows = observable_rows(len(ids), batch_size * bpd, obs_seed, name)
         out.append(
-            Observable(name=name, obs_id=obs_id, batches_per_draw=bpd, input_ids=ids[rows], fingerprint=fingerprint(ids))
+            Observable(
+                name=name,
+                obs_id=obs_id,
+                batches_per_draw=bpd,
+                input_ids=ids[rows],
+                fingerprint=fingerprint(ids),
+            )
         )
     return out

@@ -145,13 +145,17 @@ def sgld_step(
             distance = p.data - slot.center
         p.data.add_(d_p, alpha=-half_lr)
 
-        noise = torch.normal(mean=0.0, std=hyper.noise_level, size=d_p.size(), device=d_p.device, generator=generator)
+        noise = torch.normal(
+            mean=0.0, std=hyper.noise_level, size=d_p.size(), device=d_p.device, generator=generator
+        )
         noise = overall * noise
         p.data.add_(noise_coef * noise, alpha=sqrt_lr)
 
         if hyper.bounding_box_size is not None:
             assert slot.center is not None
-            torch.clamp_(p.data, min=slot.center - hyper.bounding_box_size, max=slot.center + hyper.bounding_box_size)
+            torch.clamp_(
+                p.data, min=slot.center - hyper.bounding_box_size, max=slot.center + hyper.bounding_box_size
+            )
 
         if totals is not None:
             _accumulate_metrics(totals, grad, precond, noise_coef, overall, wd, loc, noise, distance, hyper)
@@ -198,4 +202,6 @@ def _accumulate_metrics(
         "dot_grad_noise": (sg, nz),
         "dot_prior_noise": (pr, nz),
     }.items():
-        totals.values[k] = totals.values[k] + (torch.zeros(1, dtype=torch.float32, device=a.device) + (a * b).sum()).cpu()
+        totals.values[k] = (
+            totals.values[k] + (torch.zeros(1, dtype=torch.float32, device=a.device) + (a * b).sum()).cpu()
+        )

@@ -1,0 +1,37 @@
+"""distinterp: distributed SGLD sampling for LLC, BIF and susceptibilities, with devinterp 2.x's API."""
+
+from distinterp.config import SamplerConfig
+from distinterp.llc import compute_llc, llc
+from distinterp.loss import (
+    NonFiniteLogitsError,
+    compute_per_token_loss,
+    lm_cross_entropy_loss,
+    lm_forward_logits,
+)
+from distinterp.sampling import sample
+from distinterp.sgld import SGLDHyper, sgld_step
+from distinterp.store import IncompleteStoreError, StoreConfigMismatch, StoreError
+
+SGLD = "sgmcmc_sgld"
+"""Plain SGLD with localization (sampling_method name)."""
+RMSPROP_SGLD = "rmsprop_sgld"
+"""RMSprop-preconditioned SGLD (sampling_method name)."""
+
+__all__ = [
+    "RMSPROP_SGLD",
+    "SGLD",
+    "IncompleteStoreError",
+    "NonFiniteLogitsError",
+    "SGLDHyper",
+    "SamplerConfig",
+    "StoreConfigMismatch",
+    "StoreError",
+    "compute_llc",
+    "compute_per_token_loss",
+    "llc",
+    "lm_cross_entropy_loss",
+    "lm_forward_logits",
+    "sample",
+    "sgld_step",
+]
+__version__ = "0.1.0"

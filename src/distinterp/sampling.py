@@ -1,0 +1,399 @@
+"""sample(): settings -> plan -> chains -> store. The devinterp 2.x signature, plus `chains` and
+`storage_options`; the same call runs as one process or under torchrun (chains sharded over ranks)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from distinterp.chain import ChainSetup, run_chain, snapshot
+from distinterp.config import SamplerConfig, SamplingMethodLiteral, merge_rmsprop_aliases
+from distinterp.data import build_observables, fingerprint, input_ids_tensor
+from distinterp.distributed import Runtime, runtime
+from distinterp.loss import LossFn, NonFiniteLogitsError, is_transformer_lens_model, resolve_loss_fn
+from distinterp.plan import Plan
+from distinterp.progress import ProgressReporter
+from distinterp.sgld import METRIC_FIELDS
+from distinterp.store import (
+    ChainRecorder,
+    Location,
+    Schema,
+    StoreWriter,
+    build_schema,
+    check_existing,
+    create,
+    mark_completed,
+    open_tree,
+    read_progress,
+    write_once,
+)
+
+logger = logging.getLogger(__name__)
+
+ParamMasks = dict[str, "torch.Tensor | None"]
+ObservableSpec = Any  # Dataset | tuple[Dataset, int]
+
+
+def sample(
+    model: torch.nn.Module,
+    dataset: Any,
+    observables: dict[str, ObservableSpec],
+    *,
+    lr: float,
+    n_beta: float,
+    param_masks: dict[str, torch.Tensor | None] | None = None,
+    num_chains: int = 4,
+    num_draws: int = 200,
+    batch_size: int = 32,
+    num_burnin_steps: int = 0,
+    num_steps_bw_draws: int = 1,
+    num_init_loss_batches: int = 32,
+    init_seed: int = 100,
+    batches_per_draw: int = 3,
+    obs_seed: int = 1337,
+    gradient_accumulation_steps: int = 1,
+    localization: float = 0.0,
+    noise_level: float = 1.0,
+    llc_weight_decay: float = 0.0,
+    bounding_box_size: float | None = None,
+    sampling_method: SamplingMethodLiteral = "sgmcmc_sgld",
+    sampling_method_kwargs: dict[str, Any] | None = None,
+    rmsprop_eps: float | None = None,
+    rmsprop_alpha: float | None = None,
+    shuffle: bool = True,
+    match_sampling_input_ids_across_chains: bool = True,
+    init_noise: float | None = None,
+    device: str | torch.device | None = None,
+    save_metrics: bool = False,
+    output_path: str | Path | None = None,
+    loss_fn: LossFn | None = None,
+    chains: Sequence[int] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> xr.DataTree:
+    """Run SGLD chains and stream per-token losses into a zarr store; return it as a lazy DataTree.
+
+    Arguments and defaults are devinterp 2.x's `sample()`. Ours: `chains` = which chain indices this call
+    runs (default all; Slurm array tasks each pass a slice), `storage_options` = fsspec options for an
+    `output_path` URL such as s3://bucket/run.zarr (never written to the store). Under torchrun, every
+    rank calls this with the same arguments; chains are sharded over ranks and every rank gets the tree.
+    """
+    start = time.perf_counter()
+    config = SamplerConfig(
+        lr=lr,
+        n_beta=n_beta,
+        num_chains=num_chains,
+        num_draws=num_draws,
+        batch_size=batch_size,
+        num_burnin_steps=num_burnin_steps,
+        num_steps_bw_draws=num_steps_bw_draws,
+        num_init_loss_batches=num_init_loss_batches,
+        init_seed=init_seed,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        localization=localization,
+        noise_level=noise_level,
+        llc_weight_decay=llc_weight_decay,
+        bounding_box_size=bounding_box_size,
+        sampling_method=sampling_method,
+        sampling_method_kwargs=merge_rmsprop_aliases(
+            sampling_method, sampling_method_kwargs, rmsprop_eps, rmsprop_alpha
+        ),
+        shuffle=shuffle,
+        match_sampling_input_ids_across_chains=match_sampling_input_ids_across_chains,
+        init_noise=init_noise,
+        save_metrics=save_metrics,
+    )
+    _check_int("batches_per_draw", batches_per_draw, 1)
+    _check_int("obs_seed", obs_seed, None)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(
+            f"loss_fn: expected a callable (model, input_ids) -> (batch, seq-1), got {type(loss_fn).__name__}"
+        )
+
+    rt = runtime()
+    dev = resolve_device(device, rt)
+    plan = Plan.build(rt, config.num_chains, chains)
+    vocab = vocab_size(model)
+    ids = input_ids_tensor(dataset, "dataset", vocab)
+    context_length = ids.shape[1] - 1
+    obs_list = build_observables(
+        observables,
+        batch_size=config.batch_size,
+        default_batches_per_draw=batches_per_draw,
+        obs_seed=obs_seed,
+        seq_len=ids.shape[1],
+        vocab_size=vocab,
+    )
+    masks = resolve_param_masks(model, param_masks)
+    fn = resolve_loss_fn(loss_fn)
+
+    working = copy.deepcopy(model)
+    if is_transformer_lens_model(working):
+        working = working.to(dev, print_details=False)  # type: ignore[call-arg]
+    else:
+        working = working.to(dev)
+    _probe(working, fn, ids[: min(config.batch_size, len(ids))].to(dev))
+
+    numel = None
+    if save_metrics:
+        named = dict(model.named_parameters())
+        numel = sum(int(m.count_nonzero()) if m is not None else named[n].numel() for n, m in masks.items())
+    identity = {
+        "sampler": config.model_dump(mode="json"),
+        "batches_per_draw": batches_per_draw,
+        "obs_seed": obs_seed,
+        "context_length": context_length,
+        "dataset": fingerprint(ids),
+        "observables": [
+            {
+                "name": o.name,
+                "obs_id": o.obs_id,
+                "batches_per_draw": o.batches_per_draw,
+                "data": o.fingerprint,
+            }
+            for o in obs_list
+        ],
+        "model": model_fingerprint(model),
+        "param_masks": masks_fingerprint(masks),
+        "loss_fn": None if loss_fn is None else getattr(loss_fn, "__qualname__", repr(loss_fn)),
+    }
+    schema = build_schema(
+        sampler=config.reference_dump(),
+        num_chains=config.num_chains,
+        num_draws=config.num_draws,
+        num_steps=config.num_sgld_steps,
+        batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        context_length=context_length,
+        observables=[(o.obs_id, o.n_samples, o.batches_per_draw) for o in obs_list],
+        metric_fields=METRIC_FIELDS if save_metrics else (),
+        metrics_numel=numel,
+        identity=identity,
+    )
+    location = _location(output_path, storage_options, config, rt)
+
+    # Rank 0 validates or creates the store; every rank raises the same error if it cannot.
+    state = None
+    error: BaseException | None = None
+    if rt.is_coordinator:
+        try:
+            state = _prepare_store(location, schema, obs_list, config)
+        except BaseException as e:
+            error = e
+    state, error = rt.broadcast((state, error))
+    if error is not None:
+        raise error
+    if state == "complete":
+        logger.info("sample(): %s is already complete; returning it without sampling", location)
+        return open_tree(location)
+
+    steps_done, _ = read_progress(location)
+    todo = [c for c in plan.my_chains if steps_done[c] < schema.num_steps]
+    setup = ChainSetup(
+        model=working,
+        start_state=snapshot(working),
+        masks=masks,
+        config=config,
+        sampling_ids=ids,
+        observables=obs_list,
+        loss_fn=fn,
+        device=dev,
+    )
+    reporter = ProgressReporter(location, schema, plan) if rt.is_coordinator else None
+    writer = StoreWriter(location, schema)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            for chain in todo:
+                recorder = ChainRecorder(
+                    writer,
+                    chain,
+                    num_burnin_steps=config.num_burnin_steps,
+                    num_steps_bw_draws=config.num_steps_bw_draws,
+                )
+                diverged = run_chain(setup, chain, recorder)
+                if diverged is not None:
+                    warnings.warn(
+                        f"Chain {chain} diverged at step {diverged} (non-finite loss)", stacklevel=2
+                    )
+    finally:
+        writer.close()
+        if reporter is not None:
+            reporter.stop()
+    rt.barrier()
+    if rt.is_coordinator:
+        steps_done, _ = read_progress(location)
+        if (steps_done >= schema.num_steps).all():
+            mark_completed(location)
+    rt.barrier()
+    logger.info("sample() took %.2f s on rank %d", time.perf_counter() - start, rt.rank)
+    return open_tree(location)
+
+
+def _check_int(name: str, value: Any, minimum: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise ValueError(f"{name}: expected an int{bound}, got {value!r}")
+
+
+def resolve_device(device: str | torch.device | None, rt: Runtime) -> torch.device:
+    """The compute device: the given one, checked to exist, or cuda:LOCAL_RANK / CPU."""
+    if device is None:
+        return rt.default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: {device!r} is not a torch device ({e})") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device: {device!r} requested but CUDA is not available; use device='cpu' or None"
+            )
+        if dev.index is None:
+            dev = torch.device("cuda", rt.local_rank % torch.cuda.device_count())
+        elif dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device!r} but only {torch.cuda.device_count()} CUDA devices exist")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise ValueError(f"device: {device!r} is not supported; use 'cpu', 'cuda' or None")
+    return dev
+
+
+def vocab_size(model: torch.nn.Module) -> int | None:
+    """The model's vocabulary size when it says (HF config / TransformerLens cfg / embedding), else None."""
+    for cfg_name in ("config", "cfg"):
+        cfg = getattr(model, cfg_name, None)
+        for attr in ("vocab_size", "d_vocab"):
+            v = getattr(cfg, attr, None)
+            if isinstance(v, int) and v > 0:
+                return v
+    get_emb = getattr(model, "get_input_embeddings", None)
+    if callable(get_emb):
+        emb = get_emb()
+        if isinstance(emb, torch.nn.Embedding):
+            return emb.num_embeddings
+    return None
+
+
+def resolve_param_masks(
+    model: torch.nn.Module, param_masks: dict[str, torch.Tensor | None] | None
+) -> dict[str, torch.Tensor | None]:
+    """Validate masks against the model: known names, matching shapes, boolean/0-1 values."""
+    named = dict(model.named_parameters())
+    if param_masks is None:
+        return dict.fromkeys(named)
+    if not isinstance(param_masks, dict):
+        raise TypeError(
+            f"param_masks: expected a dict of parameter name -> mask or None, got {type(param_masks).__name__}"
+        )
+    if not param_masks:
+        raise ValueError("param_masks: is empty, so nothing would be sampled; pass None for the full model")
+    out: dict[str, torch.Tensor | None] = {}
+    for name, mask in param_masks.items():
+        if name not in named:
+            close = [n for n in named if name.split(".")[-1] in n][:5]
+            raise ValueError(
+                f"param_masks: {name!r} is not a parameter of the model"
+                + (
+                    f"; did you mean one of {close}?"
+                    if close
+                    else f"; parameters look like {list(named)[:3]}"
+                )
+            )
+        if mask is None:
+            out[name] = None
+            continue
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"param_masks[{name!r}]: expected a tensor or None, got {type(mask).__name__}")
+        if tuple(mask.shape) != tuple(named[name].shape):
+            raise ValueError(
+                f"param_masks[{name!r}]: mask shape {tuple(mask.shape)} != parameter shape {tuple(named[name].shape)}"
+            )
+        if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(f"param_masks[{name!r}]: mask must be boolean or 0/1")
+        out[name] = mask
+    return out
+
+
+def _probe(model: torch.nn.Module, fn: LossFn, input_ids: torch.Tensor) -> None:
+    """One no-grad forward before anything is written: right output shape, finite logits."""
+    with torch.no_grad():
+        try:
+            loss = fn(model, input_ids)
+        except NonFiniteLogitsError as e:
+            raise NonFiniteLogitsError(
+                f"{e} The model's logits at the starting point are not finite; check the checkpoint."
+            ) from e
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"loss_fn: must return a tensor, got {type(loss).__name__}")
+    expected = (input_ids.shape[0], input_ids.shape[1] - 1)
+    if tuple(loss.shape) != expected:
+        raise ValueError(
+            f"loss_fn: must return per-token loss of shape (batch, seq-1) = {expected}, got {tuple(loss.shape)} "
+            "(for the default loss: the model must return logits (batch, seq, vocab))"
+        )
+    if not torch.isfinite(loss).all():
+        raise NonFiniteLogitsError("loss_fn: returned non-finite losses at the starting point")
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Names, shapes, dtypes and a strided sample of values of every parameter: tells checkpoints apart."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            flat = p.detach().reshape(-1)
+            stride = max(1, flat.numel() // 4096)
+            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+            h.update(flat[::stride].to("cpu", torch.float64).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def masks_fingerprint(masks: dict[str, torch.Tensor | None]) -> str:
+    h = hashlib.sha256()
+    for name, m in masks.items():
+        h.update(name.encode())
+        if m is not None:
+            h.update(np.packbits(m.detach().to("cpu", torch.bool).numpy()).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _location(
+    output_path: str | Path | None, storage_options: dict[str, Any] | None, config: SamplerConfig, rt: Runtime
+) -> Location:
+    if output_path is None:
+        total = config.num_chains * config.num_sgld_steps * config.batch_size
+        if total > 1000 and rt.is_coordinator:
+            warnings.warn(
+                f"Sampling without output_path set -- {total} effective samples will be written to a temp "
+                "directory and lost when the process exits. Pass output_path='/path/to/samples.zarr' to save them.",
+                stacklevel=3,
+            )
+        path = str(Path(tempfile.mkdtemp()) / "samples.zarr") if rt.is_coordinator else None
+        output_path = rt.broadcast(path)
+    if storage_options is not None and not isinstance(storage_options, dict):
+        raise TypeError(f"storage_options: expected a dict, got {type(storage_options).__name__}")
+    return Location(str(output_path), dict(storage_options or {}))
+
+
+def _prepare_store(location: Location, schema: Schema, obs_list: list, config: SamplerConfig) -> str:
+    """Create the store or check the existing one; returns 'complete' or 'continue'."""
+    state = check_existing(location, schema)
+    if state.completed:
+        return "complete"
+    if not state.exists:
+        create(location, schema)
+    for obs in obs_list:  # rewritten (same bytes) on every start, in case a creator died before writing them
+        write_once(location, f"input_ids_{obs.obs_id}", obs.input_ids.numpy())
+    write_once(location, "n_beta", np.asarray(config.n_beta, dtype=np.float64))
+    return "continue"

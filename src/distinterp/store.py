@@ -1,0 +1,453 @@
+"""The zarr store: schema, create-or-validate, per-chain buffered writes, progress, and open.
+
+Layout (devinterp 2.x's, so stores interoperate): one flat root group, no coordinates, float fill NaN,
+per-chain arrays chunked one chain per chunk, so each chunk has exactly one writer (the rank running
+that chain). Metadata is written once, by one process; progress lives in `chain_steps_done` and
+`chain_diverged_step`, one chunk per chain, written only by that chain's writer after its data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+import zarr
+from zarr.codecs import BytesCodec, ZstdCodec
+from zarr.core.chunk_grids import RegularChunkGrid
+from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
+from zarr.core.dtype import get_data_type_from_native_dtype
+from zarr.core.metadata import ArrayV3Metadata
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+LOSS_DTYPE = "float32"
+_NAN_FILL_B64 = "AAAAAAAA+H8="  # xarray's _FillValue encoding of NaN
+STEPS_DONE = "chain_steps_done"
+DIVERGED_STEP = "chain_diverged_step"
+
+
+class StoreError(RuntimeError):
+    """A store cannot be used as asked; the message names the store and what to do."""
+
+
+class StoreConfigMismatch(StoreError):
+    """The store holds a run with a different configuration; nothing was written to it."""
+
+
+class IncompleteStoreError(StoreError):
+    """An analysis was asked of a store whose chains are not all complete."""
+
+
+# ─── Locations ───────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a store lives: a local path or any fsspec URL, with its storage_options (never persisted)."""
+
+    url: str
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.url or self.url.startswith("file://")
+
+    @property
+    def local_path(self) -> Path:
+        return Path(self.url.removeprefix("file://"))
+
+    def zarr_store(self, read_only: bool = False) -> zarr.abc.store.Store:
+        if self.is_local:
+            return zarr.storage.LocalStore(self.local_path, read_only=read_only)
+        return zarr.storage.FsspecStore.from_url(
+            self.url, storage_options=dict(self.storage_options), read_only=read_only
+        )
+
+    def __str__(self) -> str:
+        return self.url
+
+
+# ─── Schema ──────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of the store: shape, named dims, dtype and chunks."""
+
+    shape: tuple[int, ...]
+    dims: tuple[str, ...]
+    dtype: str
+    chunks: tuple[int, ...]
+    fill: float | int | None = None  # None: NaN for floats, 0 for ints
+
+    def metadata(self) -> ArrayV3Metadata:
+        np_dtype = np.dtype(self.dtype)
+        if self.fill is not None:
+            fill = np_dtype.type(self.fill)
+        else:
+            fill = np_dtype.type(np.nan) if np_dtype.kind == "f" else np_dtype.type(0)
+        attrs = {"_FillValue": _NAN_FILL_B64} if np_dtype.kind == "f" else {}
+        return ArrayV3Metadata(
+            shape=self.shape,
+            data_type=get_data_type_from_native_dtype(np_dtype),
+            chunk_grid=RegularChunkGrid(chunk_shape=self.chunks),
+            chunk_key_encoding=DefaultChunkKeyEncoding(separator="/"),
+            codecs=[BytesCodec(), ZstdCodec(level=0, checksum=False)],
+            fill_value=fill,
+            attributes=attrs or None,
+            dimension_names=self.dims,
+        )
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Every array of a sampling store, declared up front, plus the root attributes."""
+
+    arrays: dict[str, ArraySpec]
+    attrs: dict[str, Any]
+    num_chains: int
+    num_steps: int
+    step_chunk: int  # steps per chunk along `step` (= draws per chunk along `draw`)
+
+    @property
+    def config_hash(self) -> str:
+        return str(self.attrs["distinterp"]["config_hash"])
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return dict(self.attrs["distinterp"]["identity"])
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    """Stable hash of a run's identity (everything that changes what a chain writes)."""
+    blob = json.dumps(identity, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def build_schema(
+    *,
+    sampler: dict[str, Any],
+    num_chains: int,
+    num_draws: int,
+    num_steps: int,
+    batch_size: int,
+    gradient_accumulation_steps: int,
+    context_length: int,
+    observables: Iterable[tuple[str, int, int]],  # (obs_id, n_samples, batches_per_draw)
+    metric_fields: Iterable[str] = (),
+    metrics_numel: int | None = None,
+    identity: dict[str, Any],
+) -> Schema:
+    """The reference schema (devinterp 2.x) plus the per-chain progress arrays."""
+    chunk = min(50, num_draws)
+    micro = gradient_accumulation_steps * batch_size
+    T = context_length
+    arrays: dict[str, ArraySpec] = {
+        "init_loss": ArraySpec((num_chains, T), ("chain", "token_pos"), LOSS_DTYPE, (1, T)),
+        "sampling_loss": ArraySpec(
+            (num_chains, num_draws, batch_size, T),
+            ("chain", "draw", "batch", "token_pos"),
+            LOSS_DTYPE,
+            (1, chunk, batch_size, T),
+        ),
+        "sampling_loss_micro": ArraySpec(
+            (num_chains, num_steps, micro, T),
+            ("chain", "step", "batch_sampling", "token_pos"),
+            LOSS_DTYPE,
+            (1, chunk, micro, T),
+        ),
+        "sampling_input_ids_micro": ArraySpec(
+            (num_chains, num_steps, micro, T + 1),
+            ("chain", "step", "batch_sampling", "token"),
+            "int64",
+            (1, chunk, micro, T + 1),
+        ),
+    }
+    obs_meta = []
+    for obs_id, n_samples, bpd in observables:
+        dim = f"batch_{obs_id}"
+        arrays[f"loss_{obs_id}"] = ArraySpec(
+            (num_chains, num_draws, n_samples, T),
+            ("chain", "draw", dim, "token_pos"),
+            LOSS_DTYPE,
+            (1, chunk, n_samples, T),
+        )
+        arrays[f"input_ids_{obs_id}"] = ArraySpec(
+            (n_samples, T + 1), (dim, "token"), "int64", (n_samples, T + 1)
+        )
+        obs_meta.append({"type": "ObserveDifferentDataset", "obs_id": obs_id, "batches_per_draw": bpd})
+    for name in metric_fields:
+        arrays[f"metrics_{name}"] = ArraySpec(
+            (num_chains, num_steps), ("chain", "step"), "float32", (1, chunk)
+        )
+    arrays["n_beta"] = ArraySpec((), (), "float64", ())
+    arrays[STEPS_DONE] = ArraySpec((num_chains,), ("chain",), "int64", (1,), fill=0)
+    arrays[DIVERGED_STEP] = ArraySpec((num_chains,), ("chain",), "int64", (1,), fill=-1)
+
+    attrs: dict[str, Any] = {
+        "metadata": {
+            "config": {
+                "sampler": sampler,
+                "observables": obs_meta,
+                "chain_buffer_size": chunk,
+                "shared_observable_dims": ["token", "token_pos"],
+                "tokenizer_context_length": T + 1,
+            }
+        },
+        "distinterp": {
+            "schema_version": SCHEMA_VERSION,
+            "config_hash": identity_hash(identity),
+            "identity": identity,
+            "num_steps": num_steps,
+        },
+    }
+    if metrics_numel is not None:
+        attrs["metrics_numel"] = metrics_numel
+    return Schema(arrays=arrays, attrs=attrs, num_chains=num_chains, num_steps=num_steps, step_chunk=chunk)
+
+
+# ─── Create, validate, open ──────────────────────────────────────────────────
+
+
+def _diff(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two nested dicts."""
+    out = []
+    for key in sorted(set(stored) | set(current)):
+        s, c = stored.get(key), current.get(key)
+        if isinstance(s, dict) and isinstance(c, dict):
+            out += _diff(s, c, f"{prefix}{key}.")
+        elif s != c:
+            out.append(f"  {prefix}{key}: stored={s!r}, current={c!r}")
+    return out
+
+
+def read_root_attrs(location: Location) -> dict[str, Any] | None:
+    """The root group's attributes, or None when no store exists there yet."""
+    try:
+        group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        return None
+    return dict(group.attrs)
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """What an existing store says about itself when compared with the current run."""
+
+    exists: bool
+    completed: bool
+    foreign: bool = False  # written by devinterp 2.x (no distinterp attributes)
+
+
+def check_existing(location: Location, schema: Schema) -> StoreState:
+    """Refuse a store written with another configuration; report whether it exists and is complete."""
+    attrs = read_root_attrs(location)
+    if attrs is None:
+        return StoreState(exists=False, completed=False)
+    ours = attrs.get("distinterp")
+    completed = attrs.get("completed") == 1
+    if ours is None:
+        stored_sampler = attrs.get("metadata", {}).get("config", {}).get("sampler")
+        current = schema.attrs["metadata"]["config"]["sampler"]
+        if stored_sampler is None:
+            raise StoreError(f"{location}: exists but is not a sampling store; choose another output_path")
+        diffs = _diff(stored_sampler, current)
+        if diffs or not completed:
+            why = (
+                "a different sampler config:\n" + "\n".join(diffs) if diffs else "an incomplete devinterp run"
+            )
+            raise StoreConfigMismatch(
+                f"{location}: holds {why}\nIt was left untouched; choose another output_path or delete it."
+            )
+        return StoreState(exists=True, completed=True, foreign=True)
+    if ours.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(
+            f"{location}: has distinterp schema version {ours.get('schema_version')}, this version writes "
+            f"{SCHEMA_VERSION}; use a new output_path"
+        )
+    if ours.get("config_hash") != schema.config_hash:
+        diffs = _diff(ours.get("identity", {}), schema.identity)
+        raise StoreConfigMismatch(
+            f"{location}: holds a run with a different configuration:\n"
+            + ("\n".join(diffs) or "  (identity hash differs)")
+            + "\nIt was left untouched. Rerun with the stored settings to continue it, or choose another output_path."
+        )
+    return StoreState(exists=True, completed=completed)
+
+
+def create(location: Location, schema: Schema) -> None:
+    """Create the whole hierarchy once; idempotent when another process created the same run first."""
+    store = location.zarr_store()
+    try:
+        root = zarr.open_group(store, mode="w-", zarr_format=3, attributes=schema.attrs)
+    except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError, FileExistsError):
+        check_existing(location, schema)  # raced with another creator: same config or refuse
+        root = zarr.open_group(store, mode="r+")
+    nodes = {name: spec.metadata() for name, spec in schema.arrays.items()}
+    try:
+        dict(root.create_hierarchy(nodes, overwrite=False))
+    except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError, FileExistsError):
+        pass  # created concurrently with identical metadata (checked above)
+    attrs = read_root_attrs(location)
+    if attrs is None or attrs.get("distinterp", {}).get("config_hash") != schema.config_hash:
+        raise StoreConfigMismatch(
+            f"{location}: another run with a different configuration created it concurrently"
+        )
+
+
+def write_once(location: Location, name: str, value: np.ndarray) -> None:
+    """Write a whole small array (observable input ids, n_beta): by the coordinator only."""
+    arr = zarr.open_array(location.zarr_store(), path=name, mode="r+")
+    arr[...] = value
+
+
+def open_tree(location: Location) -> xr.DataTree:
+    """The store as a lazily loaded DataTree (as devinterp's sample() returns)."""
+    if location.is_local:
+        return xr.open_datatree(str(location.local_path), engine="zarr", consolidated=False)
+    return xr.open_datatree(
+        location.url, engine="zarr", consolidated=False, storage_options=dict(location.storage_options)
+    )
+
+
+def read_progress(location: Location) -> tuple[np.ndarray, np.ndarray]:
+    """Per-chain (steps durably written, step at which the chain diverged or -1)."""
+    store = location.zarr_store(read_only=True)
+    steps = zarr.open_array(store, path=STEPS_DONE, mode="r")[...]
+    diverged = zarr.open_array(store, path=DIVERGED_STEP, mode="r")[...]
+    return np.asarray(steps), np.asarray(diverged)
+
+
+def mark_completed(location: Location) -> None:
+    """Set the reference's `completed: 1` flag once every chain is done."""
+    group = zarr.open_group(location.zarr_store(), mode="r+")
+    group.attrs["completed"] = 1
+
+
+# ─── Writing ─────────────────────────────────────────────────────────────────
+
+
+class StoreWriter:
+    """Background writer shared by this rank's chains: writes run in order on one thread, bounded queue."""
+
+    def __init__(self, location: Location, schema: Schema, max_pending: int = 4):
+        store = location.zarr_store()
+        self.location = location
+        self.schema = schema
+        self.arrays = {name: zarr.open_array(store, path=name, mode="r+") for name in schema.arrays}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distinterp-writer")
+        self._pending: list[Future[None]] = []
+        self._sem = threading.BoundedSemaphore(max_pending)
+
+    def submit(self, writes: list[tuple[str, tuple[Any, ...], np.ndarray]]) -> None:
+        """Queue region writes; they land in submission order. Raises an earlier write's error."""
+        self._raise_failed()
+        self._sem.acquire()
+        fut = self._pool.submit(self._write, writes)
+        fut.add_done_callback(lambda _: self._sem.release())
+        self._pending.append(fut)
+
+    def _write(self, writes: list[tuple[str, tuple[Any, ...], np.ndarray]]) -> None:
+        for name, region, value in writes:
+            self.arrays[name][region] = value
+
+    def _raise_failed(self) -> None:
+        still = []
+        for fut in self._pending:
+            if fut.done():
+                fut.result()  # re-raises a write error here, in the sampling thread
+            else:
+                still.append(fut)
+        self._pending = still
+
+    def close(self) -> None:
+        """Wait for every queued write; raise the first error."""
+        try:
+            for fut in self._pending:
+                fut.result()
+        finally:
+            self._pending = []
+            self._pool.shutdown(wait=True)
+
+
+class ChainRecorder:
+    """Buffers one chain's rows and hands whole chunks to the writer, then advances its progress."""
+
+    def __init__(self, writer: StoreWriter, chain: int, *, num_burnin_steps: int, num_steps_bw_draws: int):
+        self.writer = writer
+        self.chain = chain
+        self.burnin = num_burnin_steps
+        self.every = num_steps_bw_draws
+        self.chunk = writer.schema.step_chunk
+        self._steps: dict[str, list[np.ndarray]] = {}
+        self._draws: dict[str, list[np.ndarray]] = {}
+        self._first_step = 0
+        self._first_draw = 0
+
+    def init_loss(self, value: torch.Tensor) -> None:
+        self.writer.submit([("init_loss", (self.chain, slice(None)), _np(value, np.float32))])
+
+    def step(self, values: dict[str, torch.Tensor | np.ndarray]) -> None:
+        for name, v in values.items():
+            self._steps.setdefault(name, []).append(_np(v, self.writer.arrays[name].dtype))
+
+    def draw(self, values: dict[str, torch.Tensor | np.ndarray]) -> None:
+        for name, v in values.items():
+            self._draws.setdefault(name, []).append(_np(v, self.writer.arrays[name].dtype))
+
+    def end_step(self, step: int, *, diverged: bool = False) -> None:
+        """Flush at every chunk boundary, at the last step, or when the chain stops early."""
+        done = step + 1
+        if diverged or done % self.chunk == 0 or done == self.writer.schema.num_steps:
+            self.flush(done, diverged_at=step if diverged else None)
+
+    def flush(self, steps_done: int, diverged_at: int | None = None) -> None:
+        writes: list[tuple[str, tuple[Any, ...], np.ndarray]] = []
+        for name, rows in self._steps.items():
+            if rows:
+                writes.append(
+                    (
+                        name,
+                        (self.chain, slice(self._first_step, self._first_step + len(rows))),
+                        np.stack(rows),
+                    )
+                )
+        n_draws = 0
+        for name, rows in self._draws.items():
+            if rows:
+                n_draws = max(n_draws, len(rows))
+                writes.append(
+                    (
+                        name,
+                        (self.chain, slice(self._first_draw, self._first_draw + len(rows))),
+                        np.stack(rows),
+                    )
+                )
+        if diverged_at is not None:
+            writes.append(
+                (DIVERGED_STEP, (slice(self.chain, self.chain + 1),), np.array([diverged_at], np.int64))
+            )
+            steps_done = self.writer.schema.num_steps  # a diverged chain is finished; its later rows stay NaN
+        writes.append((STEPS_DONE, (slice(self.chain, self.chain + 1),), np.array([steps_done], np.int64)))
+        self.writer.submit(writes)
+        self._first_step = steps_done
+        self._first_draw += n_draws
+        self._steps = {k: [] for k in self._steps}
+        self._draws = {k: [] for k in self._draws}
+
+
+def _np(value: torch.Tensor | np.ndarray, dtype: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().to("cpu").numpy()
+    return np.asarray(value, dtype=dtype)
