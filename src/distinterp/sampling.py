@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import logging
 import tempfile
@@ -302,7 +303,7 @@ def resolve_param_masks(
     out: dict[str, torch.Tensor | None] = {}
     for name, mask in param_masks.items():
         if name not in named:
-            close = [n for n in named if name.split(".")[-1] in n][:5]
+            close = difflib.get_close_matches(name, list(named), n=3)
             raise ValueError(
                 f"param_masks: {name!r} is not a parameter of the model"
                 + (

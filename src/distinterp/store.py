@@ -8,6 +8,7 @@ that chain). Metadata is written once, by one process; progress lives in `chain_
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -295,10 +296,9 @@ def create(location: Location, schema: Schema) -> None:
         check_existing(location, schema)  # raced with another creator: same config or refuse
         root = zarr.open_group(store, mode="r+")
     nodes = {name: spec.metadata() for name, spec in schema.arrays.items()}
-    try:
+    # A concurrent creator of the same run may have written these already, with identical metadata.
+    with contextlib.suppress(zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError, FileExistsError):
         dict(root.create_hierarchy(nodes, overwrite=False))
-    except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError, FileExistsError):
-        pass  # created concurrently with identical metadata (checked above)
     attrs = read_root_attrs(location)
     if attrs is None or attrs.get("distinterp", {}).get("config_hash") != schema.config_hash:
         raise StoreConfigMismatch(

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny random-init language models and token datasets built in-process (no downloads)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+from datasets import Dataset
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def tiny_gpt2(vocab_size: int = 32, n_layer: int = 1, dropout: float = 0.0, seed: int = 0) -> torch.nn.Module:
+    """A 1-layer GPT-2 with 16-wide embeddings, random init from a fixed seed."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        n_layer=n_layer, n_embd=16, n_head=2, vocab_size=vocab_size, n_positions=32,
+        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=0, eos_token_id=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return GPT2LMHeadModel(cfg)
+
+
+def token_dataset(rows: int = 64, seq: int = 9, vocab_size: int = 32, seed: int = 1) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    return Dataset.from_dict({"input_ids": torch.randint(0, vocab_size, (rows, seq), generator=g).tolist()})
+
+
+@pytest.fixture
+def model() -> torch.nn.Module:
+    return tiny_gpt2()
+
+
+@pytest.fixture
+def dataset() -> Dataset:
+    return token_dataset()
+
+
+SMALL = dict(lr=1e-3, n_beta=10.0, num_chains=3, num_draws=6, batch_size=4, num_init_loss_batches=2)
+"""Sampler arguments small enough for a test to run in about a second."""

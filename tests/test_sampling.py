@@ -1,0 +1,257 @@
+"""sample(): equality with devinterp 2.0.1, store reuse and refusal, chain subsets, divergence, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydantic
+import pytest
+import torch
+import xarray as xr
+
+import distinterp
+from distinterp.data import DatasetError
+from distinterp.plan import PlanError
+from tests.conftest import SMALL, tiny_gpt2, token_dataset
+
+
+def tree_hash(path: Path) -> str:
+    """Hash of every file's name and bytes under a store."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def assert_same_data(a: xr.Dataset, b: xr.Dataset, names: list[str] | None = None) -> None:
+    for name in names or list(b.data_vars):
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name, strict=True)
+        assert a[name].dims == b[name].dims, name
+
+
+REFERENCE_CASES = {
+    "defaults": {},
+    "everything": dict(
+        dropout=0.1, gradient_accumulation_steps=2, num_burnin_steps=2, num_steps_bw_draws=2, localization=1.0,
+        llc_weight_decay=0.1, bounding_box_size=0.5, init_noise=0.01, save_metrics=True,
+    ),
+    "rmsprop_masked": dict(sampling_method="rmsprop_sgld", rmsprop_eps=0.2, masks=True, save_metrics=True, localization=2.0),
+    "unmatched_unshuffled": dict(match_sampling_input_ids_across_chains=False, shuffle=False),
+    "independent_orders": dict(match_sampling_input_ids_across_chains=False, num_draws=4, num_init_loss_batches=5),
+    "custom_loss": dict(loss_fn=True, noise_level=0.5),
+}
+
+
+def _custom_loss(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    return distinterp.compute_per_token_loss(model, input_ids) ** 2
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("case", list(REFERENCE_CASES))
+def test_bitwise_equal_to_devinterp(case: str, tmp_path: Path) -> None:
+    dv = pytest.importorskip("devinterp.slt.sampling")
+    opts = dict(REFERENCE_CASES[case])
+    model = tiny_gpt2(dropout=opts.pop("dropout", 0.0))
+    if opts.pop("masks", False):
+        opts["param_masks"] = {
+            "transformer.h.0.attn.c_attn.weight": torch.rand(16, 48, generator=torch.Generator().manual_seed(3)) > 0.5,
+            "transformer.h.0.mlp.c_fc.bias": None,
+        }
+    if opts.pop("loss_fn", False):
+        opts["loss_fn"] = _custom_loss
+    ds = token_dataset()
+    ds_t = ds.with_format("torch")
+    kwargs = {**SMALL, **opts}
+    ours = distinterp.sample(model, ds, {"train": ds, "code-x": (ds, 2)}, output_path=tmp_path / "a.zarr", **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = dv.sample(model, ds_t, {"train": ds_t, "code-x": (ds_t, 2)}, output_path=tmp_path / "b.zarr", device="cpu", **kwargs)
+    assert_same_data(ours.dataset, ref.dataset)
+    assert ours.dataset.attrs["metadata"] == ref.dataset.attrs["metadata"]
+
+
+@pytest.mark.reference
+def test_stores_interoperate_with_devinterp(tmp_path: Path) -> None:
+    """A distinterp store analyses identically in devinterp and the other way round."""
+    dv = pytest.importorskip("devinterp.slt.sampling")
+    from devinterp.slt.llc import compute_llc as dv_compute_llc
+
+    model, ds = tiny_gpt2(), token_dataset()
+    ours = distinterp.sample(model, ds, {"train": ds}, output_path=tmp_path / "a.zarr", **SMALL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = dv.sample(model, ds.with_format("torch"), {"train": ds.with_format("torch")},
+                           output_path=tmp_path / "b.zarr", device="cpu", **SMALL)
+        reopened = dv.sample(model, ds.with_format("torch"), {"train": ds.with_format("torch")},
+                             output_path=tmp_path / "a.zarr", device="cpu", **SMALL)  # devinterp reuses our store
+    for a, b in [(distinterp.compute_llc(ours), dv_compute_llc(theirs)), (distinterp.compute_llc(theirs), dv_compute_llc(ours))]:
+        for v in ["llc_mean", "llc_std", "llc_per_chain", "llc_scalar", "loss_trace", "init_loss"]:
+            np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)
+    assert reopened.dataset.attrs["completed"] == 1
+    # and distinterp returns devinterp's completed store as it is
+    again = distinterp.sample(model, ds, {"train": ds}, output_path=tmp_path / "b.zarr", **SMALL)
+    assert_same_data(again.dataset, theirs.dataset)
+
+
+def test_complete_store_is_returned_untouched(model, dataset, tmp_path: Path) -> None:
+    out = tmp_path / "run.zarr"
+    distinterp.sample(model, dataset, {"train": dataset}, output_path=out, **SMALL)
+    before = tree_hash(out)
+    tree = distinterp.sample(model, dataset, {"train": dataset}, output_path=out, **SMALL)
+    assert tree_hash(out) == before
+    assert tree.dataset.attrs["completed"] == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [dict(lr=2e-3), dict(num_draws=7), dict(obs_seed=1), dict(batches_per_draw=2), "model", "data", "masks"],
+    ids=str,
+)
+def test_other_config_is_refused_and_store_untouched(change, model, dataset, tmp_path: Path) -> None:
+    out = tmp_path / "run.zarr"
+    distinterp.sample(model, dataset, {"train": dataset}, output_path=out, **SMALL)
+    before = tree_hash(out)
+    kwargs: dict = dict(SMALL)
+    m, ds = model, dataset
+    if change == "model":
+        m = tiny_gpt2(seed=5)
+    elif change == "data":
+        ds = token_dataset(seed=9)
+    elif change == "masks":
+        kwargs["param_masks"] = {"transformer.wte.weight": None}
+    else:
+        kwargs.update(change)
+    with pytest.raises(distinterp.StoreConfigMismatch, match="different configuration"):
+        distinterp.sample(m, ds, {"train": ds}, output_path=out, **kwargs)
+    assert tree_hash(out) == before
+
+
+def test_chain_subsets_compose_into_the_full_run(model, dataset, tmp_path: Path) -> None:
+    full = distinterp.sample(model, dataset, {"train": dataset}, output_path=tmp_path / "full.zarr", **SMALL)
+    out = tmp_path / "parts.zarr"
+    part = distinterp.sample(model, dataset, {"train": dataset}, output_path=out, chains=[0, 2], **SMALL)
+    assert list(part.dataset.chain_steps_done.values) == [6, 0, 6]
+    assert "completed" not in part.dataset.attrs
+    with pytest.raises(distinterp.IncompleteStoreError, match=r"chain 1 \(0/6 steps\)"):
+        distinterp.compute_llc(part)
+    with pytest.warns(UserWarning, match="incomplete chains \\[1\\]"):
+        partial = distinterp.compute_llc(part, allow_partial=True)
+    assert partial.attrs["chains"] == [0, 2]
+    done = distinterp.sample(model, dataset, {"train": dataset}, output_path=out, chains=[1], **SMALL)
+    assert done.dataset.attrs["completed"] == 1
+    assert_same_data(done.dataset, full.dataset)
+
+
+def test_diverged_chain_is_recorded_and_excluded(model, dataset, tmp_path: Path) -> None:
+    calls: dict[int, int] = {}
+
+    def flaky_loss(m: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        loss = distinterp.compute_per_token_loss(m, ids)
+        if torch.is_grad_enabled():  # sampling steps of the chain seeded init_seed + 1
+            seed = torch.initial_seed()
+            calls[seed] = calls.get(seed, 0) + 1
+            if seed == 101 and calls[seed] > 3:
+                return loss * float("nan")
+        return loss
+
+    with pytest.warns(UserWarning, match="Chain 1 diverged at step 3"):
+        tree = distinterp.sample(model, dataset, {"train": dataset}, output_path=tmp_path / "d.zarr", loss_fn=flaky_loss, **SMALL)
+    ds = tree.dataset
+    assert list(ds.chain_diverged_step.values) == [-1, 3, -1]
+    assert ds.attrs["completed"] == 1
+    assert np.isnan(ds.sampling_loss_micro.values[1, 4:]).all()
+    assert not np.isnan(ds.sampling_loss_micro.values[[0, 2]]).any()
+    with pytest.warns(UserWarning, match=r"excluding diverged chains 1 \(at step 3\)"):
+        res = distinterp.compute_llc(tree)
+    assert res.attrs["excluded_chains"] == [1]
+    assert np.isfinite(res.llc_mean.item())
+
+
+def _ragged():
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": [[1, 2, 3], [1, 2]] * 10})
+
+
+BAD_INPUTS = {
+    "negative lr": (dict(lr=-1.0), pydantic.ValidationError, "lr"),
+    "zero chains": (dict(num_chains=0), pydantic.ValidationError, "num_chains"),
+    "bad sampling_method": (dict(sampling_method="hmc"), pydantic.ValidationError, "sampling_method"),
+    "unknown keyword": (dict(num_chainz=2), TypeError, "num_chainz"),
+    "rmsprop alias on sgld": (dict(rmsprop_eps=0.1), ValueError, "rmsprop_eps"),
+    "unknown method kwarg": (dict(sampling_method_kwargs={"beta": 1}), pydantic.ValidationError, "beta"),
+    "no input_ids": (dict(dataset="no_ids"), DatasetError, "no 'input_ids' column"),
+    "ragged rows": (dict(dataset="ragged"), DatasetError, "different lengths"),
+    "out of vocabulary": (dict(dataset="oov"), DatasetError, "vocabulary"),
+    "observables not a dict": (dict(observables=["train"]), DatasetError, "observables"),
+    "observable tuple": (dict(observables="tuple3"), DatasetError, "batches_per_draw"),
+    "observable too small": (dict(observables="small"), DatasetError, "batches_per_draw"),
+    "unknown mask name": (dict(param_masks={"nope.weight": None}), ValueError, "nope.weight"),
+    "mask shape": (dict(param_masks={"transformer.wte.weight": torch.ones(3, dtype=torch.bool)}), ValueError, "mask shape"),
+    "loss shape": (dict(loss_fn=lambda m, x: torch.zeros(x.shape[0])), ValueError, "loss_fn"),
+    "cuda unavailable": (dict(device="cuda:0"), ValueError, "device"),
+    "chains out of range": (dict(chains=[0, 7]), PlanError, "chains"),
+    "batch larger than data": (dict(batch_size=100), DatasetError, "batch"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_fails_before_any_write(case: str, model, dataset, tmp_path: Path) -> None:
+    from datasets import Dataset
+
+    if case == "cuda unavailable" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    change, exc, match = BAD_INPUTS[case]
+    kwargs: dict = {**SMALL, "dataset": dataset, "observables": {"train": dataset}}
+    kwargs.update(change)
+    special = {
+        "no_ids": Dataset.from_dict({"text": ["a", "b"]}),
+        "ragged": _ragged(),
+        "oov": token_dataset(vocab_size=64),
+    }
+    if isinstance(kwargs["dataset"], str):
+        kwargs["dataset"] = special[kwargs["dataset"]]
+    if kwargs["observables"] == "tuple3":
+        kwargs["observables"] = {"train": (dataset, 2, 3)}
+    if kwargs["observables"] == "small":
+        kwargs["observables"] = {"train": (token_dataset(rows=5), 2)}
+    out = tmp_path / "never.zarr"
+    with pytest.raises(exc, match=match):
+        distinterp.sample(model, output_path=out, **kwargs)
+    assert not out.exists()
+
+
+def test_non_finite_logits_at_start_raise(dataset, tmp_path: Path) -> None:
+    model = tiny_gpt2()
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    with pytest.raises(distinterp.NonFiniteLogitsError, match="starting point"):
+        distinterp.sample(model, dataset, {"train": dataset}, output_path=tmp_path / "x.zarr", **SMALL)
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_plain_tensor_model_and_masks_freeze_other_parameters(dataset, tmp_path: Path) -> None:
+    """A plain nn.Module returning logits; a partial mask leaves unmasked elements bitwise fixed (metrics: distance)."""
+
+    class Bigram(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.randn(32, 32, generator=torch.Generator().manual_seed(0)))
+            self.bias = torch.nn.Parameter(torch.zeros(32))
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.table[ids] + self.bias
+
+    mask = torch.zeros(32, 32, dtype=torch.bool)
+    mask[:4] = True
+    tree = distinterp.sample(
+        Bigram(), dataset, {"train": dataset}, output_path=tmp_path / "b.zarr", param_masks={"table": mask},
+        save_metrics=True, **SMALL,
+    )
+    ds = tree.dataset
+    assert ds.attrs["metrics_numel"] == 4 * 32
+    assert (ds.metrics_distance.values[:, 1:] > 0).all()
