@@ -21,8 +21,16 @@ def tiny_gpt2(vocab_size: int = 32, n_layer: int = 1, dropout: float = 0.0, seed
     hf_logging.set_verbosity_error()
     torch.manual_seed(seed)
     cfg = GPT2Config(
-        n_layer=n_layer, n_embd=16, n_head=2, vocab_size=vocab_size, n_positions=32,
-        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=0, eos_token_id=0,
+        n_layer=n_layer,
+        n_embd=16,
+        n_head=2,
+        vocab_size=vocab_size,
+        n_positions=32,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

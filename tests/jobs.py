@@ -15,7 +15,9 @@ def run(output_path: str, **overrides: Any) -> None:
     model = tiny_gpt2(dropout=float(overrides.pop("dropout", 0.0)))
     ds = token_dataset()
     kwargs = {**SMALL, **overrides}
-    distinterp.sample(model, ds, {"train": ds, "probe": (token_dataset(seed=2), 2)}, output_path=output_path, **kwargs)
+    distinterp.sample(
+        model, ds, {"train": ds, "probe": (token_dataset(seed=2), 2)}, output_path=output_path, **kwargs
+    )
 
 
 if __name__ == "__main__":

@@ -36,12 +36,23 @@ def assert_same_data(a: xr.Dataset, b: xr.Dataset, names: list[str] | None = Non
 REFERENCE_CASES = {
     "defaults": {},
     "everything": dict(
-        dropout=0.1, gradient_accumulation_steps=2, num_burnin_steps=2, num_steps_bw_draws=2, localization=1.0,
-        llc_weight_decay=0.1, bounding_box_size=0.5, init_noise=0.01, save_metrics=True,
+        dropout=0.1,
+        gradient_accumulation_steps=2,
+        num_burnin_steps=2,
+        num_steps_bw_draws=2,
+        localization=1.0,
+        llc_weight_decay=0.1,
+        bounding_box_size=0.5,
+        init_noise=0.01,
+        save_metrics=True,
     ),
-    "rmsprop_masked": dict(sampling_method="rmsprop_sgld", rmsprop_eps=0.2, masks=True, save_metrics=True, localization=2.0),
+    "rmsprop_masked": dict(
+        sampling_method="rmsprop_sgld", rmsprop_eps=0.2, masks=True, save_metrics=True, localization=2.0
+    ),
     "unmatched_unshuffled": dict(match_sampling_input_ids_across_chains=False, shuffle=False),
-    "independent_orders": dict(match_sampling_input_ids_across_chains=False, num_draws=4, num_init_loss_batches=5),
+    "independent_orders": dict(
+        match_sampling_input_ids_across_chains=False, num_draws=4, num_init_loss_batches=5
+    ),
     "custom_loss": dict(loss_fn=True, noise_level=0.5),
 }
 
@@ -58,7 +69,10 @@ def test_bitwise_equal_to_devinterp(case: str, tmp_path: Path) -> None:
     model = tiny_gpt2(dropout=opts.pop("dropout", 0.0))
     if opts.pop("masks", False):
         opts["param_masks"] = {
-            "transformer.h.0.attn.c_attn.weight": torch.rand(16, 48, generator=torch.Generator().manual_seed(3)) > 0.5,
+            "transformer.h.0.attn.c_attn.weight": torch.rand(
+                16, 48, generator=torch.Generator().manual_seed(3)
+            )
+            > 0.5,
             "transformer.h.0.mlp.c_fc.bias": None,
         }
     if opts.pop("loss_fn", False):
@@ -66,10 +80,19 @@ def test_bitwise_equal_to_devinterp(case: str, tmp_path: Path) -> None:
     ds = token_dataset()
     ds_t = ds.with_format("torch")
     kwargs = {**SMALL, **opts}
-    ours = distinterp.sample(model, ds, {"train": ds, "code-x": (ds, 2)}, output_path=tmp_path / "a.zarr", **kwargs)
+    ours = distinterp.sample(
+        model, ds, {"train": ds, "code-x": (ds, 2)}, output_path=tmp_path / "a.zarr", **kwargs
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ref = dv.sample(model, ds_t, {"train": ds_t, "code-x": (ds_t, 2)}, output_path=tmp_path / "b.zarr", device="cpu", **kwargs)
+        ref = dv.sample(
+            model,
+            ds_t,
+            {"train": ds_t, "code-x": (ds_t, 2)},
+            output_path=tmp_path / "b.zarr",
+            device="cpu",
+            **kwargs,
+        )
     assert_same_data(ours.dataset, ref.dataset)
     assert ours.dataset.attrs["metadata"] == ref.dataset.attrs["metadata"]
 
@@ -84,11 +107,26 @@ def test_stores_interoperate_with_devinterp(tmp_path: Path) -> None:
     ours = distinterp.sample(model, ds, {"train": ds}, output_path=tmp_path / "a.zarr", **SMALL)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = dv.sample(model, ds.with_format("torch"), {"train": ds.with_format("torch")},
-                           output_path=tmp_path / "b.zarr", device="cpu", **SMALL)
-        reopened = dv.sample(model, ds.with_format("torch"), {"train": ds.with_format("torch")},
-                             output_path=tmp_path / "a.zarr", device="cpu", **SMALL)  # devinterp reuses our store
-    for a, b in [(distinterp.compute_llc(ours), dv_compute_llc(theirs)), (distinterp.compute_llc(theirs), dv_compute_llc(ours))]:
+        theirs = dv.sample(
+            model,
+            ds.with_format("torch"),
+            {"train": ds.with_format("torch")},
+            output_path=tmp_path / "b.zarr",
+            device="cpu",
+            **SMALL,
+        )
+        reopened = dv.sample(
+            model,
+            ds.with_format("torch"),
+            {"train": ds.with_format("torch")},
+            output_path=tmp_path / "a.zarr",
+            device="cpu",
+            **SMALL,
+        )  # devinterp reuses our store
+    for a, b in [
+        (distinterp.compute_llc(ours), dv_compute_llc(theirs)),
+        (distinterp.compute_llc(theirs), dv_compute_llc(ours)),
+    ]:
         for v in ["llc_mean", "llc_std", "llc_per_chain", "llc_scalar", "loss_trace", "init_loss"]:
             np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)
     assert reopened.dataset.attrs["completed"] == 1
@@ -159,7 +197,9 @@ def test_diverged_chain_is_recorded_and_excluded(model, dataset, tmp_path: Path)
         return loss
 
     with pytest.warns(UserWarning, match="Chain 1 diverged at step 3"):
-        tree = distinterp.sample(model, dataset, {"train": dataset}, output_path=tmp_path / "d.zarr", loss_fn=flaky_loss, **SMALL)
+        tree = distinterp.sample(
+            model, dataset, {"train": dataset}, output_path=tmp_path / "d.zarr", loss_fn=flaky_loss, **SMALL
+        )
     ds = tree.dataset
     assert list(ds.chain_diverged_step.values) == [-1, 3, -1]
     assert ds.attrs["completed"] == 1
@@ -191,7 +231,11 @@ BAD_INPUTS = {
     "observable tuple": (dict(observables="tuple3"), DatasetError, "batches_per_draw"),
     "observable too small": (dict(observables="small"), DatasetError, "batches_per_draw"),
     "unknown mask name": (dict(param_masks={"nope.weight": None}), ValueError, "nope.weight"),
-    "mask shape": (dict(param_masks={"transformer.wte.weight": torch.ones(3, dtype=torch.bool)}), ValueError, "mask shape"),
+    "mask shape": (
+        dict(param_masks={"transformer.wte.weight": torch.ones(3, dtype=torch.bool)}),
+        ValueError,
+        "mask shape",
+    ),
     "loss shape": (dict(loss_fn=lambda m, x: torch.zeros(x.shape[0])), ValueError, "loss_fn"),
     "cuda unavailable": (dict(device="cuda:0"), ValueError, "device"),
     "chains out of range": (dict(chains=[0, 7]), PlanError, "chains"),
@@ -249,8 +293,13 @@ def test_plain_tensor_model_and_masks_freeze_other_parameters(dataset, tmp_path:
     mask = torch.zeros(32, 32, dtype=torch.bool)
     mask[:4] = True
     tree = distinterp.sample(
-        Bigram(), dataset, {"train": dataset}, output_path=tmp_path / "b.zarr", param_masks={"table": mask},
-        save_metrics=True, **SMALL,
+        Bigram(),
+        dataset,
+        {"train": dataset},
+        output_path=tmp_path / "b.zarr",
+        param_masks={"table": mask},
+        save_metrics=True,
+        **SMALL,
     )
     ds = tree.dataset
     assert ds.attrs["metrics_numel"] == 4 * 32

@@ -33,7 +33,7 @@ from distinterp.store import (
     StoreWriter,
     build_schema,
     check_existing,
-    create,
+    ensure,
     mark_completed,
     open_tree,
     read_progress,
@@ -392,8 +392,7 @@ def _prepare_store(location: Location, schema: Schema, obs_list: list, config: S
     state = check_existing(location, schema)
     if state.completed:
         return "complete"
-    if not state.exists:
-        create(location, schema)
+    ensure(location, schema)
     for obs in obs_list:  # rewritten (same bytes) on every start, in case a creator died before writing them
         write_once(location, f"input_ids_{obs.obs_id}", obs.input_ids.numpy())
     write_once(location, "n_beta", np.asarray(config.n_beta, dtype=np.float64))

@@ -287,18 +287,22 @@ def check_existing(location: Location, schema: Schema) -> StoreState:
     return StoreState(exists=True, completed=completed)
 
 
-def create(location: Location, schema: Schema) -> None:
-    """Create the whole hierarchy once; idempotent when another process created the same run first."""
+def ensure(location: Location, schema: Schema) -> None:
+    """Create the root group and any declared array that is missing; idempotent, and safe against a
+    concurrent creator of the same run or a creator killed half-way (each metadata write is atomic)."""
     store = location.zarr_store()
     try:
         root = zarr.open_group(store, mode="w-", zarr_format=3, attributes=schema.attrs)
     except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError, FileExistsError):
-        check_existing(location, schema)  # raced with another creator: same config or refuse
+        check_existing(location, schema)  # raced with another creator, or resuming: same config or refuse
         root = zarr.open_group(store, mode="r+")
-    nodes = {name: spec.metadata() for name, spec in schema.arrays.items()}
-    # A concurrent creator of the same run may have written these already, with identical metadata.
-    with contextlib.suppress(zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError, FileExistsError):
-        dict(root.create_hierarchy(nodes, overwrite=False))
+    existing = set(root.array_keys())
+    missing = {name: spec.metadata() for name, spec in schema.arrays.items() if name not in existing}
+    if missing:
+        with contextlib.suppress(
+            zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError, FileExistsError
+        ):
+            dict(root.create_hierarchy(missing, overwrite=False))
     attrs = read_root_attrs(location)
     if attrs is None or attrs.get("distinterp", {}).get("config_hash") != schema.config_hash:
         raise StoreConfigMismatch(
