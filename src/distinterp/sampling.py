@@ -81,12 +81,14 @@ def sample(
     loss_fn: LossFn | None = None,
     chains: Sequence[int] | None = None,
     storage_options: dict[str, Any] | None = None,
+    epoch_mode: str = "cycle",
 ) -> xr.DataTree:
     """Run SGLD chains and stream per-token losses into a zarr store; return it as a lazy DataTree.
 
     Arguments and defaults are devinterp 2.x's `sample()`. Ours: `chains` = which chain indices this call
     runs (default all; Slurm array tasks each pass a slice), `storage_options` = fsspec options for an
-    `output_path` URL such as s3://bucket/run.zarr (never written to the store). Under torchrun, every
+    `output_path` URL such as s3://bucket/run.zarr (never written to the store), `epoch_mode` =
+    SamplerConfig's "cycle" (replay the first epoch) or "once" (error if data runs out). Under torchrun, every
     rank calls this with the same arguments; chains are sharded over ranks and every rank gets the tree.
     """
     start = time.perf_counter()
@@ -113,6 +115,7 @@ def sample(
         match_sampling_input_ids_across_chains=match_sampling_input_ids_across_chains,
         init_noise=init_noise,
         save_metrics=save_metrics,
+        epoch_mode=epoch_mode,
     )
     _check_int("batches_per_draw", batches_per_draw, 1)
     _check_int("obs_seed", obs_seed, None)

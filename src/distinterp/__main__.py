@@ -1,0 +1,5 @@
+import sys
+
+from distinterp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,109 @@
+"""run_sample(settings): the plain function behind `distinterp sample`: load model and data, sample, analyse."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import xarray as xr
+
+from distinterp.distributed import runtime
+from distinterp.llc import compute_llc
+from distinterp.plan import array_task_chains
+from distinterp.sampling import sample
+from distinterp.settings import DatasetSettings, ModelSettings, SampleSettings
+
+logger = logging.getLogger(__name__)
+
+
+def load_dataset(spec: DatasetSettings) -> Any:
+    """A tokenized HF Dataset from the spec (built-in generator, hub/local dataset, or load_from_disk)."""
+    import datasets
+
+    if spec.source == "builtin":
+        if spec.name != "markov":
+            raise ValueError(f"dataset.name={spec.name!r}: the built-in datasets are ['markov']")
+        from distinterp import toy
+
+        transition = toy.markov_chain(spec.vocab_size, seed=spec.seed)
+        ds = toy.markov_dataset(
+            transition, seq_len=spec.seq_len, n_rows=spec.num_rows or 512, seed=spec.seed + 1
+        )
+    elif spec.source == "disk":
+        ds = datasets.load_from_disk(spec.name)
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[spec.split]
+    else:
+        ds = datasets.load_dataset(spec.name, split=spec.split)
+    if spec.num_rows is not None and spec.source != "builtin":
+        ds = ds.select(range(min(spec.num_rows, len(ds))))
+    return ds
+
+
+def load_model(spec: ModelSettings, sampling_data: Any, data_spec: DatasetSettings) -> torch.nn.Module:
+    """The model to sample around: a built-in toy, or a transformers causal LM (weights or random init)."""
+    dtype = getattr(torch, spec.dtype)
+    if spec.source == "builtin":
+        from distinterp import toy
+
+        if spec.name == "bigram":
+            return toy.bigram_mle(sampling_data, data_spec.vocab_size).to(dtype)
+        if spec.name == "tiny-gpt2":
+            return toy.tiny_gpt2(vocab_size=data_spec.vocab_size, **spec.config).to(dtype)
+        raise ValueError(f"model.name={spec.name!r}: the built-in models are ['bigram', 'tiny-gpt2']")
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if spec.random_init:
+        config = AutoConfig.from_pretrained(spec.name, revision=spec.revision, **spec.config)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(spec.name, revision=spec.revision, dtype=dtype)
+
+
+def job_chains(settings: SampleSettings) -> list[int] | None:
+    """Chains this job runs: explicit `chains`, the Slurm array task's block, or None (all)."""
+    if settings.chains is not None:
+        return settings.chains
+    task = settings.array_task.resolved()
+    if task is None:
+        return None
+    chains = list(array_task_chains(settings.sampler.num_chains, *task))
+    logger.info("array task %d of %d runs chains %s", task[0], task[1], chains)
+    return chains
+
+
+def run_sample(settings: SampleSettings) -> tuple[xr.DataTree, dict[str, xr.Dataset]]:
+    """Sample as the settings say; analyses run on rank 0 once the store is complete."""
+    data = load_dataset(settings.dataset)
+    model = load_model(settings.model, data, settings.dataset)
+    if settings.observables is None:
+        observables: dict[str, Any] = {"train": data}
+    else:
+        observables = {}
+        for name, spec in settings.observables.items():
+            ds = load_dataset(spec)
+            observables[name] = (ds, spec.batches_per_draw) if spec.batches_per_draw else ds
+    chains = job_chains(settings)
+    if chains == []:
+        raise ValueError(
+            f"this array task has no chains: {settings.sampler.num_chains} chains over more array tasks; "
+            "submit at most num_chains tasks"
+        )
+    sampler = settings.sampler.model_dump()
+    tree = sample(
+        model,
+        data,
+        observables,
+        batches_per_draw=settings.batches_per_draw,
+        obs_seed=settings.obs_seed,
+        device=settings.device,
+        output_path=settings.output_path,
+        storage_options=settings.storage_options,
+        chains=chains,
+        **sampler,
+    )
+    results: dict[str, xr.Dataset] = {}
+    finished = runtime().is_coordinator and tree.dataset.attrs.get("completed") == 1
+    if finished and "llc" in settings.analyses:
+        results["llc"] = compute_llc(tree)
+    return tree, results
