@@ -1,0 +1,39 @@
+"""Plan: chain sharding over ranks and array tasks covers every chain exactly once."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from distinterp.distributed import Runtime
+from distinterp.plan import Plan, PlanError, array_task_chains
+
+
+@given(num_chains=st.integers(1, 40), world=st.integers(1, 9))
+def test_ranks_partition_the_chains(num_chains: int, world: int) -> None:
+    owned = [c for r in range(world) for c in Plan.build(Runtime(r, world), num_chains).my_chains]
+    assert sorted(owned) == list(range(num_chains))
+
+
+@given(num_chains=st.integers(1, 40), tasks=st.integers(1, 12))
+def test_array_tasks_partition_the_chains(num_chains: int, tasks: int) -> None:
+    blocks = [array_task_chains(num_chains, t, tasks) for t in range(tasks)]
+    assert [c for b in blocks for c in b] == list(range(num_chains))
+    assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+
+
+def test_fsdp_layout_and_errors() -> None:
+    plan = Plan.build(Runtime(3, 4), 6, fsdp_size=2)
+    assert (plan.num_chain_groups, plan.chain_group, plan.is_writer, plan.my_chains) == (
+        2,
+        1,
+        False,
+        (1, 3, 5),
+    )
+    with pytest.raises(PlanError, match="fsdp_size=3 must divide the world size 4"):
+        Plan.build(Runtime(0, 4), 6, fsdp_size=3)
+    with pytest.raises(PlanError, match="repeated"):
+        Plan.build(Runtime(), 6, chains=[1, 1])
+    with pytest.raises(PlanError, match="outside"):
+        Plan.build(Runtime(), 6, chains=[6])
