@@ -41,7 +41,7 @@ class ProgressReporter:
         while not self._stop.wait(self.interval_s):
             try:
                 self._update(self.done_steps())
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - display only; never stop sampling for it
                 logger.debug("progress read failed: %s", e)
 
     def _update(self, done: int) -> None:

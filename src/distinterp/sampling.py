@@ -194,7 +194,7 @@ def sample(
     if rt.is_coordinator:
         try:
             state = _prepare_store(location, schema, obs_list, config)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - re-raised below, on every rank
             error = e
     state, error = rt.broadcast((state, error))
     if error is not None:

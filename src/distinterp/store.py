@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -72,8 +73,17 @@ class Location:
         if self.is_local:
             return zarr.storage.LocalStore(self.local_path, read_only=read_only)
         return zarr.storage.FsspecStore.from_url(
-            self.url, storage_options=dict(self.storage_options), read_only=read_only
+            self.url, storage_options=self.fsspec_options(), read_only=read_only
         )
+
+    def fsspec_options(self) -> dict[str, Any]:
+        """storage_options, with botocore's standard retries on S3 unless the user chose their own."""
+        options = dict(self.storage_options)
+        if self.url.startswith(("s3://", "s3a://")):
+            config = dict(options.get("config_kwargs", {}))
+            config.setdefault("retries", {"max_attempts": 10, "mode": "standard"})
+            options["config_kwargs"] = config
+        return options
 
     def __str__(self) -> str:
         return self.url
@@ -321,7 +331,7 @@ def open_tree(location: Location) -> xr.DataTree:
     if location.is_local:
         return xr.open_datatree(str(location.local_path), engine="zarr", consolidated=False)
     return xr.open_datatree(
-        location.url, engine="zarr", consolidated=False, storage_options=dict(location.storage_options)
+        location.url, engine="zarr", consolidated=False, storage_options=location.fsspec_options()
     )
 
 
@@ -343,9 +353,19 @@ def mark_completed(location: Location) -> None:
 
 
 class StoreWriter:
-    """Background writer shared by this rank's chains: writes run in order on one thread, bounded queue."""
+    """Background writer shared by this rank's chains: writes run in order on one thread, bounded queue.
 
-    def __init__(self, location: Location, schema: Schema, max_pending: int = 4):
+    A failed region write is retried with exponential backoff (writes are idempotent: the same bytes);
+    after the last attempt the error names the store and what is durably complete.
+    """
+
+    def __init__(
+        self,
+        location: Location,
+        schema: Schema,
+        max_pending: int = 4,
+        retry_s: tuple[float, ...] = (1, 2, 4, 8, 16),
+    ):
         store = location.zarr_store()
         self.location = location
         self.schema = schema
@@ -353,6 +373,7 @@ class StoreWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distinterp-writer")
         self._pending: list[Future[None]] = []
         self._sem = threading.BoundedSemaphore(max_pending)
+        self.retry_s = retry_s
 
     def submit(self, writes: list[tuple[str, tuple[Any, ...], np.ndarray]]) -> None:
         """Queue region writes; they land in submission order. Raises an earlier write's error."""
@@ -364,7 +385,34 @@ class StoreWriter:
 
     def _write(self, writes: list[tuple[str, tuple[Any, ...], np.ndarray]]) -> None:
         for name, region, value in writes:
-            self.arrays[name][region] = value
+            for attempt in range(len(self.retry_s) + 1):
+                try:
+                    self.arrays[name][region] = value
+                    break
+                except Exception as e:  # storage back ends raise many types (botocore, aiohttp, OSError)
+                    if attempt == len(self.retry_s):
+                        raise StoreError(self._failure(name, region, e)) from e
+                    logger.warning(
+                        "write of %s to %s failed (%s); retrying in %.0f s",
+                        name,
+                        self.location,
+                        e,
+                        self.retry_s[attempt],
+                    )
+                    time.sleep(self.retry_s[attempt])
+
+    def _failure(self, name: str, region: tuple[Any, ...], error: BaseException) -> str:
+        try:
+            steps, _ = read_progress(self.location)
+            done = [int(c) for c in np.flatnonzero(steps >= self.schema.num_steps)]
+            state = f"complete chains: {done}; steps done per chain: {steps.tolist()}"
+        except Exception:  # noqa: BLE001 - the store may be unreachable
+            state = "progress could not be read (store unreachable)"
+        return (
+            f"writing {name}{list(region)!s} to {self.location} failed after {len(self.retry_s) + 1} attempts: "
+            f"{type(error).__name__}: {error}. {state}. Nothing durable was lost: rerun the same command once the "
+            "store is reachable and it continues."
+        )
 
     def _raise_failed(self) -> None:
         still = []
