@@ -1,0 +1,265 @@
+"""Built-in tiny models and data with known answers (no downloads): for the demo, tests and benchmarks.
+
+The bigram language model on a Markov chain is a *regular* model with a closed-form learning
+coefficient. Its parameters are a V x V logits table W, row a giving p(. | a) = softmax(W[a]). Adding a
+constant to a row leaves every prediction unchanged, so of the V^2 parameters only V(V-1) are
+identifiable; at the maximum-likelihood point the Hessian of the loss has rank V(V-1) and
+
+    lambda = (number of identifiable parameters) / 2 = V (V - 1) / 2.
+
+n_beta semantics (devinterp 2.x): the sampler targets exp(-n_beta * L(W)) with L the MEAN per-token
+loss, so n_beta is the number of tokens the posterior is tempered at, and the LLC estimate is
+n_beta * (E_posterior[L] - L(W*)). For the bigram model the posterior at W* with no localization is
+exactly a Dirichlet per row (see `bigram_expected_llc`), which gives the estimator's exact target at
+any finite n_beta: lambda + O(1 / n_beta).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BIGRAM_DEMO",
+    "BIGRAM_LLC_SETTINGS",
+    "BigramConfig",
+    "BigramLM",
+    "bigram_counts",
+    "bigram_expected_llc",
+    "bigram_learning_coefficient",
+    "bigram_mle",
+    "markov_chain",
+    "markov_dataset",
+    "stationary_distribution",
+    "tiny_gpt2",
+]
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def markov_chain(V: int, seed: int = 0, *, concentration: float = 1.0, floor: float = 0.25) -> torch.Tensor:
+    """A random V x V transition matrix (float64, rows sum to 1), seeded.
+
+    Row a = (1 - floor) * Dirichlet(concentration, ..., concentration) + floor / V, so every
+    transition has probability >= floor / V: moderate-size data then sees every transition, the MLE is
+    finite, and the loss Hessian is not badly conditioned (which would make SGLD slow to mix).
+    """
+    if V < 2:
+        raise ValueError(f"V: need at least 2 symbols, got {V}")
+    if not 0.0 <= floor <= 1.0:
+        raise ValueError(f"floor: must be in [0, 1], got {floor}")
+    rng = np.random.default_rng(seed)
+    rows = rng.dirichlet(np.full(V, float(concentration)), size=V)
+    return torch.as_tensor((1.0 - floor) * rows + floor / V, dtype=torch.float64)
+
+
+def stationary_distribution(transition: torch.Tensor) -> torch.Tensor:
+    """The stationary distribution pi = pi P of a row-stochastic matrix (float64)."""
+    P = np.asarray(transition, dtype=np.float64)
+    vals, vecs = np.linalg.eig(P.T)
+    pi = np.real(vecs[:, np.argmin(np.abs(vals - 1.0))])
+    pi = np.clip(pi / pi.sum(), 0.0, None)
+    return torch.as_tensor(pi / pi.sum(), dtype=torch.float64)
+
+
+def markov_dataset(
+    transition: torch.Tensor, seq_len: int, n_rows: int, seed: int = 0, *, start: str = "stationary"
+) -> Any:
+    """A `datasets.Dataset` with "input_ids": n_rows sequences of seq_len symbols from the chain.
+
+    The first symbol of each row is drawn from the stationary distribution (start="stationary", so
+    every position is identically distributed) or uniformly (start="uniform"); seeded, deterministic.
+    """
+    from datasets import Dataset
+
+    P = np.asarray(transition, dtype=np.float64)
+    V = P.shape[0]
+    if P.shape != (V, V):
+        raise ValueError(f"transition: expected a square matrix, got shape {P.shape}")
+    if seq_len < 1 or n_rows < 1:
+        raise ValueError(f"seq_len and n_rows must be >= 1, got {seq_len}, {n_rows}")
+    if start == "stationary":
+        p0 = stationary_distribution(transition).numpy()
+    elif start == "uniform":
+        p0 = np.full(V, 1.0 / V)
+    else:
+        raise ValueError(f"start: 'stationary' or 'uniform', got {start!r}")
+    rng = np.random.default_rng(seed)
+    cum = np.cumsum(P, axis=1)
+    cum[:, -1] = 1.0
+    ids = np.empty((n_rows, seq_len), dtype=np.int64)
+    ids[:, 0] = rng.choice(V, size=n_rows, p=p0)
+    u = rng.random((n_rows, seq_len))
+    for t in range(1, seq_len):  # inverse-CDF sampling of every row's next symbol at once
+        ids[:, t] = (u[:, t, None] > cum[ids[:, t - 1]]).sum(axis=1)
+    return Dataset.from_dict({"input_ids": ids.tolist()})
+
+
+def bigram_counts(dataset: Any, V: int) -> torch.Tensor:
+    """counts[a, b] = number of positions t with input_ids[t] = a and input_ids[t + 1] = b (int64)."""
+    from distinterp.data import input_ids_tensor
+
+    ids = input_ids_tensor(dataset, "dataset", V)
+    pairs = ids[:, :-1].reshape(-1) * V + ids[:, 1:].reshape(-1)
+    return torch.bincount(pairs, minlength=V * V).reshape(V, V)
+
+
+# --------------------------------------------------------------------------------------------- bigram
+
+
+@dataclass
+class BigramConfig:
+    """What sample() reads from a model's `config`: the vocabulary size (token ids are checked against it)."""
+
+    vocab_size: int
+    model_type: str = "bigram"
+
+
+class BigramLM(torch.nn.Module):
+    """Bigram language model: logits for the next token are the row W[current token] of a V x V table."""
+
+    def __init__(self, vocab_size: int, logits: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.config = BigramConfig(vocab_size)
+        init = torch.zeros(vocab_size, vocab_size) if logits is None else logits.detach().clone().float()
+        if tuple(init.shape) != (vocab_size, vocab_size):
+            raise ValueError(f"logits: expected shape {(vocab_size, vocab_size)}, got {tuple(init.shape)}")
+        self.W = torch.nn.Parameter(init)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, seq, V) = W[input_ids]."""
+        return self.W[input_ids]
+
+
+def bigram_mle(dataset: Any, V: int, pseudo_count: float | None = None) -> BigramLM:
+    """The bigram model at the minimum of the dataset's mean per-token loss: W[a] = log counts[a] / n_a.
+
+    So the empirical loss has zero gradient there (up to float32 rounding), as the LLC estimator
+    assumes. A transition that never occurs would need logit -inf; pseudo_count=None adds nothing when
+    every transition occurs and otherwise adds 1e-6 to every count (logged). Its effect: each unseen
+    (a, b) gets logit ~ log(1e-6 / n_a), its loss is then flat to within ~1e-6 / n_a in every direction
+    SGLD explores, so it contributes ~0 to the LLC (expect sum over rows of (observed successors - 1)/2,
+    not V(V-1)/2), while seen transitions move by ~1e-6 / n_a; a row never seen as a predecessor is
+    uniform and entirely flat. Pass pseudo_count=0 to refuse zero counts instead.
+    """
+    counts = bigram_counts(dataset, V).to(torch.float64)
+    zero = int((counts == 0).sum())
+    if pseudo_count is None:
+        pseudo_count = 1e-6 if zero else 0.0
+        if zero:
+            logger.warning(
+                "bigram_mle: %d of %d transitions never occur; adding a pseudo-count of 1e-6 "
+                "(their directions are then ~flat, so the expected LLC is below V(V-1)/2)",
+                zero,
+                V * V,
+            )
+    elif pseudo_count < 0:
+        raise ValueError(f"pseudo_count: must be >= 0, got {pseudo_count}")
+    if zero and pseudo_count == 0:
+        raise ValueError(
+            f"bigram_mle: {zero} of {V * V} transitions never occur in the dataset, so the MLE has logits "
+            "-inf; use more data or pass pseudo_count > 0"
+        )
+    counts = counts + pseudo_count
+    logits = torch.log(counts / counts.sum(dim=1, keepdim=True))
+    return BigramLM(V, logits.float())
+
+
+def bigram_learning_coefficient(V: int) -> float:
+    """lambda = V (V - 1) / 2: a regular model with V(V-1) identifiable parameters (V^2 logits minus one
+    softmax shift per row, directions along which the loss is exactly constant and which so count 0)."""
+    return V * (V - 1) / 2
+
+
+def bigram_expected_llc(dataset: Any, V: int, n_beta: float) -> float:
+    """The exact value the LLC estimator targets for `bigram_mle(dataset, V)` at inverse temperature n_beta
+    with no localization (and no SGLD error): lambda + O(1 / n_beta).
+
+    The tempered posterior exp(-n_beta * L(W)) factorises over rows; with m_a = n_beta * n_a / N (row a's
+    share of the N tokens) and q = the empirical transition frequencies, row a's probabilities
+    softmax(W[a]) are Dirichlet(m_a q) under a flat prior on the logits (the softmax Jacobian is prod q).
+    Since E log p_b = psi(m q_b) - psi(m),
+
+        E[n_beta (L - L*)] = sum_a [ sum_b m_a q_ab (log(m_a q_ab) - psi(m_a q_ab)) - m_a (log m_a - psi(m_a)) ]
+                           = sum_a [ (V - 1)/2 + (sum_b 1/q_ab - 1) / (12 m_a) + O(m_a^-3) ].
+    """
+    counts = bigram_counts(dataset, V).to(torch.float64)
+    if (counts == 0).any():
+        raise ValueError("bigram_expected_llc: every transition must occur in the dataset")
+    n_a = counts.sum(dim=1)
+    m = n_beta * n_a / n_a.sum()
+    mq = m[:, None] * counts / n_a[:, None]
+    per_row = (mq * (torch.log(mq) - torch.special.digamma(mq))).sum(dim=1) - m * (
+        torch.log(m) - torch.special.digamma(m)
+    )
+    return float(per_row.sum())
+
+
+BIGRAM_DEMO: dict[str, Any] = dict(V=6, chain_seed=0, seq_len=65, n_rows=512, data_seed=1)
+"""The demo problem (`distinterp demo`): markov_chain(V, chain_seed) -> markov_dataset(seq_len, n_rows,
+data_seed) -> bigram_mle; 512 x 64 = 32768 tokens, every transition seen; true lambda = 15."""
+
+BIGRAM_LLC_SETTINGS: dict[str, Any] = dict(
+    lr=1e-3,
+    n_beta=1000.0,
+    localization=0.0,
+    num_chains=4,
+    num_draws=2000,
+    num_burnin_steps=500,
+    num_steps_bw_draws=1,
+    batch_size=16,
+    num_init_loss_batches=32,
+)
+"""SGLD settings for the bigram demo. The slowest posterior direction relaxes in ~1/(lr/2 n_beta h_min)
+~ 300 steps here, so 500 burn-in steps and 2000 draws; measured on BIGRAM_DEMO: 15.0 +- 0.9 over 4 chains
+(target `bigram_expected_llc` = 15.17 at n_beta=1000; true lambda 15)."""
+
+
+# --------------------------------------------------------------------------------------------- transformer
+
+
+def tiny_gpt2(
+    vocab_size: int = 32,
+    n_layer: int = 1,
+    seed: int = 0,
+    *,
+    n_embd: int = 16,
+    n_head: int = 2,
+    n_positions: int = 128,
+    **config: Any,
+) -> torch.nn.Module:
+    """A tiny randomly initialised GPT-2 (transformers GPT2LMHeadModel, dropout off), from a fixed seed.
+
+    For benchmarks and tests: no weights are downloaded; extra keyword arguments go to GPT2Config.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    cfg = GPT2Config(
+        vocab_size=vocab_size,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_positions=n_positions,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        summary_first_dropout=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        **config,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return GPT2LMHeadModel(cfg)
