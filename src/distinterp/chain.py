@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from distinterp.checkpoint import ChainCheckpoint, CheckpointStore
 from distinterp.config import SamplerConfig
 from distinterp.data import BatchFeed, Observable
 from distinterp.loss import LossFn, NonFiniteLogitsError
@@ -103,12 +105,27 @@ def init_loss(setup: ChainSetup, chain: int) -> torch.Tensor:
     return total.mean(dim=0)
 
 
-def run_chain(setup: ChainSetup, chain: int, recorder: ChainRecorder) -> int | None:
-    """Sample one chain, streaming rows to `recorder`. Returns the step it diverged at, or None."""
-    c = setup.config
-    recorder.init_loss(init_loss(setup, chain))
+def run_chain(
+    setup: ChainSetup,
+    chain: int,
+    recorder: ChainRecorder,
+    checkpoints: CheckpointStore | None = None,
+    checkpoint_every: int | None = None,
+    durable_steps: int = 0,
+) -> int | None:
+    """Sample one chain, streaming rows to `recorder`. Returns the step it diverged at, or None.
 
+    With `checkpoints`, the chain continues from its last checkpoint at or before `durable_steps` (the
+    steps the store already holds) and saves one every `checkpoint_every` steps (at chunk boundaries).
+    """
+    c = setup.config
     model = setup.model
+    resume = checkpoints.load(chain) if checkpoints is not None else None
+    if resume is not None and not 0 < resume.step <= durable_steps:
+        resume = None  # newer than the durable data, or from a deleted store: not usable
+    if resume is None:
+        recorder.init_loss(init_loss(setup, chain))
+
     setup.restore()
     seed_everything(c.init_seed + chain, setup.device)
     hyper = SGLDHyper.from_config(c)
@@ -116,7 +133,11 @@ def run_chain(setup: ChainSetup, chain: int, recorder: ChainRecorder) -> int | N
     slots = make_slots(
         named, setup.masks, hyper, keep_center=c.bounding_box_size is not None or c.save_metrics
     )
-    if c.init_noise:
+    if resume is not None:
+        resume.restore(slots, setup.device)
+        recorder.resume_at(resume.step)
+        logger.info("chain %d continues from its checkpoint at step %d", chain, resume.step)
+    elif c.init_noise:
         with torch.no_grad():
             for name, mask in setup.masks.items():
                 p = named[name]
@@ -127,8 +148,18 @@ def run_chain(setup: ChainSetup, chain: int, recorder: ChainRecorder) -> int | N
     gas = c.gradient_accumulation_steps
     feed = setup.feed(chain)
     feed.check_length(num_steps * gas)
+    if checkpoints is not None and checkpoint_every:
+        store = checkpoints
+
+        def on_flush(steps_done: int) -> Any:
+            if steps_done % checkpoint_every:
+                return None
+            ckpt = ChainCheckpoint.capture(steps_done, slots, setup.device)
+            return lambda: store.save(chain, ckpt)
+
+        recorder.on_flush = on_flush
     model.train()
-    for step in range(num_steps):
+    for step in range(resume.step if resume is not None else 0, num_steps):
         try:
             loss = _gradient_step(setup, feed, step, recorder)
         except NonFiniteLogitsError:

@@ -19,6 +19,7 @@ import torch
 import xarray as xr
 
 from distinterp.chain import ChainSetup, run_chain, snapshot
+from distinterp.checkpoint import CheckpointStore
 from distinterp.config import SamplerConfig, SamplingMethodLiteral, merge_rmsprop_aliases
 from distinterp.data import build_observables, fingerprint, input_ids_tensor
 from distinterp.distributed import Runtime, runtime
@@ -82,13 +83,16 @@ def sample(
     chains: Sequence[int] | None = None,
     storage_options: dict[str, Any] | None = None,
     epoch_mode: str = "cycle",
+    checkpoint_every: int | None = None,
 ) -> xr.DataTree:
     """Run SGLD chains and stream per-token losses into a zarr store; return it as a lazy DataTree.
 
     Arguments and defaults are devinterp 2.x's `sample()`. Ours: `chains` = which chain indices this call
     runs (default all; Slurm array tasks each pass a slice), `storage_options` = fsspec options for an
     `output_path` URL such as s3://bucket/run.zarr (never written to the store), `epoch_mode` =
-    SamplerConfig's "cycle" (replay the first epoch) or "once" (error if data runs out). Under torchrun, every
+    SamplerConfig's "cycle" (replay the first epoch) or "once" (error if data runs out),
+    `checkpoint_every` = save each chain's state every this many steps (rounded up to the store's
+    chunk of 50) so a preempted chain continues mid-way; None restarts unfinished chains. Under torchrun, every
     rank calls this with the same arguments; chains are sharded over ranks and every rank gets the tree.
     """
     start = time.perf_counter()
@@ -119,6 +123,8 @@ def sample(
     )
     _check_int("batches_per_draw", batches_per_draw, 1)
     _check_int("obs_seed", obs_seed, None)
+    if checkpoint_every is not None:
+        _check_int("checkpoint_every", checkpoint_every, 1)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if loss_fn is not None and not callable(loss_fn):
@@ -215,6 +221,8 @@ def sample(
         loss_fn=fn,
         device=dev,
     )
+    checkpoints = CheckpointStore(location) if checkpoint_every else None
+    every = -(-checkpoint_every // schema.step_chunk) * schema.step_chunk if checkpoint_every else None
     reporter = ProgressReporter(location, schema, plan) if rt.is_coordinator else None
     writer = StoreWriter(location, schema)
     try:
@@ -227,7 +235,7 @@ def sample(
                     num_burnin_steps=config.num_burnin_steps,
                     num_steps_bw_draws=config.num_steps_bw_draws,
                 )
-                diverged = run_chain(setup, chain, recorder)
+                diverged = run_chain(setup, chain, recorder, checkpoints, every, int(steps_done[chain]))
                 if diverged is not None:
                     warnings.warn(
                         f"Chain {chain} diverged at step {diverged} (non-finite loss)", stacklevel=2
@@ -241,6 +249,8 @@ def sample(
         steps_done, _ = read_progress(location)
         if (steps_done >= schema.num_steps).all():
             mark_completed(location)
+            if checkpoints is not None:
+                checkpoints.clear()
     rt.barrier()
     logger.info("sample() took %.2f s on rank %d", time.perf_counter() - start, rt.rank)
     return open_tree(location)

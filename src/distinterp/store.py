@@ -375,7 +375,7 @@ class StoreWriter:
         self._sem = threading.BoundedSemaphore(max_pending)
         self.retry_s = retry_s
 
-    def submit(self, writes: list[tuple[str, tuple[Any, ...], np.ndarray]]) -> None:
+    def submit(self, writes: list[Any]) -> None:
         """Queue region writes; they land in submission order. Raises an earlier write's error."""
         self._raise_failed()
         self._sem.acquire()
@@ -383,11 +383,16 @@ class StoreWriter:
         fut.add_done_callback(lambda _: self._sem.release())
         self._pending.append(fut)
 
-    def _write(self, writes: list[tuple[str, tuple[Any, ...], np.ndarray]]) -> None:
-        for name, region, value in writes:
+    def _write(self, writes: list[Any]) -> None:
+        """Each entry is (array name, region, value) or a callable (a checkpoint save), run in order."""
+        for op in writes:
+            name, region, value = op if isinstance(op, tuple) else (getattr(op, "__name__", "op"), (), None)
             for attempt in range(len(self.retry_s) + 1):
                 try:
-                    self.arrays[name][region] = value
+                    if isinstance(op, tuple):
+                        self.arrays[name][region] = value
+                    else:
+                        op()
                     break
                 except Exception as e:  # storage back ends raise many types (botocore, aiohttp, OSError)
                     if attempt == len(self.retry_s):
@@ -446,6 +451,12 @@ class ChainRecorder:
         self._draws: dict[str, list[np.ndarray]] = {}
         self._first_step = 0
         self._first_draw = 0
+        self.on_flush: Any = None  # steps_done -> op to run after the data, before progress (a checkpoint)
+
+    def resume_at(self, step: int) -> None:
+        """Continue a chain whose rows before `step` are durable in the store."""
+        self._first_step = step
+        self._first_draw = max(0, -(-(step - self.burnin) // self.every))
 
     def init_loss(self, value: torch.Tensor) -> None:
         self.writer.submit([("init_loss", (self.chain, slice(None)), _np(value, np.float32))])
@@ -465,7 +476,7 @@ class ChainRecorder:
             self.flush(done, diverged_at=step if diverged else None)
 
     def flush(self, steps_done: int, diverged_at: int | None = None) -> None:
-        writes: list[tuple[str, tuple[Any, ...], np.ndarray]] = []
+        writes: list[Any] = []
         for name, rows in self._steps.items():
             if rows:
                 writes.append(
@@ -491,6 +502,10 @@ class ChainRecorder:
                 (DIVERGED_STEP, (slice(self.chain, self.chain + 1),), np.array([diverged_at], np.int64))
             )
             steps_done = self.writer.schema.num_steps  # a diverged chain is finished; its later rows stay NaN
+        elif self.on_flush is not None and steps_done < self.writer.schema.num_steps:
+            op = self.on_flush(steps_done)
+            if op is not None:
+                writes.append(op)
         writes.append((STEPS_DONE, (slice(self.chain, self.chain + 1),), np.array([steps_done], np.int64)))
         self.writer.submit(writes)
         self._first_step = steps_done

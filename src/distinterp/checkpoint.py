@@ -1,0 +1,106 @@
+"""Per-chain checkpoints, so a preempted chain continues mid-way and still writes the same bytes.
+
+A checkpoint holds what the next step depends on: the sampled parameters, RMSprop state and the RNG
+states (torch CPU/CUDA, numpy, python). The data order is a function of the step index, so it needs
+nothing. Checkpoints live beside the store (`<store>.checkpoints/chain_<c>.pt`), one writer each,
+written atomically after the data they cover, and are deleted when the store completes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import torch
+from fsspec.implementations.local import LocalFileSystem
+
+from distinterp.sgld import ParamSlot
+from distinterp.store import Location
+
+
+@dataclass(frozen=True)
+class ChainCheckpoint:
+    """The state of one chain after `step` SGLD steps."""
+
+    step: int
+    params: dict[str, torch.Tensor]
+    square_avg: dict[str, torch.Tensor]
+    rng: dict[str, Any]
+
+    @classmethod
+    def capture(cls, step: int, slots: list[ParamSlot], device: torch.device) -> ChainCheckpoint:
+        rng: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        return cls(
+            step=step,
+            params={s.name: s.param.detach().to("cpu", copy=True) for s in slots},
+            square_avg={
+                s.name: s.square_avg.detach().to("cpu", copy=True) for s in slots if s.square_avg is not None
+            },
+            rng=rng,
+        )
+
+    def restore(self, slots: list[ParamSlot], device: torch.device) -> None:
+        """Put parameters, RMSprop state and RNG streams back exactly as they were at `step`."""
+        with torch.no_grad():
+            for s in slots:
+                s.param.copy_(self.params[s.name])
+                if s.name in self.square_avg:
+                    s.square_avg = self.square_avg[s.name].to(s.param.device)
+        torch.set_rng_state(self.rng["torch"])
+        np.random.set_state(self.rng["numpy"])
+        random.setstate(self.rng["python"])
+        if "cuda" in self.rng and device.type == "cuda":
+            torch.cuda.set_rng_state(self.rng["cuda"], device)
+
+
+class CheckpointStore:
+    """Reads and writes the chain checkpoints that belong to one store."""
+
+    def __init__(self, location: Location):
+        self.url = location.url.rstrip("/") + ".checkpoints"
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **location.fsspec_options())
+
+    def _path(self, chain: int) -> str:
+        return f"{self.root}/chain_{chain}.pt"
+
+    def save(self, chain: int, ckpt: ChainCheckpoint) -> None:
+        buf = io.BytesIO()
+        torch.save(ckpt.__dict__, buf)
+        data = buf.getvalue()
+        path = self._path(chain)
+        if isinstance(self.fs, LocalFileSystem):
+            os.makedirs(self.root, exist_ok=True)
+            tmp = f"{path}.{uuid.uuid4().hex}.partial"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # atomic: a reader sees the old checkpoint or the new one
+        else:
+            self.fs.pipe_file(path, data)  # one PUT: atomic on object stores
+
+    def load(self, chain: int) -> ChainCheckpoint | None:
+        path = self._path(chain)
+        try:
+            with self.fs.open(path, "rb") as f:
+                state = torch.load(io.BytesIO(f.read()), weights_only=False)
+        except FileNotFoundError:
+            return None
+        return ChainCheckpoint(**state)
+
+    def clear(self) -> None:
+        """Remove every checkpoint (once the store is complete)."""
+        if self.fs.exists(self.root):
+            self.fs.rm(self.root, recursive=True)
