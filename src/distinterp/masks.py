@@ -1,0 +1,415 @@
+"""Weight restrictions: which parameters (and which of their elements) an SGLD chain samples.
+
+Drop-in for devinterp 2.x's `devinterp.slt.weight_restrictions` (same names, patterns and result), so
+`create_param_masks(model, "l0h1")` gives the `param_masks` dict that `distinterp.sample` takes.
+Parameters in the dict are sampled (a None mask: the whole parameter; a bool mask: the True elements),
+every other parameter is frozen.
+
+Restriction patterns (case-insensitive, spaces optional between the layer and head parts):
+
+    "full"                 every parameter
+    "l<N>"                 every parameter of layer N, its layer norms included
+    "l<N>h<M>"             attention head M of layer N: its rows of Q, K and V (biases included) and its
+                           columns of the output projection (whose bias is shared by all heads: excluded)
+    "l<N>g<M>"             GQA group M: the query heads that share key/value head M, and that head
+    "l<N> attn"            layer N's attention parameters, whole (no norms)
+    "l<N> mlp"             layer N's MLP parameters, whole (MoE experts and routers included; no norms)
+    "embed", "unembed"     the token embedding / the LM head (nothing when it is tied to the embedding)
+    an exact parameter name, or a list of any of these (their union; masks are ORed)
+
+Query head h reads key/value head h * n_kv_heads // n_heads. Where each model keeps these parameters is
+data in `distinterp.model_structures`; this module reads it top-down: parse the restriction, look up
+the model's structure, resolve parameter names, build the masks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from distinterp.model_structures import (
+    NORM_MODULE,
+    STRUCTURES,
+    HeadParam,
+    ModelStructure,
+    supported_model_types,
+)
+
+ParamMasks = dict[str, torch.Tensor | None]
+"""Parameter name -> bool mask of its shape, or None for the whole parameter."""
+
+VALID_PATTERNS = (
+    "'full', 'l<N>', 'l<N>h<M>', 'l<N>g<M>', 'l<N> attn', 'l<N> mlp', 'embed', 'unembed', "
+    "an exact parameter name, or a list of these (e.g. 'l0h1', ['l1 attn', 'embed'])"
+)
+
+_GRAMMAR: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("full", re.compile(r"full")),
+    ("embed", re.compile(r"embed")),
+    ("unembed", re.compile(r"unembed")),
+    ("head", re.compile(r"l(\d+)\s*h(\d+)")),
+    ("group", re.compile(r"l(\d+)\s*g(\d+)")),
+    ("layer", re.compile(r"l(\d+)(?:\s+(attn|mlp))?")),
+)
+
+
+@dataclass(frozen=True)
+class Restriction:
+    """One parsed restriction string."""
+
+    kind: str  # full | embed | unembed | head | group | layer | param
+    layer: int | None = None
+    index: int | None = None  # head or group number
+    component: str | None = None  # attn | mlp for kind "layer"
+    name: str | None = None  # parameter name for kind "param"
+
+
+def create_param_masks(model: torch.nn.Module, restriction: str | list[str]) -> ParamMasks:
+    """Map the parameters selected by `restriction` to a bool mask of their shape (None: all of it).
+
+    The dict is in model parameter order (for a list: in order of first appearance), which is the order
+    the sampler draws noise in, as devinterp.
+    """
+    if isinstance(restriction, list):
+        if not restriction:
+            raise ValueError(f"Empty list of weight restrictions. Valid patterns: {VALID_PATTERNS}.")
+        if any(isinstance(r, str) and r.strip().lower() == "full" for r in restriction):
+            raise ValueError("'full' selects every parameter and cannot be combined with other restrictions.")
+        return merge_param_masks([create_param_masks(model, r) for r in restriction])
+    if not isinstance(restriction, str):
+        raise TypeError(f"restriction must be a str or list[str], got {type(restriction).__name__}")
+
+    params = dict(model.named_parameters())
+    parsed = parse_restriction(restriction, params)
+    if parsed.kind == "full":
+        return dict.fromkeys(params)
+    if parsed.kind == "param":
+        return {parsed.name: None}  # type: ignore[dict-item]
+    structure = structure_for(model)
+    return _resolve(model, structure, params, parsed)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. Parse the restriction string.
+
+
+def parse_restriction(text: str, param_names: Iterable[str] = ()) -> Restriction:
+    """Parse one restriction string; an exact parameter name is accepted as itself."""
+    normalized = text.strip().lower()
+    for kind, pattern in _GRAMMAR:
+        m = pattern.fullmatch(normalized)
+        if m is None:
+            continue
+        if kind in ("full", "embed", "unembed"):
+            return Restriction(kind)
+        if kind == "layer":
+            return Restriction(kind, layer=int(m[1]), component=m[2])
+        return Restriction(kind, layer=int(m[1]), index=int(m[2]))
+    if text.strip() in set(param_names):
+        return Restriction("param", name=text.strip())
+    raise ValueError(f"Unrecognised weight restriction {text!r}. Valid patterns: {VALID_PATTERNS}.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. Look up the model's structure entry.
+
+
+def is_transformer_lens_model(model: torch.nn.Module) -> bool:
+    """TransformerLens models carry a `cfg` with `n_heads` instead of a Hugging Face `config`."""
+    return hasattr(model, "cfg") and hasattr(model.cfg, "n_heads")
+
+
+def model_type_of(model: torch.nn.Module) -> str:
+    """The table key for `model`: its `config.model_type`, or "transformer_lens"."""
+    if is_transformer_lens_model(model):
+        return "transformer_lens"
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if not model_type:
+        raise ValueError(
+            f"Cannot tell the model type of {type(model).__name__}: weight restrictions need a Hugging Face "
+            "model (config.model_type) or a TransformerLens HookedTransformer (cfg). Supported model types: "
+            f"{', '.join(supported_model_types())}."
+        )
+    return model_type
+
+
+def structure_for(model: torch.nn.Module) -> ModelStructure:
+    """The structure entry for `model`; for types with variants, the first whose config flags match."""
+    model_type = model_type_of(model)
+    entry = STRUCTURES.get(model_type)
+    if entry is None:
+        raise ValueError(
+            f"Weight restrictions do not support model type {model_type!r} ({type(model).__name__}). "
+            f"Supported model types: {', '.join(supported_model_types())}. 'full' and exact parameter "
+            "names work for any model."
+        )
+    if isinstance(entry, ModelStructure):
+        return entry
+    config = getattr(model, "config", None)
+    for variant in entry:
+        if all(getattr(config, key, None) == value for key, value in variant.when):
+            return variant
+    raise ValueError(f"No structure variant of {model_type!r} matches this model's config")  # table bug
+
+
+def head_counts(model: torch.nn.Module, structure: ModelStructure) -> tuple[int, int]:
+    """(n_heads, n_kv_heads) from the model's config, per the entry's attribute names."""
+    config = getattr(model, structure.config_attr)
+    n_heads = _config_int(config, structure.config.n_heads)
+    if n_heads is None:
+        raise ValueError(f"The config of {type(model).__name__} has none of {structure.config.n_heads}")
+    keys = structure.config.n_kv_heads
+    n_kv = keys if isinstance(keys, int) else (_config_int(config, keys) if keys else None)
+    n_kv = n_kv or n_heads
+    if n_heads % n_kv:
+        raise ValueError(f"n_heads={n_heads} is not a multiple of n_kv_heads={n_kv}")
+    return n_heads, n_kv
+
+
+def _config_int(config: object, keys: tuple[str, ...]) -> int | None:
+    """The first of `keys` that the config has as an int."""
+    for key in keys:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _config_head_dim(model: torch.nn.Module, structure: ModelStructure, n_heads: int) -> int | None:
+    """head_dim from the config, else hidden // n_heads; None when the config has neither."""
+    config = getattr(model, structure.config_attr)
+    head_dim = _config_int(config, structure.config.head_dim)
+    if head_dim is not None:
+        return head_dim
+    hidden = _config_int(config, structure.config.hidden)
+    return None if hidden is None else hidden // n_heads
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. Resolve parameter names.
+
+
+def _resolve(
+    model: torch.nn.Module, structure: ModelStructure, params: dict[str, torch.nn.Parameter], r: Restriction
+) -> ParamMasks:
+    """Masks for one parsed restriction on a model with a known structure."""
+    if r.kind in ("embed", "unembed"):
+        wanted = set(structure.embed if r.kind == "embed" else structure.unembed)
+        return {name: None for name in params if name in wanted}
+
+    assert r.layer is not None
+    n_layers = count_layers(params, structure)
+    if r.layer >= n_layers:
+        raise ValueError(
+            f"Layer {r.layer} is out of range: the model has {n_layers} layers (l0 to l{n_layers - 1})."
+        )
+    prefix = f"{structure.layers}.{r.layer}."
+    in_layer = {name[len(prefix) :]: name for name in params if name.startswith(prefix)}
+
+    if r.kind == "layer":
+        if r.component is None:
+            return dict.fromkeys(in_layer.values())
+        pattern = re.compile(structure.attn if r.component == "attn" else structure.mlp)
+        return {
+            full: None
+            for rel, full in in_layer.items()
+            if pattern.match(rel) and not re.search(NORM_MODULE, rel)
+        }
+
+    assert r.index is not None
+    n_heads, n_kv = head_counts(model, structure)
+    if r.kind == "head" and r.index >= n_heads:
+        raise ValueError(
+            f"Head {r.index} is out of range: the model has {n_heads} attention heads per layer (h0 to h{n_heads - 1})."
+        )
+    if r.kind == "group" and r.index >= n_kv:
+        raise ValueError(
+            f"Group {r.index} is out of range: the model has {n_kv} key/value heads, so groups g0 to g{n_kv - 1}."
+        )
+    q_sel, kv_sel = head_selection(n_heads, n_kv, r.kind, r.index)
+    head_dim = _config_head_dim(model, structure, n_heads)
+    by_name = {hp.name: hp for hp in structure.heads}
+    for hp in structure.heads:
+        if not hp.optional and hp.name not in in_layer:
+            raise ValueError(
+                f"Model type {model_type_of(model)!r}: expected parameter {prefix + hp.name!r}, which this "
+                f"model lacks; layer {r.layer} has {sorted(in_layer)}"
+            )
+    return {
+        full: head_mask(params[full], by_name[rel], q_sel, kv_sel, n_heads, n_kv, head_dim)
+        for rel, full in in_layer.items()
+        if rel in by_name
+    }
+
+
+def count_layers(params: dict[str, torch.nn.Parameter], structure: ModelStructure) -> int:
+    """Number of consecutive layers 0, 1, ... that have parameters under the entry's layer path."""
+    present = set()
+    pattern = re.compile(re.escape(structure.layers) + r"\.(\d+)\.")
+    for name in params:
+        m = pattern.match(name)
+        if m:
+            present.add(int(m[1]))
+    n = 0
+    while n in present:
+        n += 1
+    if n == 0:
+        some = ", ".join(list(params)[:4])
+        raise ValueError(
+            f"No parameters under '{structure.layers}.<i>.'; the model's parameters start {some}"
+        )
+    return n
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. Build the masks.
+
+
+def head_selection(n_heads: int, n_kv: int, kind: str, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(selected query heads, selected key/value heads) as bool vectors, for a head or a GQA group."""
+    kv_of_query = torch.arange(n_heads) * n_kv // n_heads
+    if kind == "head":
+        return torch.arange(n_heads) == index, torch.arange(n_kv) == kv_of_query[index]
+    return kv_of_query == index, torch.arange(n_kv) == index
+
+
+def head_mask(
+    param: torch.Tensor,
+    hp: HeadParam,
+    q_sel: torch.Tensor,
+    kv_sel: torch.Tensor,
+    n_heads: int,
+    n_kv: int,
+    head_dim: int | None,
+) -> torch.Tensor:
+    """Bool mask of `param`'s shape selecting the slices (along hp.axis) of the selected heads."""
+    axis = hp.axis if param.dim() > 1 else 0
+    is_query, head = axis_labels(hp, param.shape[axis], n_heads, n_kv, head_dim)
+    along_axis = torch.zeros(is_query.shape, dtype=torch.bool)
+    along_axis[is_query] = q_sel[head[is_query]]
+    along_axis[~is_query] = kv_sel[head[~is_query]]
+    shape = [1] * param.dim()
+    shape[axis] = -1
+    return along_axis.view(shape).expand(param.shape).contiguous()
+
+
+def axis_labels(
+    hp: HeadParam, size: int, n_heads: int, n_kv: int, head_dim: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each index along the head axis: (belongs to a query head?, which query or key/value head)."""
+    if hp.role != "qkv":
+        n = n_heads if hp.role in ("q", "o") else n_kv
+        if size % n:
+            raise ValueError(f"{hp.name}: axis {hp.axis} has size {size}, not a multiple of {n} heads")
+        return torch.full((size,), hp.role in ("q", "o")), torch.arange(size) // (size // n)
+
+    b = hp.blocks
+    if size % b or n_heads % b or n_kv % b:
+        raise ValueError(f"{hp.name}: cannot cut {size} rows of {n_heads}/{n_kv} heads into {b} blocks")
+    nq, nk = n_heads // b, n_kv // b
+    is_query, local = _fused_block_labels(hp, size // b, nq, nk, head_dim)
+    block = torch.arange(size) // (size // b)
+    head = torch.where(is_query.repeat(b), block * nq, block * nk) + local.repeat(b)
+    return is_query.repeat(b), head
+
+
+def _fused_block_labels(
+    hp: HeadParam, size: int, nq: int, nk: int, head_dim: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels within one block of a fused q/k/v projection with nq query and nk key/value heads."""
+    units = {"concat": nq + 2 * nk, "interleaved": 3 * nq, "grouped": nq + 2 * nk}[hp.layout or ""]
+    if hp.layout == "interleaved" and nq != nk:
+        raise ValueError(
+            f"{hp.name}: interleaved q/k/v needs as many key/value heads as heads ({nk} != {nq})"
+        )
+    if size % units or (head_dim is not None and size // units != head_dim):
+        raise ValueError(
+            f"{hp.name}: {size} rows do not split into {units} {hp.layout} slices of head_dim={head_dim}; "
+            "the structure table does not match this model's config"
+        )
+    unit = torch.arange(size) // (size // units)
+    if hp.layout == "concat":  # [q_0..q_nq-1 | k_0..k_nk-1 | v_0..v_nk-1]
+        is_query = unit < nq
+        return is_query, torch.where(is_query, unit, (unit - nq) % nk)
+    if hp.layout == "interleaved":  # [q_0 k_0 v_0 | q_1 k_1 v_1 | ...]
+        return unit % 3 == 0, unit // 3
+    per_group = nq // nk + 2  # grouped: [q.. k v] per kv head
+    group, slot = unit // per_group, unit % per_group
+    is_query = slot < per_group - 2
+    return is_query, torch.where(is_query, group * (per_group - 2) + slot, group)
+
+
+def merge_param_masks(masks_list: list[ParamMasks]) -> ParamMasks:
+    """Union of several mask dicts: names in order of first appearance, masks ORed, None wins."""
+    merged: ParamMasks = {}
+    for masks in masks_list:
+        for name, mask in masks.items():
+            if name not in merged:
+                merged[name] = None if mask is None else mask.clone()
+            elif merged[name] is not None:
+                merged[name] = None if mask is None else merged[name] | mask  # type: ignore[operator]
+    return merged
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inspection.
+
+
+def preview_weight_restriction(model: torch.nn.Module, masks: ParamMasks, *, plain: bool = False) -> None:
+    """Print a tree of the selected parameters with selected/total element counts (plain: names only).
+
+    Shows what a restriction resolved to, e.g. whether "unembed" picked anything on a tied model.
+    """
+    if plain:
+        for name in sorted(masks):
+            print(name)
+        return
+    params = dict(model.named_parameters())
+    selected = {
+        name: params[name].numel() if mask is None else int(mask.sum()) for name, mask in masks.items()
+    }
+    n_selected, n_total = sum(selected.values()), sum(p.numel() for p in params.values())
+    print(
+        f"{len(masks)} of {len(params)} parameters sampled: {n_selected:,} of {n_total:,} elements "
+        f"({_percent(n_selected, n_total)})"
+    )
+    tree: dict = {}
+    for name, param in params.items():  # every parameter, so module totals count the unselected too
+        node = tree
+        for part in name.split("."):
+            node = node.setdefault(part, {})
+        node[""] = (selected.get(name), param.numel())
+    _print_tree(tree, indent="")
+
+
+def _print_tree(node: dict, indent: str) -> None:
+    """Print the selected branches of one tree level, joining single-child module chains into one line."""
+    children = []
+    for label, child in node.items():
+        if label == "" or _subtree_counts(child)[0] is None:
+            continue
+        while "" not in child and len(child) == 1:  # collapse a.b.c chains
+            sub, child = next(iter(child.items()))
+            label = f"{label}.{sub}"
+        children.append((label, child))
+    for i, (label, child) in enumerate(children):
+        last = i == len(children) - 1
+        sel, tot = _subtree_counts(child)
+        print(f"{indent}{'└─ ' if last else '├─ '}{label}  {sel:,} / {tot:,} ({_percent(sel or 0, tot)})")
+        _print_tree(child, indent + ("   " if last else "│  "))
+
+
+def _subtree_counts(node: dict) -> tuple[int | None, int]:
+    """(selected elements or None when nothing below is selected, total elements) under a tree node."""
+    if "" in node:
+        return node[""]
+    sums = [_subtree_counts(v) for v in node.values()]
+    chosen = [s for s, _ in sums if s is not None]
+    return (sum(chosen) if chosen else None), sum(t for _, t in sums)
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "0.0%"
