@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Any
 
@@ -21,4 +22,5 @@ def run(output_path: str, **overrides: Any) -> None:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     run(sys.argv[1], **(json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}))

@@ -64,9 +64,10 @@ def kill_tree(proc: subprocess.Popen) -> None:
     proc.communicate(timeout=30)
 
 
-def finish(proc: subprocess.Popen, timeout: float = 240) -> None:
+def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-4000:]
+    return out
 
 
 def run_single(out: Path, overrides: dict | None = None) -> None:
@@ -116,3 +117,36 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     assert "completed" not in zarr.open_group(str(out), mode="r").attrs
     finish(torchrun(2, out, opts))
     assert tree_hash(out) == tree_hash(tmp_path / "clean.zarr")
+
+
+def worker_pids(proc: subprocess.Popen) -> list[int]:
+    """The torchrun workers (processes running tests.jobs) below a torchrun launcher."""
+    pids = []
+    for pid in descendants(proc.pid):
+        with contextlib.suppress(OSError):
+            if b"tests.jobs" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(pid)
+    return pids
+
+
+def test_one_rank_killed_mid_chain_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    """SIGKILL one rank once a chain has a checkpoint; the rerun continues that chain mid-way, same bytes."""
+    opts = {"num_chains": 4, "num_draws": 400, "checkpoint_every": 50}
+    run_single(tmp_path / "clean.zarr", {k: v for k, v in opts.items() if k != "checkpoint_every"})
+    out = tmp_path / "killed.zarr"
+    ckpts = tmp_path / "killed.zarr.checkpoints"
+    proc = torchrun(2, out, opts)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None and not any(ckpts.glob("chain_*.pt")):
+        time.sleep(0.02)
+    workers = worker_pids(proc)
+    assert workers and proc.poll() is None, "the job ended before any checkpoint was written"
+    os.kill(workers[-1], signal.SIGKILL)  # one rank dies; torchrun tears the other down
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    steps = zarr.open_array(str(out / "chain_steps_done"), mode="r")[...]
+    assert (steps < 400).any(), f"kill did not land mid-run (progress {steps})"
+    log = finish(torchrun(2, out, opts))
+    assert "continues from its checkpoint at step" in log, log[-3000:]
+    assert tree_hash(out) == tree_hash(tmp_path / "clean.zarr")
+    assert not ckpts.exists(), "checkpoints of a completed store are removed"
