@@ -9,8 +9,9 @@ Restriction patterns (case-insensitive, spaces optional between the layer and he
 
     "full"                 every parameter
     "l<N>"                 every parameter of layer N, its layer norms included
-    "l<N>h<M>"             attention head M of layer N: its rows of Q, K and V (biases included) and its
-                           columns of the output projection (whose bias is shared by all heads: excluded)
+    "l<N>h<M>"             attention head M of layer N: its rows of Q, its key/value head's rows of K and
+                           V (biases included) and its columns of the output projection (whose bias is
+                           shared by all heads: excluded)
     "l<N>g<M>"             GQA group M: the query heads that share key/value head M, and that head
     "l<N> attn"            layer N's attention parameters, whole (no norms)
     "l<N> mlp"             layer N's MLP parameters, whole (MoE experts and routers included; no norms)
@@ -37,6 +38,11 @@ from distinterp.model_structures import (
     ModelStructure,
     supported_model_types,
 )
+
+
+class WeightRestrictionError(ValueError):
+    """A restriction that cannot be resolved on this model; the message lists what is valid."""
+
 
 ParamMasks = dict[str, torch.Tensor | None]
 """Parameter name -> bool mask of its shape, or None for the whole parameter."""
@@ -75,9 +81,13 @@ def create_param_masks(model: torch.nn.Module, restriction: str | list[str]) -> 
     """
     if isinstance(restriction, list):
         if not restriction:
-            raise ValueError(f"Empty list of weight restrictions. Valid patterns: {VALID_PATTERNS}.")
+            raise WeightRestrictionError(
+                f"Empty list of weight restrictions. Valid patterns: {VALID_PATTERNS}."
+            )
         if any(isinstance(r, str) and r.strip().lower() == "full" for r in restriction):
-            raise ValueError("'full' selects every parameter and cannot be combined with other restrictions.")
+            raise WeightRestrictionError(
+                "'full' selects every parameter and cannot be combined with other restrictions."
+            )
         return merge_param_masks([create_param_masks(model, r) for r in restriction])
     if not isinstance(restriction, str):
         raise TypeError(f"restriction must be a str or list[str], got {type(restriction).__name__}")
@@ -110,7 +120,9 @@ def parse_restriction(text: str, param_names: Iterable[str] = ()) -> Restriction
         return Restriction(kind, layer=int(m[1]), index=int(m[2]))
     if text.strip() in set(param_names):
         return Restriction("param", name=text.strip())
-    raise ValueError(f"Unrecognised weight restriction {text!r}. Valid patterns: {VALID_PATTERNS}.")
+    raise WeightRestrictionError(
+        f"Unrecognised weight restriction {text!r}. Valid patterns: {VALID_PATTERNS}."
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -128,7 +140,7 @@ def model_type_of(model: torch.nn.Module) -> str:
         return "transformer_lens"
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if not model_type:
-        raise ValueError(
+        raise WeightRestrictionError(
             f"Cannot tell the model type of {type(model).__name__}: weight restrictions need a Hugging Face "
             "model (config.model_type) or a TransformerLens HookedTransformer (cfg). Supported model types: "
             f"{', '.join(supported_model_types())}."
@@ -141,7 +153,7 @@ def structure_for(model: torch.nn.Module) -> ModelStructure:
     model_type = model_type_of(model)
     entry = STRUCTURES.get(model_type)
     if entry is None:
-        raise ValueError(
+        raise WeightRestrictionError(
             f"Weight restrictions do not support model type {model_type!r} ({type(model).__name__}). "
             f"Supported model types: {', '.join(supported_model_types())}. 'full' and exact parameter "
             "names work for any model."
@@ -152,7 +164,9 @@ def structure_for(model: torch.nn.Module) -> ModelStructure:
     for variant in entry:
         if all(getattr(config, key, None) == value for key, value in variant.when):
             return variant
-    raise ValueError(f"No structure variant of {model_type!r} matches this model's config")  # table bug
+    raise WeightRestrictionError(
+        f"No structure variant of {model_type!r} matches this model's config"
+    )  # table bug
 
 
 def head_counts(model: torch.nn.Module, structure: ModelStructure) -> tuple[int, int]:
@@ -160,12 +174,14 @@ def head_counts(model: torch.nn.Module, structure: ModelStructure) -> tuple[int,
     config = getattr(model, structure.config_attr)
     n_heads = _config_int(config, structure.config.n_heads)
     if n_heads is None:
-        raise ValueError(f"The config of {type(model).__name__} has none of {structure.config.n_heads}")
+        raise WeightRestrictionError(
+            f"The config of {type(model).__name__} has none of {structure.config.n_heads}"
+        )
     keys = structure.config.n_kv_heads
     n_kv = keys if isinstance(keys, int) else (_config_int(config, keys) if keys else None)
     n_kv = n_kv or n_heads
     if n_heads % n_kv:
-        raise ValueError(f"n_heads={n_heads} is not a multiple of n_kv_heads={n_kv}")
+        raise WeightRestrictionError(f"n_heads={n_heads} is not a multiple of n_kv_heads={n_kv}")
     return n_heads, n_kv
 
 
@@ -203,7 +219,7 @@ def _resolve(
     assert r.layer is not None
     n_layers = count_layers(params, structure)
     if r.layer >= n_layers:
-        raise ValueError(
+        raise WeightRestrictionError(
             f"Layer {r.layer} is out of range: the model has {n_layers} layers (l0 to l{n_layers - 1})."
         )
     prefix = f"{structure.layers}.{r.layer}."
@@ -222,11 +238,11 @@ def _resolve(
     assert r.index is not None
     n_heads, n_kv = head_counts(model, structure)
     if r.kind == "head" and r.index >= n_heads:
-        raise ValueError(
+        raise WeightRestrictionError(
             f"Head {r.index} is out of range: the model has {n_heads} attention heads per layer (h0 to h{n_heads - 1})."
         )
     if r.kind == "group" and r.index >= n_kv:
-        raise ValueError(
+        raise WeightRestrictionError(
             f"Group {r.index} is out of range: the model has {n_kv} key/value heads, so groups g0 to g{n_kv - 1}."
         )
     q_sel, kv_sel = head_selection(n_heads, n_kv, r.kind, r.index)
@@ -234,7 +250,7 @@ def _resolve(
     by_name = {hp.name: hp for hp in structure.heads}
     for hp in structure.heads:
         if not hp.optional and hp.name not in in_layer:
-            raise ValueError(
+            raise WeightRestrictionError(
                 f"Model type {model_type_of(model)!r}: expected parameter {prefix + hp.name!r}, which this "
                 f"model lacks; layer {r.layer} has {sorted(in_layer)}"
             )
@@ -258,7 +274,7 @@ def count_layers(params: dict[str, torch.nn.Parameter], structure: ModelStructur
         n += 1
     if n == 0:
         some = ", ".join(list(params)[:4])
-        raise ValueError(
+        raise WeightRestrictionError(
             f"No parameters under '{structure.layers}.<i>.'; the model's parameters start {some}"
         )
     return n
@@ -303,12 +319,16 @@ def axis_labels(
     if hp.role != "qkv":
         n = n_heads if hp.role in ("q", "o") else n_kv
         if size % n:
-            raise ValueError(f"{hp.name}: axis {hp.axis} has size {size}, not a multiple of {n} heads")
+            raise WeightRestrictionError(
+                f"{hp.name}: axis {hp.axis} has size {size}, not a multiple of {n} heads"
+            )
         return torch.full((size,), hp.role in ("q", "o")), torch.arange(size) // (size // n)
 
     b = hp.blocks
     if size % b or n_heads % b or n_kv % b:
-        raise ValueError(f"{hp.name}: cannot cut {size} rows of {n_heads}/{n_kv} heads into {b} blocks")
+        raise WeightRestrictionError(
+            f"{hp.name}: cannot cut {size} rows of {n_heads}/{n_kv} heads into {b} blocks"
+        )
     nq, nk = n_heads // b, n_kv // b
     is_query, local = _fused_block_labels(hp, size // b, nq, nk, head_dim)
     block = torch.arange(size) // (size // b)
@@ -322,11 +342,11 @@ def _fused_block_labels(
     """Labels within one block of a fused q/k/v projection with nq query and nk key/value heads."""
     units = {"concat": nq + 2 * nk, "interleaved": 3 * nq, "grouped": nq + 2 * nk}[hp.layout or ""]
     if hp.layout == "interleaved" and nq != nk:
-        raise ValueError(
+        raise WeightRestrictionError(
             f"{hp.name}: interleaved q/k/v needs as many key/value heads as heads ({nk} != {nq})"
         )
     if size % units or (head_dim is not None and size // units != head_dim):
-        raise ValueError(
+        raise WeightRestrictionError(
             f"{hp.name}: {size} rows do not split into {units} {hp.layout} slices of head_dim={head_dim}; "
             "the structure table does not match this model's config"
         )

@@ -20,15 +20,15 @@ Conventions used by every entry:
 
   - "concat": [Q of all heads | K of all kv heads | V of all kv heads] (GPT-2, MPT, Phi-3, DBRX,
     Falcon multi-query, GPT-BigCode multi-query).
-  - "interleaved": per head [q, k, v] blocks, i.e. a (n_heads, 3, head_dim) view (GPT-NeoX, Bloom,
-    Persimmon, Falcon-RW-style multi-head, GPT-BigCode multi-head); needs n_kv_heads == n_heads.
+  - "interleaved": per head [q, k, v] blocks, i.e. a (n_heads, 3, head_dim) view (GPT-NeoX(-Japanese),
+    Bloom, Persimmon, Falcon-RW-style multi-head, GPT-BigCode multi-head); needs n_kv_heads == n_heads.
   - "grouped": per kv head [its n_heads / n_kv_heads queries, k, v] (Falcon new_decoder_architecture).
 
   `blocks` > 1 first cuts the fused axis into that many equal tensor-parallel slices, each holding
   n_heads / blocks consecutive heads in `layout` (CodeGen: 4 slices of [q | v | k]).
 * Biases are listed where the architecture can have them; absent parameters are skipped. A K bias is
   left out where softmax makes it a no-op (absolute or no position encoding, separate K projection:
-  OPT, XGLM), as devinterp does, since it has no effect on the head's output.
+  OPT, XGLM, BioGPT, CTRL), as devinterp does, since it has no effect on the head's output.
 * "attn" and "mlp" are regexes matched at the start of layer-relative names; parameters of
   normalization modules (the owning module's name contains "norm") are never part of attn/mlp, only
   of "l<N>", as in devinterp.
@@ -144,6 +144,12 @@ def decoder(
 LLAMA = decoder(notes="separate q/k/v/o projections")
 MOE = decoder(mlp=r"(mlp|block_sparse_moe|shared_mlp)\.", notes="separate q/k/v/o; MoE experts count as mlp")
 GPT2_LIKE = dict(layers="transformer.h", attn=r"attn\.", mlp=r"mlp\.")
+GPT2 = decoder(
+    **GPT2_LIKE,
+    embed=("transformer.wte.weight",),
+    heads=fused_heads("attn.c_attn", "attn.c_proj", "concat", conv1d=True),
+    notes="Conv1D c_attn (weight is (in, 3*hidden)); unembed is tied to wte, so it selects nothing",
+)
 MLA = decoder(
     heads=(
         HeadParam("self_attn.q_proj.weight", "q", optional=True),
@@ -191,6 +197,11 @@ STRUCTURES: dict[str, ModelStructure | tuple[ModelStructure, ...]] = {
     "arcee": LLAMA,
     "bitnet": LLAMA,
     "starcoder2": LLAMA,
+    "ministral3": LLAMA,
+    "cwm": LLAMA,
+    "solar_open": MOE,
+    "nanochat": decoder(notes="separate q/k/v/o; parameter-free norms"),
+    "jais2": LLAMA,
     "mixtral": MOE,
     "qwen2_moe": MOE,
     "qwen3_moe": MOE,
@@ -198,6 +209,21 @@ STRUCTURES: dict[str, ModelStructure | tuple[ModelStructure, ...]] = {
     "phimoe": MOE,
     "granitemoe": MOE,
     "granitemoeshared": MOE,
+    "glm4_moe": MOE,
+    "ernie4_5_moe": MOE,
+    "hunyuan_v1_moe": MOE,
+    "exaone_moe": MOE,
+    "flex_olmo": MOE,
+    "minimax_m2": MOE,
+    "aria_text": MOE,
+    "llama4_text": replace(
+        MOE, mlp=r"feed_forward\.", notes="separate q/k/v/o; MoE feed_forward counts as mlp"
+    ),
+    "afmoe": replace(
+        MOE,
+        heads=separate_heads(extra=(HeadParam("self_attn.gate_proj.weight", "q"),)),
+        notes="separate q/k/v/o; per-head output gate rows (gate_proj); MoE experts count as mlp",
+    ),
     "gpt_oss": replace(
         MOE,
         heads=separate_heads(extra=(HeadParam("self_attn.sinks", "q"),)),
@@ -205,6 +231,7 @@ STRUCTURES: dict[str, ModelStructure | tuple[ModelStructure, ...]] = {
     ),
     "deepseek_v2": MLA,
     "deepseek_v3": MLA,
+    "glm4_moe_lite": replace(MLA, notes=MLA.notes + "; MoE experts count as mlp"),
     # Other separate-projection layouts.
     "phi": decoder(heads=separate_heads(o="dense"), notes="separate q/k/v; output projection is 'dense'"),
     "gpt_neo": decoder(
@@ -226,18 +253,30 @@ STRUCTURES: dict[str, ModelStructure | tuple[ModelStructure, ...]] = {
         heads=separate_heads(o="out_proj", k_bias=False),
         notes="separate q/k/v/out_proj; k_proj.bias is a no-op (learned absolute positions) and not selected",
     ),
+    "biogpt": decoder(
+        layers="biogpt.layers",
+        embed=("biogpt.embed_tokens.weight",),
+        unembed=("output_projection.weight",),
+        mlp=r"fc[12]\.",
+        heads=separate_heads(o="out_proj", k_bias=False),
+        notes="separate q/k/v/out_proj; k_proj.bias is a no-op (learned positions); unembed is tied",
+    ),
+    "ctrl": decoder(
+        layers="transformer.h",
+        embed=("transformer.w.weight",),
+        attn=r"multi_head_attention\.",
+        mlp=r"ffn\.",
+        heads=separate_heads(prefix="multi_head_attention.", q="Wq", k="Wk", v="Wv", o="dense", k_bias=False),
+        notes="separate Wq/Wk/Wv/dense; Wk.bias is a no-op (sinusoidal positions); lm_head.weight is tied",
+    ),
     "xglm": decoder(
         mlp=r"fc[12]\.",
         heads=separate_heads(o="out_proj", k_bias=False),
         notes="separate q/k/v/out_proj; k_proj.bias is a no-op (sinusoidal positions) and not selected",
     ),
     # Fused q/k/v projections.
-    "gpt2": decoder(
-        **GPT2_LIKE,
-        embed=("transformer.wte.weight",),
-        heads=fused_heads("attn.c_attn", "attn.c_proj", "concat", conv1d=True),
-        notes="Conv1D c_attn (weight is (in, 3*hidden)); unembed is tied to wte, so it selects nothing",
-    ),
+    "gpt2": GPT2,
+    "gpt-sw3": GPT2,
     "openai-gpt": decoder(
         **GPT2_LIKE,
         embed=("transformer.tokens_embed.weight",),
@@ -264,16 +303,25 @@ STRUCTURES: dict[str, ModelStructure | tuple[ModelStructure, ...]] = {
     "gpt_neox": decoder(
         layers="gpt_neox.layers",
         embed=("gpt_neox.embed_in.weight",),
-        unembed=("embed_out.weight",),
+        unembed=("lm_head.weight", "embed_out.weight"),
         attn=r"attention\.",
         heads=fused_heads("attention.query_key_value", "attention.dense", "interleaved"),
         config=ConfigKeys(n_kv_heads=None),
-        notes="query_key_value is per-head [q, k, v]",
+        notes="query_key_value is per-head [q, k, v]; the LM head is lm_head (embed_out before transformers 5)",
     ),
     "persimmon": decoder(
         heads=fused_heads("self_attn.query_key_value", "self_attn.dense", "interleaved"),
         config=ConfigKeys(n_kv_heads=None),
         notes="query_key_value is per-head [q, k, v]",
+    ),
+    "gpt_neox_japanese": decoder(
+        layers="gpt_neox_japanese.layers",
+        embed=("gpt_neox_japanese.embed_in.weight",),
+        unembed=("embed_out.weight",),
+        attn=r"attention\.",
+        heads=fused_heads("attention.query_key_value", "attention.dense", "interleaved"),
+        config=ConfigKeys(n_kv_heads=None),
+        notes="query_key_value is per-head [q, k, v]; dense_bias is shared",
     ),
     "bloom": decoder(
         layers="transformer.h",
@@ -365,3 +413,61 @@ STRUCTURES: dict[str, ModelStructure | tuple[ModelStructure, ...]] = {
 def supported_model_types() -> list[str]:
     """The model types weight restrictions understand, sorted."""
     return sorted(STRUCTURES)
+
+
+def variants(model_type: str) -> tuple[ModelStructure, ...]:
+    """The entry (or entries, for types whose layout depends on config flags) of one model type."""
+    entry = STRUCTURES[model_type]
+    return entry if isinstance(entry, tuple) else (entry,)
+
+
+def attention_layout(structure: ModelStructure) -> str:
+    """A short description of how an entry stores its heads, for the documentation table."""
+    fused = [hp for hp in structure.heads if hp.role == "qkv"]
+    if fused:
+        conv1d = " (Conv1D)" if fused[0].axis == 1 else ""
+        blocks = f" in {fused[0].blocks} blocks" if fused[0].blocks > 1 else ""
+        kind = f"fused {fused[0].layout}{blocks}{conv1d}"
+    elif any(hp.role == "kv" for hp in structure.heads):
+        kind = "latent (MLA)"
+    else:
+        kind = "separate q/k/v"
+    n_kv = structure.config.n_kv_heads
+    kv = "MHA" if n_kv is None else ("MQA" if n_kv == 1 else "GQA/MHA")
+    when = ", ".join(f"{key}={value}" for key, value in structure.when)
+    return f"{kind}, {kv}" + (f" (when {when})" if when else "")
+
+
+def markdown_table() -> str:
+    """The table of supported model types that docs/weight-restrictions.md shows (a test keeps it equal)."""
+    rows = [
+        "| model type | attention layout | layers | `l<N> attn` | `l<N> mlp` | embed | unembed | notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for model_type in supported_model_types():
+        for s in variants(model_type):
+            cells = (
+                f"`{model_type}`",
+                attention_layout(s),
+                f"`{s.layers}.<N>`",
+                _code(s.attn),
+                _code(s.mlp),
+                _names(s.embed),
+                _names(s.unembed),
+                s.notes.replace("|", "/"),
+            )
+            rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def _code(regex: str) -> str:
+    """A layer-relative name regex as inline code (pipes escaped for markdown tables)."""
+    return "`" + regex.replace("|", "\\|") + "`"
+
+
+def _names(names: tuple[str, ...]) -> str:
+    return ", ".join(f"`{name}`" for name in names)
+
+
+if __name__ == "__main__":  # regenerate the documentation table: python -m distinterp.model_structures
+    print(markdown_table(), end="")
