@@ -8,6 +8,7 @@ from distinterp.loss import (
     lm_cross_entropy_loss,
     lm_forward_logits,
 )
+from distinterp.masks import WeightRestrictionError, create_param_masks, preview_weight_restriction
 from distinterp.sampling import sample
 from distinterp.sgld import SGLDHyper, sgld_step
 from distinterp.store import IncompleteStoreError, StoreConfigMismatch, StoreError
@@ -26,11 +27,14 @@ __all__ = [
     "SamplerConfig",
     "StoreConfigMismatch",
     "StoreError",
+    "WeightRestrictionError",
     "compute_llc",
     "compute_per_token_loss",
+    "create_param_masks",
     "llc",
     "lm_cross_entropy_loss",
     "lm_forward_logits",
+    "preview_weight_restriction",
     "sample",
     "sgld_step",
 ]
