@@ -1,6 +1,8 @@
 """distinterp: distributed SGLD sampling for LLC, BIF and susceptibilities, with devinterp 2.x's API."""
 
+from distinterp.bif import AnalysisInputError, bif, compute_bif
 from distinterp.config import SamplerConfig
+from distinterp.covariance import batch_corrcoef, batch_cov, xr_corrcoef_with_torch_backend
 from distinterp.llc import compute_llc, llc
 from distinterp.loss import (
     NonFiniteLogitsError,
@@ -12,6 +14,7 @@ from distinterp.masks import WeightRestrictionError, create_param_masks, preview
 from distinterp.sampling import sample
 from distinterp.sgld import SGLDHyper, sgld_step
 from distinterp.store import IncompleteStoreError, StoreConfigMismatch, StoreError
+from distinterp.susceptibilities import compute_susceptibilities, susceptibilities
 
 SGLD = "sgmcmc_sgld"
 """Plain SGLD with localization (sampling_method name)."""
@@ -21,6 +24,7 @@ RMSPROP_SGLD = "rmsprop_sgld"
 __all__ = [
     "RMSPROP_SGLD",
     "SGLD",
+    "AnalysisInputError",
     "IncompleteStoreError",
     "NonFiniteLogitsError",
     "SGLDHyper",
@@ -28,8 +32,13 @@ __all__ = [
     "StoreConfigMismatch",
     "StoreError",
     "WeightRestrictionError",
+    "batch_corrcoef",
+    "batch_cov",
+    "bif",
+    "compute_bif",
     "compute_llc",
     "compute_per_token_loss",
+    "compute_susceptibilities",
     "create_param_masks",
     "llc",
     "lm_cross_entropy_loss",
@@ -37,5 +46,7 @@ __all__ = [
     "preview_weight_restriction",
     "sample",
     "sgld_step",
+    "susceptibilities",
+    "xr_corrcoef_with_torch_backend",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,515 @@
+"""Bayesian influence function (BIF): correlations of observable per-token losses across SGLD draws.
+
+devinterp 2.x's `bif()` / `compute_bif()`, streamed: the store is read one chunk (chain, draws) at a time,
+and the token-wise result is built from pairs of batch blocks, so peak memory is set by `batch_size`, the
+context length and the store's chunk, never by chains x draws x sequences. A token-wise result too large
+for memory goes block by block into a zarr group next to the samples and comes back lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import xarray as xr
+import zarr
+
+from distinterp.covariance import Moments, cross_products, normalise_block, xr_corrcoef_with_torch_backend
+from distinterp.llc import usable_chains
+from distinterp.store import STEPS_DONE
+
+logger = logging.getLogger(__name__)
+
+CorrelationMethod = Literal["token", "sequence"]
+ChainReductionMethod = Literal["stack", "mean"]
+MAX_RESULT_BYTES = 1 << 30
+"""Token-wise results larger than this are written to zarr and returned lazily instead of held in memory."""
+_RESULT_CHUNK_BYTES = 16 << 20
+
+
+class AnalysisInputError(ValueError):
+    """Arguments or a store an analysis cannot use; raised before anything is sampled or written."""
+
+
+# ─── Reading a store's observables ───────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class ObservableLosses:
+    """The observables of a sampling store as analyses read them: which, how many rows, which chains."""
+
+    ds: xr.Dataset
+    keys: list[str]
+    sizes: list[int]  # rows per key
+    context_length: int
+    chains: list[int]
+    num_draws: int
+    draw_chunk: int
+
+    @classmethod
+    def open(
+        cls,
+        samples: xr.DataTree | xr.Dataset,
+        keys: Sequence[str] | None = None,
+        *,
+        allow_partial: bool = False,
+        what: str = "analysis",
+        field: str = "loss_keys",
+    ) -> ObservableLosses:
+        """Check the schema of the named observables (all, sorted, when None) and pick usable chains."""
+        ds = samples.dataset if isinstance(samples, xr.DataTree) else samples
+        if not isinstance(ds, xr.Dataset):
+            raise AnalysisInputError(
+                f"{what}: samples must be the DataTree sample() returns, got {type(samples)}"
+            )
+        available = available_observables(ds)
+        if keys is None:
+            keys = sorted(available)
+        missing = [k for k in keys if k not in available]
+        if missing:
+            raise AnalysisInputError(
+                f"{what}: {field}: {missing} not in the store; available observables: {sorted(available)}"
+            )
+        if not keys:
+            raise AnalysisInputError(f"{what}: {field}: no observables (loss_*) in the store")
+        sizes, context = [], None
+        for key in keys:
+            loss, ids = f"loss_{key}", f"input_ids_{key}"
+            expected = ("chain", "draw", f"batch_{key}", "token_pos")
+            if ds[loss].dims != expected:
+                raise AnalysisInputError(
+                    f"{what}: store field {loss} has dims {ds[loss].dims}, expected {expected}"
+                )
+            if ids not in ds or ds[ids].dims != (f"batch_{key}", "token"):
+                got = ds[ids].dims if ids in ds else "nothing"
+                raise AnalysisInputError(
+                    f"{what}: store field {ids} has dims {got}, expected ('batch_{key}', 'token')"
+                )
+            T = ds.sizes["token_pos"]
+            if ds.sizes["token"] != T + 1:
+                raise AnalysisInputError(
+                    f"{what}: store field {ids} has {ds.sizes['token']} tokens; expected token_pos + 1 = {T + 1}"
+                )
+            context = T
+            sizes.append(int(ds.sizes[f"batch_{key}"]))
+        chains = (
+            usable_chains(ds, allow_partial=allow_partial, what=what)
+            if STEPS_DONE in ds
+            else list(range(ds.sizes["chain"]))
+        )
+        chunks = ds[f"loss_{keys[0]}"].encoding.get("chunks")
+        draw_chunk = int(chunks[1]) if chunks else min(50, ds.sizes["draw"])
+        return cls(ds, list(keys), sizes, int(context), chains, int(ds.sizes["draw"]), max(1, draw_chunk))
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def offsets(self) -> list[int]:
+        """First row of each key in the concatenation (keys in order)."""
+        return [int(x) for x in np.cumsum([0, *self.sizes[:-1]])]
+
+    @property
+    def excluded_chains(self) -> list[int]:
+        return sorted(set(range(self.ds.sizes["chain"])) - set(self.chains))
+
+    def draw_slices(self) -> list[slice]:
+        """Draw ranges aligned with the store's chunks: each read touches one chunk per chain."""
+        d, c = self.num_draws, self.draw_chunk
+        return [slice(i, min(i + c, d)) for i in range(0, d, c)]
+
+    def read(self, key: str, chain: int, draws: slice) -> np.ndarray:
+        """loss_<key>[chain, draws] as float32 (draws, rows, token_pos): one chunk of the store."""
+        return np.asarray(self.ds[f"loss_{key}"].isel(chain=chain, draw=draws).values, dtype=np.float32)
+
+    def input_ids(self) -> xr.DataArray:
+        """input_ids of every key concatenated along `batch` (dims batch, position), as devinterp returns."""
+        parts = [np.asarray(self.ds[f"input_ids_{k}"].values) for k in self.keys]
+        return xr.DataArray(np.concatenate(parts), dims=("batch", "position"))
+
+
+def available_observables(ds: xr.Dataset) -> list[str]:
+    """Observable ids of a store: the `loss_<id>` variables."""
+    return [str(v)[len("loss_") :] for v in ds.data_vars if str(v).startswith("loss_")]
+
+
+def _index_range(field: str, value: Literal["all"] | Sequence[int], n: int) -> np.ndarray:
+    """Row indices into the concatenated observables; 'all' or a sequence of ints in [0, n)."""
+    if isinstance(value, str):
+        if value != "all":
+            raise AnalysisInputError(
+                f"compute_bif: {field}: expected 'all' or a sequence of ints, got {value!r}"
+            )
+        return np.arange(n)
+    try:
+        items = list(value)
+    except TypeError as e:
+        raise AnalysisInputError(
+            f"compute_bif: {field}: expected 'all' or a sequence of ints, got {value!r}"
+        ) from e
+    if not items:
+        raise AnalysisInputError(f"compute_bif: {field}: is empty")
+    bad = [i for i in items if isinstance(i, bool) or not isinstance(i, int | np.integer)]
+    if bad:
+        raise AnalysisInputError(f"compute_bif: {field}: entries must be ints, got {bad[:3]}")
+    out = np.asarray(items, dtype=np.int64)
+    outside = out[(out < 0) | (out >= n)]
+    if outside.size:
+        raise AnalysisInputError(
+            f"compute_bif: {field}: indices {outside[:5].tolist()} out of bounds; the selected observables "
+            f"have {n} sequences (valid: 0..{n - 1})"
+        )
+    return out
+
+
+def _choice(field: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise AnalysisInputError(f"{field}: expected one of {list(allowed)}, got {value!r}")
+
+
+def _check_options(
+    correlation_method: Any, reduce_chain_dimension_method: Any, batch_size: Any, field: str
+) -> None:
+    _choice("correlation_method", correlation_method, ("token", "sequence"))
+    _choice("reduce_chain_dimension_method", reduce_chain_dimension_method, ("stack", "mean"))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise AnalysisInputError(f"{field}: expected an int >= 1, got {batch_size!r}")
+
+
+# ─── Working copy: the selected rows, transposed for block reads ─────────────
+
+
+class _Rows:
+    """The rows a BIF needs, as (group, row, token_pos, draw) float32 plus per-(row, token) moments.
+
+    group = chain for 'stack', one chain-mean for 'mean'. Kept in a scratch zarr array chunked
+    (1, batch_size, T, draw chunk) so a block of rows is read without touching the others.
+    """
+
+    def __init__(
+        self, obs: ObservableLosses, rows: np.ndarray, *, mean_chains: bool, block: int, scratch: Path
+    ):
+        self.obs = obs
+        self.rows = rows  # sorted unique indices into the concatenation
+        self.groups = 1 if mean_chains else len(obs.chains)
+        T, D = obs.context_length, obs.num_draws
+        self.data = zarr.create_array(
+            zarr.storage.LocalStore(scratch),
+            shape=(self.groups, len(rows), T, D),
+            chunks=(1, min(block, len(rows)), T, obs.draw_chunk),
+            dtype="float32",
+            compressors=None,
+            fill_value=np.nan,
+        )
+        means, m2s = [], []
+        count = 0
+        for key, off, n in zip(obs.keys, obs.offsets, obs.sizes):
+            lo, hi = np.searchsorted(rows, [off, off + n])
+            if lo == hi:
+                continue
+            local = rows[lo:hi] - off
+            moments = Moments.empty((hi - lo, T))
+            for draws in obs.draw_slices():
+                if mean_chains:
+                    total = np.zeros((draws.stop - draws.start, hi - lo, T))
+                    for c in obs.chains:
+                        total += obs.read(key, c, draws)[:, local]
+                    chunks = [(0, (total / len(obs.chains)).astype(np.float32))]
+                else:
+                    chunks = [(g, obs.read(key, c, draws)[:, local]) for g, c in enumerate(obs.chains)]
+                for g, x in chunks:
+                    xt = np.ascontiguousarray(x.transpose(1, 2, 0))  # (rows, T, draws)
+                    self.data[g, lo:hi, :, draws] = xt
+                    moments.update(xt)
+            means.append(moments.mean)
+            m2s.append(moments.m2)
+            count = moments.count
+        self.count = count  # observations per series: groups x draws
+        self.mean = np.concatenate(means)
+        self.std = (
+            np.sqrt(np.concatenate(m2s) / (count - 1)) if count > 1 else np.full_like(self.mean, np.nan)
+        )
+
+    def centred_chunks(self, positions: np.ndarray, device: torch.device) -> Iterator[torch.Tensor]:
+        """Rows at `positions` minus their means, one (rows, T, draws) tensor per stored chunk."""
+        uniq, inverse = np.unique(positions, return_inverse=True)
+        contiguous = uniq[-1] - uniq[0] + 1 == len(uniq)
+        mean = torch.as_tensor(self.mean[positions, :, None], dtype=torch.float32, device=device)
+        for g in range(self.groups):
+            for draws in self.obs.draw_slices():
+                if contiguous:
+                    x = self.data[g, int(uniq[0]) : int(uniq[-1]) + 1, :, draws]
+                else:
+                    x = self.data.get_orthogonal_selection((g, uniq, slice(None), draws))
+                yield torch.as_tensor(x[inverse], device=device) - mean
+
+
+# ─── Results ─────────────────────────────────────────────────────────────────
+
+
+def _divisor_at_most(n: int, limit: float) -> int:
+    return max([d for d in range(1, n + 1) if n % d == 0 and d <= limit] or [1])
+
+
+class _ZarrResult:
+    """A token-wise result written block by block to a zarr group; `dataset()` reopens it lazily."""
+
+    def __init__(
+        self, path: Path, shape: tuple[int, int, int, int], block: int, coords: dict[str, np.ndarray]
+    ):
+        self.path = path
+        T = shape[2]
+        per_row = max(1, T * T * 4)
+        c2 = _divisor_at_most(block, _RESULT_CHUNK_BYTES / per_row)
+        c1 = _divisor_at_most(block, _RESULT_CHUNK_BYTES / (per_row * c2))
+        if path.exists():
+            shutil.rmtree(path)
+        group = zarr.open_group(zarr.storage.LocalStore(path), mode="w", zarr_format=3)
+        for name, values in coords.items():
+            dims = ("batch", "position") if name == "input_ids" else (name,)
+            group.create_array(name, data=np.asarray(values), dimension_names=dims)
+        self.array = group.create_array(
+            "influences",
+            shape=shape,
+            chunks=(min(c1, shape[0]), min(c2, shape[1]), T, T),
+            dtype="float32",
+            compressors=None,
+            fill_value=np.nan,
+            dimension_names=("batch_1", "batch_2", "target_position", "target_position_T"),
+        )
+
+    def __setitem__(self, key: tuple[slice, slice], block: np.ndarray) -> None:
+        self.array[key] = block
+
+    def dataset(self) -> xr.Dataset:
+        return xr.open_dataset(self.path, engine="zarr", consolidated=False, chunks=None)
+
+
+def default_result_path(samples: xr.DataTree | xr.Dataset, name: str) -> Path:
+    """`<store>.<name>.zarr` beside a local store; a new temporary directory when the store has no local path."""
+    source = str(samples.encoding.get("source", "")) if hasattr(samples, "encoding") else ""
+    if source and "://" not in source:
+        p = Path(source)
+        return p.with_name(f"{p.name.removesuffix('.zarr')}.{name}.zarr")
+    return Path(tempfile.mkdtemp(prefix="distinterp-")) / f"{name}.zarr"
+
+
+# ─── BIF ─────────────────────────────────────────────────────────────────────
+
+
+def bif(
+    model: torch.nn.Module,
+    dataset: Any,
+    observables: dict[str, Any],
+    *,
+    lr: float,
+    n_beta: float,
+    param_masks: dict[str, torch.Tensor | None] | None = None,
+    correlation_method: CorrelationMethod = "token",
+    reduce_chain_dimension_method: ChainReductionMethod = "stack",
+    average_tokenwise_bif: bool = False,
+    compute_covariance: bool = False,
+    bif_batch_size: int = 32,
+    bif_device: str | torch.device | None = None,
+    loss_fn: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
+    **kwargs: Any,
+) -> xr.Dataset | None:
+    """Sample (on every rank under torchrun) and compute the BIF on rank 0; other ranks return None.
+
+    kwargs go to sample() (num_chains, num_draws, batch_size, output_path, ...).
+    """
+    from distinterp.distributed import runtime
+    from distinterp.sampling import sample
+
+    _check_options(correlation_method, reduce_chain_dimension_method, bif_batch_size, "bif_batch_size")
+    samples = sample(
+        model=model,
+        dataset=dataset,
+        observables=observables,
+        param_masks=param_masks,
+        lr=lr,
+        n_beta=n_beta,
+        loss_fn=loss_fn,
+        **kwargs,
+    )
+    if not runtime().is_coordinator:
+        return None
+    return compute_bif(
+        samples,
+        correlation_method=correlation_method,
+        reduce_chain_dimension_method=reduce_chain_dimension_method,
+        average_tokenwise_bif=average_tokenwise_bif,
+        compute_covariance=compute_covariance,
+        batch_size=bif_batch_size,
+        device=bif_device,
+    )
+
+
+def compute_bif(
+    samples: xr.DataTree | xr.Dataset,
+    *,
+    correlation_method: CorrelationMethod = "token",
+    reduce_chain_dimension_method: ChainReductionMethod = "stack",
+    loss_keys: Literal["all"] | list[str] = "all",
+    batch_index_range_1: Literal["all"] | Sequence[int] = "all",
+    batch_index_range_2: Literal["all"] | Sequence[int] = "all",
+    average_tokenwise_bif: bool = False,
+    compute_covariance: bool = False,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    allow_partial: bool = False,
+    output_path: str | Path | None = None,
+    max_result_bytes: int = MAX_RESULT_BYTES,
+) -> xr.Dataset:
+    """BIF of a sampling store: Pearson correlation (or covariance) between observable losses over draws.
+
+    devinterp 2.x's compute_bif; ours: `allow_partial` (use complete chains of an unfinished store),
+    `output_path` (write the token-wise result there as zarr and return it lazily; done anyway, beside the
+    store, when the result exceeds `max_result_bytes`). Observables are concatenated along batch in sorted
+    id order; 'stack' pools (chain, draw) as observations, 'mean' averages chains first.
+    """
+    _check_options(correlation_method, reduce_chain_dimension_method, batch_size, "batch_size")
+    if loss_keys == "all":
+        keys = None
+    elif isinstance(loss_keys, str) or not all(isinstance(k, str) for k in loss_keys):
+        raise AnalysisInputError(
+            f"compute_bif: loss_keys: expected 'all' or a list of observable ids, got {loss_keys!r}"
+        )
+    else:
+        keys = list(loss_keys)
+    obs = ObservableLosses.open(samples, keys, allow_partial=allow_partial, what="compute_bif")
+    rows_1 = _index_range("batch_index_range_1", batch_index_range_1, obs.num_rows)
+    rows_2 = _index_range("batch_index_range_2", batch_index_range_2, obs.num_rows)
+    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    mean_chains = reduce_chain_dimension_method == "mean"
+
+    if correlation_method == "sequence":
+        result = _sequence_bif(obs, rows_1, rows_2, mean_chains, compute_covariance, dev)
+    else:
+        n1, n2, T = len(rows_1), len(rows_2), obs.context_length
+        big = not average_tokenwise_bif and result_bytes(n1, n2, T) > max_result_bytes
+        path = None
+        if not average_tokenwise_bif and (output_path is not None or big):
+            path = Path(output_path) if output_path is not None else default_result_path(samples, "bif")
+            logger.info(
+                "compute_bif: writing the token-wise result (%d x %d x %d x %d) to %s", n1, n2, T, T, path
+            )
+        result = _token_bif(
+            obs, rows_1, rows_2, mean_chains, compute_covariance, average_tokenwise_bif, batch_size, dev, path
+        )
+    result.attrs.update(chains=list(obs.chains), excluded_chains=obs.excluded_chains)
+    return result
+
+
+def _sequence_bif(
+    obs: ObservableLosses,
+    rows_1: np.ndarray,
+    rows_2: np.ndarray,
+    mean_chains: bool,
+    covariance: bool,
+    device: torch.device,
+) -> xr.Dataset:
+    """Sequence-level BIF: token-mean losses (rows x observations, T times smaller than the store)."""
+    rows = np.unique(np.concatenate([rows_1, rows_2]))
+    parts = []
+    for key, off, n in zip(obs.keys, obs.offsets, obs.sizes):
+        lo, hi = np.searchsorted(rows, [off, off + n])
+        if lo == hi:
+            continue
+        local = rows[lo:hi] - off
+        per_chain = np.stack(
+            [
+                np.concatenate(
+                    [obs.read(key, c, d)[:, local].mean(axis=-1, dtype=np.float64) for d in obs.draw_slices()]
+                )
+                for c in obs.chains
+            ]
+        )  # (chains, draws, rows)
+        x = per_chain.mean(axis=0) if mean_chains else per_chain.reshape(-1, hi - lo)
+        parts.append(x.T)
+    values = np.concatenate(parts)  # (rows, observations)
+    pos_1, pos_2 = np.searchsorted(rows, rows_1), np.searchsorted(rows, rows_2)
+    seq1 = xr.DataArray(values[pos_1], dims=("batch", "chain_draw"))
+    seq2 = xr.DataArray(values[pos_2], dims=("batch", "chain_draw"))
+    full = xr_corrcoef_with_torch_backend(seq1, seq2, device=device, compute_covariance=covariance)
+    n1 = len(rows_1)
+    matrix = full["correlation"].values[:n1, n1:].astype(np.float32)
+    return xr.Dataset(
+        {"influences": (("batch_1", "batch_2"), matrix), "input_ids": obs.input_ids()},
+        coords={"batch_1": rows_1, "batch_2": rows_2},
+    )
+
+
+@torch.no_grad()
+def _token_bif(
+    obs: ObservableLosses,
+    rows_1: np.ndarray,
+    rows_2: np.ndarray,
+    mean_chains: bool,
+    covariance: bool,
+    average: bool,
+    block: int,
+    device: torch.device,
+    path: Path | None,
+) -> xr.Dataset:
+    """Token-wise BIF from pairs of row blocks: sum over stored chunks of centred cross products."""
+    n1, n2, T = len(rows_1), len(rows_2), obs.context_length
+    positions = np.arange(1, T + 1)
+    coords = {
+        "batch_1": rows_1,
+        "batch_2": rows_2,
+        "target_position": positions,
+        "target_position_T": positions,
+    }
+    sink: Any
+    if average:
+        sink = np.empty((n1, n2), dtype=np.float32)
+    elif path is None:
+        sink = np.empty((n1, n2, T, T), dtype=np.float32)
+    else:
+        sink = _ZarrResult(path, (n1, n2, T, T), block, {**coords, "input_ids": obs.input_ids().values})
+    rows = np.unique(np.concatenate([rows_1, rows_2]))
+    with tempfile.TemporaryDirectory(prefix="distinterp-bif-") as scratch:
+        work = _Rows(obs, rows, mean_chains=mean_chains, block=block, scratch=Path(scratch) / "rows.zarr")
+        pos_1, pos_2 = np.searchsorted(rows, rows_1), np.searchsorted(rows, rows_2)
+        std = torch.as_tensor(work.std, dtype=torch.float32, device=device)
+        for i in range(0, n1, block):
+            p1 = pos_1[i : i + block]
+            for j in range(0, n2, block):
+                p2 = pos_2[j : j + block]
+                sums = torch.zeros((len(p1), len(p2), T, T), dtype=torch.float32, device=device)
+                for a, b in zip(work.centred_chunks(p1, device), work.centred_chunks(p2, device)):
+                    sums += cross_products(a, b)
+                stds = (None, None) if covariance else (std[p1], std[p2])
+                out = normalise_block(sums, work.count, *stds)
+                if average:
+                    out = out.mean(dim=(-1, -2))
+                sink[i : i + block, j : j + block] = out.cpu().numpy()
+    if isinstance(sink, _ZarrResult):
+        return sink.dataset()
+    if average:
+        return xr.Dataset(
+            {"influences": (("batch_1", "batch_2"), sink), "input_ids": obs.input_ids()},
+            coords={"batch_1": rows_1, "batch_2": rows_2},
+        )
+    return xr.Dataset(
+        {
+            "influences": (("batch_1", "batch_2", "target_position", "target_position_T"), sink),
+            "input_ids": obs.input_ids(),
+        },
+        coords=coords,
+    )
+
+
+def result_bytes(n1: int, n2: int, context_length: int) -> int:
+    """Size of a token-wise float32 BIF result (n1 x n2 x T x T)."""
+    return int(math.prod((n1, n2, context_length, context_length)) * 4)
