@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterable
@@ -37,6 +38,8 @@ LOSS_DTYPE = "float32"
 _NAN_FILL_B64 = "AAAAAAAA+H8="  # xarray's _FillValue encoding of NaN
 STEPS_DONE = "chain_steps_done"
 DIVERGED_STEP = "chain_diverged_step"
+WRITE_RETRY_S: tuple[float, ...] = (1, 2, 4, 8, 16)
+"""Seconds to wait before each retry of a failed region write (on top of botocore's own retries)."""
 
 
 class StoreError(RuntimeError):
@@ -53,6 +56,74 @@ class IncompleteStoreError(StoreError):
 
 # ─── Locations ───────────────────────────────────────────────────────────────
 
+# storage_options keys whose values are secrets (s3fs, gcsfs, adlfs, botocore client_kwargs, http auth).
+_SECRET_KEYS = frozenset(
+    {
+        "key",
+        "secret",
+        "token",
+        "password",
+        "session_token",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "account_key",
+        "sas_token",
+        "client_secret",
+        "connection_string",
+    }
+)
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+
+def _find_secrets(options: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(options, dict):
+        for k, v in options.items():
+            if isinstance(v, str) and str(k).lower() in _SECRET_KEYS and len(v) >= 8:
+                found.add(v)
+            else:
+                found |= _find_secrets(v)
+    elif isinstance(options, (list, tuple)):
+        for v in options:
+            found |= _find_secrets(v)
+    return found
+
+
+def redact(text: str) -> str:
+    """text with every credential seen in a Location's storage_options replaced by '***'."""
+    for secret in _secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _register_secrets(options: dict[str, Any]) -> None:
+    """Remember storage_options' credentials, and redact them from every log record from now on.
+
+    botocore logs signed requests (access key, session token) at DEBUG; a record factory is the one
+    hook that sees the records of every logger, so those lines never carry the credentials we were given.
+    """
+    new = _find_secrets(options) - _secrets
+    if not new:
+        return
+    with _secrets_lock:
+        if not _secrets:
+            make_record = logging.getLogRecordFactory()
+
+            def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+                record = make_record(*args, **kwargs)
+                try:
+                    message = record.getMessage()
+                except (TypeError, ValueError):  # a malformed record: leave it to logging's own error path
+                    return record
+                if any(secret in message for secret in _secrets):
+                    record.msg, record.args = redact(message), None
+                return record
+
+            logging.setLogRecordFactory(redacting_factory)
+        _secrets.update(new)
+
 
 @dataclass(frozen=True)
 class Location:
@@ -60,6 +131,9 @@ class Location:
 
     url: str
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        _register_secrets(self.storage_options)
 
     @property
     def is_local(self) -> bool:
@@ -86,7 +160,8 @@ class Location:
         return options
 
     def __str__(self) -> str:
-        return self.url
+        """The URL for messages: a password in it (scheme://user:password@host) is masked."""
+        return re.sub(r"(//[^/@:]*):[^/@]*@", r"\1:***@", self.url)
 
 
 # ─── Schema ──────────────────────────────────────────────────────────────────
@@ -249,6 +324,11 @@ def read_root_attrs(location: Location) -> dict[str, Any] | None:
         group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
         return None
+    except Exception as e:  # wrong endpoint/credentials, no bucket, outage: botocore, aiohttp, OSError
+        raise StoreError(
+            f"{location}: cannot be read ({type(e).__name__}: {redact(str(e))}); check output_path and "
+            "storage_options (endpoint_url, credentials: prefer AWS_* variables)"
+        ) from e
     return dict(group.attrs)
 
 
@@ -356,7 +436,8 @@ class StoreWriter:
     """Background writer shared by this rank's chains: writes run in order on one thread, bounded queue.
 
     A failed region write is retried with exponential backoff (writes are idempotent: the same bytes);
-    after the last attempt the error names the store and what is durably complete.
+    after the last attempt the error names the store and what is durably complete, and every later write
+    is refused, so progress never advances past a chunk that was not written.
     """
 
     def __init__(
@@ -364,7 +445,7 @@ class StoreWriter:
         location: Location,
         schema: Schema,
         max_pending: int = 4,
-        retry_s: tuple[float, ...] = (1, 2, 4, 8, 16),
+        retry_s: tuple[float, ...] | None = None,
     ):
         store = location.zarr_store()
         self.location = location
@@ -373,7 +454,9 @@ class StoreWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distinterp-writer")
         self._pending: list[Future[None]] = []
         self._sem = threading.BoundedSemaphore(max_pending)
-        self.retry_s = retry_s
+        self.retry_s = WRITE_RETRY_S if retry_s is None else retry_s
+        self._failed: StoreError | None = None
+        self.steps_written: dict[int, int] = {}  # chain -> steps durably recorded by this writer
 
     def submit(self, writes: list[Any]) -> None:
         """Queue region writes; they land in submission order. Raises an earlier write's error."""
@@ -385,23 +468,31 @@ class StoreWriter:
 
     def _write(self, writes: list[Any]) -> None:
         """Each entry is (array name, region, value) or a callable (a checkpoint save), run in order."""
+        if self._failed is not None:
+            raise self._failed
         for op in writes:
             name, region, value = op if isinstance(op, tuple) else (getattr(op, "__name__", "op"), (), None)
             for attempt in range(len(self.retry_s) + 1):
                 try:
                     if isinstance(op, tuple):
                         self.arrays[name][region] = value
+                        if name == STEPS_DONE:
+                            self.steps_written[int(region[0].start)] = int(value[0])
                     else:
                         op()
                     break
                 except Exception as e:  # storage back ends raise many types (botocore, aiohttp, OSError)
                     if attempt == len(self.retry_s):
-                        raise StoreError(self._failure(name, region, e)) from e
+                        self._failed = StoreError(self._failure(name, region, e))
+                        raise self._failed from e
                     logger.warning(
-                        "write of %s to %s failed (%s); retrying in %.0f s",
+                        "write of %s to %s failed (%s: %s); retry %d of %d in %.1f s",
                         name,
                         self.location,
+                        type(e).__name__,
                         e,
+                        attempt + 1,
+                        len(self.retry_s),
                         self.retry_s[attempt],
                     )
                     time.sleep(self.retry_s[attempt])
@@ -412,10 +503,16 @@ class StoreWriter:
             done = [int(c) for c in np.flatnonzero(steps >= self.schema.num_steps)]
             state = f"complete chains: {done}; steps done per chain: {steps.tolist()}"
         except Exception:  # noqa: BLE001 - the store may be unreachable
-            state = "progress could not be read (store unreachable)"
+            mine = ", ".join(
+                f"chain {c}: {s}/{self.schema.num_steps} steps" for c, s in sorted(self.steps_written.items())
+            )
+            state = (
+                "the store's progress could not be read (unreachable); complete chains and steps durably "
+                f"written by this process: {mine or 'none'}"
+            )
         return (
             f"writing {name}{list(region)!s} to {self.location} failed after {len(self.retry_s) + 1} attempts: "
-            f"{type(error).__name__}: {error}. {state}. Nothing durable was lost: rerun the same command once the "
+            f"{type(error).__name__}: {redact(str(error))}. {state}. Nothing durable was lost: rerun the same command once the "
             "store is reachable and it continues."
         )
 
