@@ -12,6 +12,8 @@ from datasets import Dataset
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.slurm"]
+
 
 def tiny_gpt2(vocab_size: int = 32, n_layer: int = 1, dropout: float = 0.0, seed: int = 0) -> torch.nn.Module:
     """A 1-layer GPT-2 with 16-wide embeddings, random init from a fixed seed."""
