@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One node: `distinterp sample CONFIG [ARGS...]` on NPROC_PER_NODE ranks (torchrun, standalone rendezvous).
+#
+#   launch/torchrun.sh run.yaml --set output_path=s3://bucket/run.zarr
+#
+# Env: PYTHON          interpreter with distinterp installed (default: python3)
+#      NPROC_PER_NODE  ranks on this node (default: the visible GPUs, else 1); 1 runs without torchrun
+# Chains are sharded over the ranks; every rank writes its own chains straight into the one store.
+set -euo pipefail
+
+PYTHON=${PYTHON:-python3}
+
+visible_gpus() {
+    local n=0
+    if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+        n=$(tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES" | grep -c . || true)
+    elif command -v nvidia-smi >/dev/null 2>&1; then
+        n=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+    fi
+    echo $((n > 0 ? n : 1))
+}
+
+NPROC_PER_NODE=${NPROC_PER_NODE:-$(visible_gpus)}
+(( NPROC_PER_NODE >= 1 )) || NPROC_PER_NODE=1
+[[ $# -ge 1 ]] || { echo "usage: $0 CONFIG.yaml [--set key=value ...]" >&2; exit 2; }
+
+if (( NPROC_PER_NODE == 1 )); then
+    exec "$PYTHON" -m distinterp sample "$@"
+fi
+exec "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node="$NPROC_PER_NODE" \
+    -m distinterp sample "$@"
