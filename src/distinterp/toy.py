@@ -56,6 +56,8 @@ def markov_chain(V: int, seed: int = 0, *, concentration: float = 1.0, floor: fl
         raise ValueError(f"V: need at least 2 symbols, got {V}")
     if not 0.0 <= floor <= 1.0:
         raise ValueError(f"floor: must be in [0, 1], got {floor}")
+    if not concentration > 0.0:
+        raise ValueError(f"concentration: must be > 0, got {concentration}")
     rng = np.random.default_rng(seed)
     rows = rng.dirichlet(np.full(V, float(concentration)), size=V)
     return torch.as_tensor((1.0 - floor) * rows + floor / V, dtype=torch.float64)
@@ -81,9 +83,11 @@ def markov_dataset(
     from datasets import Dataset
 
     P = np.asarray(transition, dtype=np.float64)
-    V = P.shape[0]
-    if P.shape != (V, V):
+    if P.ndim != 2 or P.shape[0] != P.shape[1]:
         raise ValueError(f"transition: expected a square matrix, got shape {P.shape}")
+    if (P < 0).any() or not np.allclose(P.sum(axis=1), 1.0):
+        raise ValueError("transition: rows must be probability vectors (non-negative, summing to 1)")
+    V = P.shape[0]
     if seq_len < 1 or n_rows < 1:
         raise ValueError(f"seq_len and n_rows must be >= 1, got {seq_len}, {n_rows}")
     if start == "stationary":
@@ -191,6 +195,8 @@ def bigram_expected_llc(dataset: Any, V: int, n_beta: float) -> float:
         E[n_beta (L - L*)] = sum_a [ sum_b m_a q_ab (log(m_a q_ab) - psi(m_a q_ab)) - m_a (log m_a - psi(m_a)) ]
                            = sum_a [ (V - 1)/2 + (sum_b 1/q_ab - 1) / (12 m_a) + O(m_a^-3) ].
     """
+    if not n_beta > 0:
+        raise ValueError(f"n_beta: must be > 0, got {n_beta}")
     counts = bigram_counts(dataset, V).to(torch.float64)
     if (counts == 0).any():
         raise ValueError("bigram_expected_llc: every transition must occur in the dataset")
