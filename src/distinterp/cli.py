@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -38,8 +39,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "--standalone",
             f"--nproc-per-node={args.nproc}",
         ]
-        rest = ["-m", "distinterp", "demo", "--output", args.output, "--vocab", str(args.vocab)]
-        return subprocess.call([*torchrun, *rest] + (["--fresh"] if args.fresh else []))
+        rest = ["-m", "distinterp", *(["-v"] if args.verbose else []), "demo", "--output", args.output]
+        rest += ["--vocab", str(args.vocab)] + (["--fresh"] if args.fresh else [])
+        return subprocess.call([*torchrun, *rest])
+    if args.vocab < 2:
+        raise ValueError(f"--vocab: need at least 2 symbols, got {args.vocab}")
     from distinterp import toy
     from distinterp.distributed import runtime
     from distinterp.llc import llc
@@ -48,14 +52,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.fresh and rt.is_coordinator and os.path.isdir(args.output):
         shutil.rmtree(args.output)
     rt.barrier()
-    transition = toy.markov_chain(args.vocab, seed=0)
-    data = toy.markov_dataset(transition, seq_len=65, n_rows=512, seed=1)
+    demo = toy.BIGRAM_DEMO
+    transition = toy.markov_chain(args.vocab, seed=demo["chain_seed"])
+    data = toy.markov_dataset(transition, demo["seq_len"], demo["n_rows"], demo["data_seed"])
     model = toy.bigram_mle(data, args.vocab)
     settings = dict(toy.BIGRAM_LLC_SETTINGS)
     res = llc(model, data, {"train": data}, output_path=args.output, **settings)
     if rt.is_coordinator:
         print(f"\nstore     {args.output}  ({rt.world_size} rank(s))")
         _print_llc(res, truth=toy.bigram_learning_coefficient(args.vocab))
+        if (toy.bigram_counts(data, args.vocab) > 0).all():
+            target = toy.bigram_expected_llc(data, args.vocab, settings["n_beta"])
+            print(f"target    {target:.3f}  (exact at n_beta={settings['n_beta']:g}; theory + O(1/n_beta))")
     return 0
 
 
@@ -82,10 +90,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _storage_options(text: str | None) -> dict[str, Any]:
+    try:
+        options = json.loads(text or "{}")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--storage-options: not valid JSON ({e})") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"--storage-options: expected a JSON object, got {text}")
+    return options
+
+
 def _open(url: str, storage_options: dict[str, Any]) -> Any:
     from distinterp.store import Location, open_tree
 
-    return open_tree(Location(url, storage_options))
+    location = Location(url, storage_options)
+    if location.is_local and not (location.local_path / "zarr.json").is_file():
+        raise FileNotFoundError(f"no store at {url}")
+    return open_tree(location)
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
@@ -93,15 +114,17 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     from distinterp.llc import compute_llc
     from distinterp.store import IncompleteStoreError
 
-    tree = _open(args.store, json.loads(args.storage_options or "{}"))
+    tree = _open(args.store, _storage_options(args.storage_options))
     try:
         res = compute_llc(tree, allow_partial=args.allow_partial)
     except IncompleteStoreError as e:
-        print(f"distinterp aggregate: {e}", file=sys.stderr)
+        print(f"distinterp aggregate: {e}\n(--allow-partial uses the complete chains only)", file=sys.stderr)
         return 2
     _print_llc(res)
     if args.output:
-        res.to_netcdf(args.output) if args.output.endswith(".nc") else res.to_zarr(args.output, mode="w")
+        res.to_netcdf(args.output) if args.output.endswith(".nc") else res.to_zarr(
+            args.output, mode="w", consolidated=False
+        )
         print(f"wrote {args.output}")
     return 0
 
@@ -110,7 +133,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Per-chain progress of a store: steps done, diverged chains, completion."""
     from distinterp.llc import chain_status
 
-    ds = _open(args.store, json.loads(args.storage_options or "{}")).dataset
+    ds = _open(args.store, _storage_options(args.storage_options)).dataset
     complete, incomplete, diverged = chain_status(ds)
     steps = ds.chain_steps_done.values if "chain_steps_done" in ds else None
     print(f"{args.store}: {len(complete)}/{ds.sizes['chain']} chains complete, {ds.sizes['step']} steps each")
@@ -160,14 +183,43 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _describe(error: BaseException) -> str:
+    """A user error in a few lines: pydantic's as `field: message` per error, others as their message."""
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError):
+        lines = []
+        for e in error.errors():
+            field = ".".join(str(part) for part in e["loc"]) or "settings"
+            lines.append(f"  {field}: {e['msg'].removeprefix('Value error, ')}")
+        return f"invalid settings ({error.error_count()} error(s)):\n" + "\n".join(lines)
+    return str(error)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; a user error (bad settings, data, store) prints one message and exits 2."""
+    from distinterp.store import StoreError
+
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     if args.command == "sample" and (args.array_task_id is None) != (args.array_task_count is None):
         parser().error("--array-task-id and --array-task-count go together")
-    return int(args.func(args) or 0)
+    try:
+        with warnings.catch_warnings():
+            if not args.verbose:  # one line per warning, without the source line that raised it
+                warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, StoreError) as e:
+        if args.verbose:
+            raise
+        print(f"distinterp {args.command}: {_describe(e)}\n(run with -v for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

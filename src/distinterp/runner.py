@@ -100,6 +100,7 @@ def run_sample(settings: SampleSettings) -> tuple[xr.DataTree, dict[str, xr.Data
         output_path=settings.output_path,
         storage_options=settings.storage_options,
         chains=chains,
+        checkpoint_every=settings.checkpoint_every,
         **sampler,
     )
     results: dict[str, xr.Dataset] = {}

@@ -1,26 +1,35 @@
 """Runner settings: typed, validated once, loadable from YAML, environment (DISTINTERP_*) and CLI.
 
 Priority, highest first: `--set key=value` on the command line, environment variables
-(`DISTINTERP_SAMPLER__LR=0.001`, nested with `__`), the YAML file, then the defaults.
+(`DISTINTERP_SAMPLER__LR=0.001`, nested with `__`), the YAML file, then the defaults. Unknown keys are
+errors wherever they come from, a DISTINTERP_* variable that names no setting included.
 Credentials never belong here: s3fs reads AWS_* variables itself; `storage_options` is never persisted.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    YamlConfigSettingsSource,
-)
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from distinterp.config import SamplerConfig
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML that also reads 1e-3 as a float (YAML 1.1 wants a dot in the mantissa: 1.0e-3)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 class _Part(BaseModel):
@@ -74,29 +83,66 @@ class ParallelSettings(_Part):
 
     fsdp_size: PositiveInt = 1
 
+    @field_validator("fsdp_size")
+    @classmethod
+    def _one_shard(cls, v: int) -> int:
+        if v != 1:
+            raise ValueError(
+                f"fsdp_size={v}: sharding a chain's model over ranks is not supported yet; use 1"
+            )
+        return v
+
 
 class ArrayTaskSettings(_Part):
     """Which slice of the chains this Slurm array task runs (read from SLURM_ARRAY_* when unset)."""
 
-    task_id: int | None = None
+    task_id: int | None = Field(None, ge=0, description="0-based position of this task in the array")
     task_count: PositiveInt | None = None
 
+    @model_validator(mode="after")
+    def _check(self) -> ArrayTaskSettings:
+        if (self.task_id is None) != (self.task_count is None):
+            raise ValueError("task_id and task_count go together: set both or neither")
+        if self.task_id is not None and self.task_count is not None and self.task_id >= self.task_count:
+            raise ValueError(f"task_id={self.task_id} must be < task_count={self.task_count}")
+        return self
+
     def resolved(self) -> tuple[int, int] | None:
-        """(task_id, task_count) from the settings or Slurm's environment, or None outside an array job."""
-        if self.task_id is not None:
-            if self.task_count is None:
-                raise ValueError("array_task.task_count is required with array_task.task_id")
+        """(task index, task count) from the settings or Slurm's environment, or None outside an array job.
+
+        Slurm gives the task's own id (e.g. 5 of --array=1-9:2); its 0-based index is (id - MIN) / STEP.
+        """
+        if self.task_id is not None and self.task_count is not None:
             return self.task_id, self.task_count
         env = os.environ
         if "SLURM_ARRAY_TASK_ID" not in env:
             return None
-        task = int(env["SLURM_ARRAY_TASK_ID"])
-        lo = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-        if "SLURM_ARRAY_TASK_COUNT" in env:
-            count = int(env["SLURM_ARRAY_TASK_COUNT"])
-        else:
-            count = int(env.get("SLURM_ARRAY_TASK_MAX", str(task))) - lo + 1
-        return task - lo, count
+
+        def number(name: str) -> int | None:
+            raw = env.get(name)
+            try:
+                return None if raw is None else int(raw)
+            except ValueError:
+                raise ValueError(f"{name}={raw!r} is not an integer") from None
+
+        task = number("SLURM_ARRAY_TASK_ID")
+        assert task is not None
+        lo = number("SLURM_ARRAY_TASK_MIN") or 0
+        step = number("SLURM_ARRAY_TASK_STEP") or 1
+        hi = number("SLURM_ARRAY_TASK_MAX")
+        count = number("SLURM_ARRAY_TASK_COUNT")
+        if count is None:
+            if hi is None:
+                raise ValueError("SLURM_ARRAY_TASK_COUNT and _MAX are unset; set array_task explicitly")
+            count = (hi - lo) // step + 1
+        index, off = divmod(task - lo, step)
+        if off or not 0 <= index < count or (hi is not None and hi - lo != (count - 1) * step):
+            raise ValueError(
+                f"SLURM_ARRAY_TASK_ID={task} with MIN={lo} STEP={step} MAX={hi} COUNT={count}: not an evenly "
+                "spaced array (e.g. --array=0-15 or 1-31:2); pass --array-task-id/--array-task-count "
+                "(array_task.task_id/task_count) instead"
+            )
+        return index, count
 
 
 class SampleSettings(BaseSettings):
@@ -126,6 +172,10 @@ class SampleSettings(BaseSettings):
         None, description="chain indices this job runs (default: all, or the array task's)"
     )
     array_task: ArrayTaskSettings = Field(default_factory=ArrayTaskSettings)
+    checkpoint_every: PositiveInt | None = Field(
+        None,
+        description="save each chain's state every this many steps, so a requeued job continues mid-chain",
+    )
     parallel: ParallelSettings = Field(default_factory=ParallelSettings)
     analyses: list[Literal["llc"]] = Field(
         default_factory=lambda: ["llc"], description="run after sampling, on rank 0"
@@ -135,8 +185,13 @@ class SampleSettings(BaseSettings):
     def _check(self) -> SampleSettings:
         if self.chains is not None and self.array_task.task_id is not None:
             raise ValueError("set either chains or array_task.task_id, not both")
-        if self.parallel.fsdp_size != 1:
-            raise ValueError("parallel.fsdp_size > 1 is not supported yet; run with fsdp_size=1")
+        if self.chains is not None:
+            bad = [c for c in self.chains if not 0 <= c < self.sampler.num_chains]
+            if bad or len(set(self.chains)) != len(self.chains):
+                raise ValueError(
+                    f"chains={self.chains}: need distinct indices in [0, sampler.num_chains="
+                    f"{self.sampler.num_chains})"
+                )
         return self
 
     @classmethod
@@ -148,7 +203,48 @@ class SampleSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, YamlConfigSettingsSource(settings_cls)
+        return init_settings, env_settings, _FileSource(settings_cls)
+
+    _file_values: ClassVar[dict[str, Any]] = {}
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The YAML file's values (lowest priority), as `load_settings` read them."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.settings_cls._file_values.get(field_name), field_name, False  # type: ignore[attr-defined]
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.settings_cls._file_values)  # type: ignore[attr-defined]
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A settings file's top-level mapping; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        with path.open() as f:
+            data = yaml.load(f, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: expected a mapping of settings, got a {type(data).__name__}")
+    return data
+
+
+def check_environment() -> None:
+    """Refuse DISTINTERP_* variables that name no setting (a typo would otherwise be ignored silently)."""
+    prefix = SampleSettings.model_config.get("env_prefix", "")
+    fields = set(SampleSettings.model_fields)
+    for name in sorted(os.environ):
+        if name.upper().startswith(prefix) and name[len(prefix) :].split("__")[0].lower() not in fields:
+            raise ValueError(
+                f"environment variable {name} names no setting; settings are {sorted(fields)} "
+                "(nested with '__', e.g. DISTINTERP_SAMPLER__LR)"
+            )
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -156,8 +252,14 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ValueError(f"--set {text!r}: expected key=value, e.g. sampler.lr=0.001")
     key, raw = text.split("=", 1)
-    value: Any = yaml.safe_load(raw) if raw else None
-    for part in reversed(key.strip().split(".")):
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ValueError(f"--set {text!r}: the key must be dotted names, e.g. sampler.lr")
+    try:
+        value: Any = yaml.load(raw, Loader=_Loader) if raw else None
+    except yaml.YAMLError as e:
+        raise ValueError(f"--set {text!r}: the value is not valid YAML ({e})") from None
+    for part in reversed(parts):
         value = {part: value}
     return value
 
@@ -171,16 +273,12 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def load_settings(path: str | Path | None = None, overrides: list[str] | None = None) -> SampleSettings:
     """SampleSettings from a YAML file, the environment and `key=value` overrides (highest priority)."""
-    if path is not None and not Path(path).is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+    from_file = read_yaml(path) if path is not None else {}
+    check_environment()
     init: dict[str, Any] = {}
     for text in overrides or []:
         init = _merge(init, parse_override(text))
-    if path is None:
+    if not from_file:
         return SampleSettings(**init)
-    from_file = type(
-        "SampleSettings",
-        (SampleSettings,),
-        {"model_config": {**SampleSettings.model_config, "yaml_file": Path(path)}},
-    )
-    return from_file(**init)
+    with_file = type("SampleSettings", (SampleSettings,), {"_file_values": from_file})
+    return with_file(**init)
