@@ -33,15 +33,30 @@ def child(cfg_name: str, engine: str, out: str, num_chains: int, num_draws: int)
 
     c = CONFIGS[cfg_name]
     torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=c["n_layer"], n_embd=c["n_embd"], n_head=c["n_head"], vocab_size=c["vocab"],
-                     n_positions=c["ctx"] + 1, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        n_layer=c["n_layer"],
+        n_embd=c["n_embd"],
+        n_head=c["n_head"],
+        vocab_size=c["vocab"],
+        n_positions=c["ctx"] + 1,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = GPT2LMHeadModel(cfg)
     ids = torch.randint(0, c["vocab"], (256, c["ctx"] + 1), generator=torch.Generator().manual_seed(1))
     ds = Dataset.from_dict({"input_ids": ids.tolist()})
-    kwargs = dict(lr=1e-4, n_beta=10.0, num_chains=num_chains, num_draws=num_draws, batch_size=c["batch_size"],
-                  num_init_loss_batches=2, batches_per_draw=1)
+    kwargs = dict(
+        lr=1e-4,
+        n_beta=10.0,
+        num_chains=num_chains,
+        num_draws=num_draws,
+        batch_size=c["batch_size"],
+        num_init_loss_batches=2,
+        batches_per_draw=1,
+    )
     if engine == "devinterp":
         from devinterp.slt.sampling import sample
 
@@ -61,16 +76,33 @@ def child(cfg_name: str, engine: str, out: str, num_chains: int, num_draws: int)
 def measure(cfg_name: str, engine: str, nproc: int, num_chains: int, num_draws: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "s.zarr")
-        script = [str(Path(__file__).resolve()), "--child", cfg_name, engine, out, str(num_chains), str(num_draws)]
+        script = [
+            str(Path(__file__).resolve()),
+            "--child",
+            cfg_name,
+            engine,
+            out,
+            str(num_chains),
+            str(num_draws),
+        ]
         if nproc > 1:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *script]
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc-per-node={nproc}",
+                *script,
+            ]
         else:
             cmd = [sys.executable, *script]
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
         lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
         if res.returncode != 0 or not lines:
-            raise RuntimeError(f"{engine} {cfg_name} x{nproc} failed:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}")
+            raise RuntimeError(
+                f"{engine} {cfg_name} x{nproc} failed:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+            )
         return float(json.loads(lines[0][7:])["seconds"])
 
 
@@ -98,9 +130,16 @@ def main() -> None:
             times[(engine, nproc)] = measure(cfg_name, engine, nproc, args.chains, args.draws)
             steps = args.chains * args.draws  # burn-in 0, one step between draws
             per_chain = steps / args.chains / (times[(engine, nproc)] / args.chains * nproc)
-            rows.append(dict(config=cfg_name, engine=engine, ranks=nproc, seconds=round(times[(engine, nproc)], 3),
-                             steps_per_s_total=round(steps / times[(engine, nproc)], 2),
-                             steps_per_s_per_chain=round(per_chain, 2)))
+            rows.append(
+                dict(
+                    config=cfg_name,
+                    engine=engine,
+                    ranks=nproc,
+                    seconds=round(times[(engine, nproc)], 3),
+                    steps_per_s_total=round(steps / times[(engine, nproc)], 2),
+                    steps_per_s_per_chain=round(per_chain, 2),
+                )
+            )
         base = times[("distinterp", 1)]
         for r in rows:
             if r["config"] == cfg_name:
@@ -112,7 +151,9 @@ def main() -> None:
     for r in rows:
         print(" | ".join(f"{r.get(c, ''):>14}" for c in cols))
     if args.json:
-        Path(args.json).write_text(json.dumps({"chains": args.chains, "draws": args.draws, "rows": rows}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"chains": args.chains, "draws": args.draws, "rows": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from datasets import Dataset
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tiny models run fastest on one thread, and the suite shares 2 cores with its own subprocesses.
+torch.set_num_threads(1)
 
 pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.slurm"]
 

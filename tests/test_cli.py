@@ -152,3 +152,35 @@ def test_demo_on_two_ranks(tmp_path):
     assert abs(float(llc_line.split()[2]) - 3.0) < 0.5, res.stdout  # accuracy: test_known_answers
     tree = xr.open_datatree(store, engine="zarr", consolidated=False)
     assert tree.dataset.attrs["completed"] == 1 and tree.dataset.sizes["chain"] == 4
+
+
+def test_aggregate_bif_and_susceptibilities(tmp_path, capsys):
+    """`aggregate --bif --susceptibilities` on stores from susceptibilities(): same numbers as the Python API."""
+    import numpy as np
+
+    import distinterp
+    from distinterp.bif import compute_bif
+    from tests.conftest import SMALL, tiny_gpt2, token_dataset
+
+    ds, probe = token_dataset(), token_dataset(rows=16, seed=2)
+    sus = distinterp.susceptibilities(
+        tiny_gpt2(),
+        ds,
+        {"train": ds, "probe": probe},
+        {"full": None, "l0h0": "l0h0"},
+        sampling_task="train",
+        output_path=str(tmp_path / "samples.zarr"),
+        **{**SMALL, "num_chains": 2},
+    )
+    full, head = tmp_path / "samples_full.zarr", tmp_path / "samples_l0h0.zarr"
+    argv = ["aggregate", str(full), "--output", str(tmp_path / "llc.nc"), "--bif", "sequence"]
+    argv += ["--susceptibilities", f"l0h0={head}", "--sampling-task", "train"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "susceptibilities" in out and "BIF" in out
+    got = xr.open_datatree(tmp_path / "llc.susceptibilities.zarr", engine="zarr", consolidated=False)
+    np.testing.assert_array_equal(got["susceptibilities"]["sus"].values, sus["susceptibilities"]["sus"].values)
+    tree = xr.open_datatree(full, engine="zarr", consolidated=False)
+    bif = xr.open_zarr(tmp_path / "llc.bif.zarr", consolidated=False)
+    expected = compute_bif(tree, correlation_method="sequence")
+    np.testing.assert_array_equal(bif["influences"].values, expected["influences"].values)

@@ -110,22 +110,51 @@ def _open(url: str, storage_options: dict[str, Any]) -> Any:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
-    """Analyses of a finished store; refuses an incomplete one, listing what is missing."""
+    """Analyses of a finished store (LLC; BIF and susceptibilities on request); refuses an incomplete one."""
+    from distinterp.bif import compute_bif
     from distinterp.llc import compute_llc
     from distinterp.store import IncompleteStoreError
+    from distinterp.susceptibilities import compute_susceptibilities
 
-    tree = _open(args.store, _storage_options(args.storage_options))
+    options = _storage_options(args.storage_options)
+    if args.susceptibilities and not args.sampling_task:
+        print("distinterp aggregate: --susceptibilities needs --sampling-task OBSERVABLE", file=sys.stderr)
+        return 2
+    tree = _open(args.store, options)
+    stem = args.output.rsplit(".", 1)[0] if args.output else None
     try:
         res = compute_llc(tree, allow_partial=args.allow_partial)
+        _print_llc(res)
+        if args.output:
+            res.to_netcdf(args.output) if args.output.endswith(".nc") else res.to_zarr(
+                args.output, mode="w", consolidated=False
+            )
+            print(f"wrote {args.output}")
+        if args.bif:
+            lazy = args.bif == "token" and not args.bif_average
+            out = f"{stem}.bif.zarr" if stem else None
+            bif = compute_bif(
+                tree,
+                correlation_method=args.bif,
+                average_tokenwise_bif=args.bif_average,
+                batch_size=args.bif_batch_size,
+                allow_partial=args.allow_partial,
+                output_path=out if lazy else None,
+            )
+            if out and not lazy:
+                bif.to_zarr(out, mode="w", consolidated=False)
+            print(f"BIF {dict(bif['influences'].sizes)}" + (f" -> {out}" if out else ""))
+        if args.susceptibilities:
+            stores = dict(s.split("=", 1) for s in args.susceptibilities)
+            wr_map = {"full": tree, **{name: _open(url, options) for name, url in stores.items()}}
+            sus = compute_susceptibilities(wr_map, args.sampling_task, allow_partial=args.allow_partial)
+            print(f"susceptibilities {dict(sus['susceptibilities'].dataset.sizes)}")
+            if stem:
+                sus.to_zarr(f"{stem}.susceptibilities.zarr", mode="w", consolidated=False)
+                print(f"wrote {stem}.susceptibilities.zarr")
     except IncompleteStoreError as e:
         print(f"distinterp aggregate: {e}\n(--allow-partial uses the complete chains only)", file=sys.stderr)
         return 2
-    _print_llc(res)
-    if args.output:
-        res.to_netcdf(args.output) if args.output.endswith(".nc") else res.to_zarr(
-            args.output, mode="w", consolidated=False
-        )
-        print(f"wrote {args.output}")
     return 0
 
 
@@ -168,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     for name, helptext, func in [
-        ("aggregate", "analyses of a complete store (LLC)", cmd_aggregate),
+        ("aggregate", "analyses of a complete store (LLC, BIF, susceptibilities)", cmd_aggregate),
         ("status", "per-chain progress of a store", cmd_status),
     ]:
         a = sub.add_parser(name, help=helptext)
@@ -178,7 +207,17 @@ def parser() -> argparse.ArgumentParser:
         )
         if name == "aggregate":
             a.add_argument("--allow-partial", action="store_true", help="use complete chains only")
-            a.add_argument("--output", help="write the result (.nc or .zarr)")
+            a.add_argument("--output", help="write the LLC (.nc or .zarr); other results go beside it")
+            a.add_argument("--bif", choices=["token", "sequence"], help="also compute the BIF")
+            a.add_argument("--bif-average", action="store_true", help="average the token-wise BIF per pair")
+            a.add_argument("--bif-batch-size", type=int, default=32, help="sequences per streamed block")
+            a.add_argument(
+                "--susceptibilities",
+                nargs="+",
+                metavar="NAME=STORE",
+                help="stores sampled with weight restriction NAME; the positional store is 'full'",
+            )
+            a.add_argument("--sampling-task", help="the observable the chains sampled (--susceptibilities)")
         a.set_defaults(func=func)
     return p
 
