@@ -73,7 +73,8 @@ def child(cfg_name: str, engine: str, out: str, num_chains: int, num_draws: int)
         print("RESULT " + json.dumps({"seconds": elapsed}), flush=True)
 
 
-def measure(cfg_name: str, engine: str, nproc: int, num_chains: int, num_draws: int) -> float:
+def measure(cfg_name: str, engine: str, nproc: int, threads: int, num_chains: int, num_draws: int) -> float:
+    """Seconds of one sample() call in a fresh process (or torchrun job), `threads` torch threads per rank."""
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "s.zarr")
         script = [
@@ -97,6 +98,7 @@ def measure(cfg_name: str, engine: str, nproc: int, num_chains: int, num_draws: 
         else:
             cmd = [sys.executable, *script]
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+        env["OMP_NUM_THREADS"] = str(threads)
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
         lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
         if res.returncode != 0 or not lines:
@@ -124,19 +126,25 @@ def main() -> None:
         has_devinterp = False
     rows = []
     for cfg_name in args.configs.split(","):
-        runs = [("distinterp", 1), ("distinterp", 2)] + ([("devinterp", 1)] if has_devinterp else [])
+        # Every rank gets cores // ranks threads; the 1-thread single rank shows per-core chain scaling.
+        cores = os.cpu_count() or 1
+        runs = [("distinterp", 1, cores), ("distinterp", 1, 1), ("distinterp", 2, max(1, cores // 2))]
+        runs += [("devinterp", 1, cores)] if has_devinterp else []
         times = {}
-        for engine, nproc in runs:
-            times[(engine, nproc)] = measure(cfg_name, engine, nproc, args.chains, args.draws)
+        for engine, nproc, threads in runs:
+            seconds = measure(cfg_name, engine, nproc, threads, args.chains, args.draws)
+            if (engine, nproc) not in times or threads > 1:
+                times[(engine, nproc)] = seconds
             steps = args.chains * args.draws  # burn-in 0, one step between draws
-            per_chain = steps / args.chains / (times[(engine, nproc)] / args.chains * nproc)
+            per_chain = steps / args.chains / (seconds / args.chains * nproc)
             rows.append(
                 dict(
                     config=cfg_name,
                     engine=engine,
                     ranks=nproc,
-                    seconds=round(times[(engine, nproc)], 3),
-                    steps_per_s_total=round(steps / times[(engine, nproc)], 2),
+                    threads_per_rank=threads,
+                    seconds=round(seconds, 3),
+                    steps_per_s_total=round(steps / seconds, 2),
                     steps_per_s_per_chain=round(per_chain, 2),
                 )
             )

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -127,3 +128,54 @@ def test_launch_scripts_are_valid_bash() -> None:
         res = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=10)
         assert res.returncode == 0, f"{script.name}: {res.stderr}"
         assert os.access(script, os.X_OK), f"{script.name} is not executable"
+
+
+@pytest.mark.slurm
+def test_requeued_task_continues_mid_chain(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    """scontrol requeue of a running array task (as preemption does): the task runs again, its chain
+    continues from its checkpoint, and the store equals an uninterrupted single-process run."""
+    sampler = {**CONFIG["sampler"], "num_chains": 2, "num_draws": 1500}
+    config = tmp_path / "run.yaml"
+    store = tmp_path / "requeued.zarr"
+    config.write_text(
+        yaml.safe_dump({**CONFIG, "sampler": sampler, "checkpoint_every": 50, "output_path": str(store)})
+    )
+    env = {"PYTHON": sys.executable, "NPROC_PER_NODE": "1", "OMP_NUM_THREADS": "1", "LAUNCH_DIR": str(LAUNCH)}
+    job = slurm_cluster.sbatch(
+        LAUNCH / "sample_array.sbatch",
+        "--array=0-1",
+        "--cpus-per-task=1",
+        f"--output={tmp_path}/task-%A_%a.out",
+        env=env,
+        script_args=[str(config)],
+    )
+    checkpoint = tmp_path / "requeued.zarr.checkpoints" / "chain_0.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists():
+        assert time.monotonic() < deadline, slurm_cluster.job_logs([job])
+        time.sleep(0.05)
+    slurm_cluster.requeue(f"{job}_0")
+
+    single_env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distinterp",
+            "sample",
+            str(config),
+            "--set",
+            f"output_path={tmp_path / 'one.zarr'}",
+        ],
+        env={**single_env, "OMP_NUM_THREADS": "1"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert single.returncode == 0, single.stderr[-4000:]
+
+    slurm_cluster.wait([job], timeout=300, check=True)
+    log = next(tmp_path.glob("task-*_0.out")).read_text()
+    assert "restart 1" in log and "chain 0 continues from its checkpoint at step" in log, log[-3000:]
+    assert tree_hash(store) == tree_hash(tmp_path / "one.zarr")

@@ -136,7 +136,7 @@ def run_chain(
     if resume is not None:
         resume.restore(slots, setup.device)
         recorder.resume_at(resume.step)
-        logger.info("chain %d continues from its checkpoint at step %d", chain, resume.step)
+        logger.warning("chain %d continues from its checkpoint at step %d", chain, resume.step)
     elif c.init_noise:
         with torch.no_grad():
             for name, mask in setup.masks.items():
