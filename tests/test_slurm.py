@@ -134,7 +134,7 @@ def test_launch_scripts_are_valid_bash() -> None:
 def test_requeued_task_continues_mid_chain(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     """scontrol requeue of a running array task (as preemption does): the task runs again, its chain
     continues from its checkpoint, and the store equals an uninterrupted single-process run."""
-    sampler = {**CONFIG["sampler"], "num_chains": 2, "num_draws": 1500}
+    sampler = {**CONFIG["sampler"], "num_chains": 2, "num_draws": 3000}
     config = tmp_path / "run.yaml"
     store = tmp_path / "requeued.zarr"
     config.write_text(
