@@ -37,3 +37,14 @@ def test_fsdp_layout_and_errors() -> None:
         Plan.build(Runtime(), 6, chains=[1, 1])
     with pytest.raises(PlanError, match="outside"):
         Plan.build(Runtime(), 6, chains=[6])
+
+
+def test_a_temp_store_is_refused_when_ranks_span_nodes() -> None:
+    """Without output_path, rank 0's temp directory would be invisible to another node's ranks."""
+    from distinterp.config import SamplerConfig
+    from distinterp.sampling import _location
+
+    assert Runtime(0, 4, 0, 2).spans_nodes and not Runtime(0, 2, 0, 2).spans_nodes
+    cfg = SamplerConfig(lr=1e-3, n_beta=10.0, num_chains=2, num_draws=2, batch_size=1)
+    with pytest.raises(ValueError, match="output_path: required when the ranks span several nodes"):
+        _location(None, None, cfg, Runtime(0, 4, 0, 2))

@@ -20,6 +20,12 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # ranks on this node
+
+    @property
+    def spans_nodes(self) -> bool:
+        """Ranks run on more than one node, so a rank-local path (a temp dir) is not shared."""
+        return self.local_world_size < self.world_size
 
     @property
     def is_distributed(self) -> bool:
@@ -62,14 +68,17 @@ def runtime() -> Runtime:
 
     Idempotent: a process group that already exists (the user's own, or ours) is used as it is.
     """
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if dist.is_available() and dist.is_initialized():
-        return Runtime(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        world_size = dist.get_world_size()
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+        return Runtime(dist.get_rank(), world_size, local_rank, local_world_size)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Runtime()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
     dist.init_process_group(backend=backend)
-    return Runtime(dist.get_rank(), dist.get_world_size(), local_rank)
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    return Runtime(dist.get_rank(), dist.get_world_size(), local_rank, local_world_size)

@@ -385,6 +385,11 @@ def masks_fingerprint(masks: dict[str, torch.Tensor | None]) -> str:
 def _location(
     output_path: str | Path | None, storage_options: dict[str, Any] | None, config: SamplerConfig, rt: Runtime
 ) -> Location:
+    if output_path is None and rt.spans_nodes:
+        raise ValueError(
+            "output_path: required when the ranks span several nodes (a temp directory on rank 0's node is "
+            "not visible to the others); pass a path on a shared file system or an s3:// URL"
+        )
     if output_path is None:
         total = config.num_chains * config.num_sgld_steps * config.batch_size
         if total > 1000 and rt.is_coordinator:
