@@ -179,8 +179,33 @@ def test_aggregate_bif_and_susceptibilities(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "susceptibilities" in out and "BIF" in out
     got = xr.open_datatree(tmp_path / "llc.susceptibilities.zarr", engine="zarr", consolidated=False)
-    np.testing.assert_array_equal(got["susceptibilities"]["sus"].values, sus["susceptibilities"]["sus"].values)
+    np.testing.assert_array_equal(
+        got["susceptibilities"]["sus"].values, sus["susceptibilities"]["sus"].values
+    )
     tree = xr.open_datatree(full, engine="zarr", consolidated=False)
     bif = xr.open_zarr(tmp_path / "llc.bif.zarr", consolidated=False)
     expected = compute_bif(tree, correlation_method="sequence")
     np.testing.assert_array_equal(bif["influences"].values, expected["influences"].values)
+
+
+def test_a_store_reruns_from_its_recorded_settings(tmp_path, config, capsys):
+    """Array task 0 of 2 writes chain 0; `sample --from-store` needs only the store to finish the run, and
+    the result equals a run of the whole config. Credentials and the chain slice are not recorded."""
+    from tests.test_sampling import tree_hash
+
+    store = tmp_path / "run.zarr"
+    assert main(["sample", str(config), "--array-task-id", "0", "--array-task-count", "2"]) == 0
+    recorded = xr.open_datatree(store, engine="zarr", consolidated=False).attrs["distinterp"]["run_settings"]
+    assert recorded["sampler"]["num_chains"] == 2
+    assert not {"output_path", "storage_options", "array_task", "chains"} & set(recorded)
+    config.unlink()  # the store alone
+    assert main(["sample", "--from-store", str(store)]) == 0
+    assert "2/2 chains complete" in capsys.readouterr().out
+
+    whole = tmp_path / "whole.yaml"
+    whole.write_text(yaml.safe_dump({**TINY, "output_path": str(tmp_path / "whole.zarr")}))
+    assert main(["sample", str(whole)]) == 0
+    assert tree_hash(store) == tree_hash(tmp_path / "whole.zarr")
+
+    assert main(["sample", "--from-store", str(tmp_path / "nothing.zarr")]) == 2
+    assert "no store at" in capsys.readouterr().err

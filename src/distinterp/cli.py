@@ -78,7 +78,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
             f"array_task.task_id={args.array_task_id}",
             f"array_task.task_count={args.array_task_count}",
         ]
-    settings = load_settings(args.config, overrides)
+    if args.from_store:
+        if args.config:
+            raise ValueError("sample: give a CONFIG file or --from-store STORE, not both")
+        settings = load_settings(
+            None, overrides, base=_stored_settings(args.from_store, args.storage_options)
+        )
+    elif args.config:
+        settings = load_settings(args.config, overrides)
+    else:
+        settings = load_settings(None, overrides)
     tree, results = run_sample(settings)
     if runtime().is_coordinator:
         steps = tree.dataset.chain_steps_done.values
@@ -88,6 +97,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if "llc" in results:
             _print_llc(results["llc"])
     return 0
+
+
+def _stored_settings(url: str, options_json: str | None) -> dict[str, Any]:
+    """The settings a store's creating job recorded, pointed back at that store."""
+    from distinterp.store import Location, read_root_attrs
+
+    options = _storage_options(options_json)
+    attrs = read_root_attrs(Location(url, options))
+    if attrs is None:
+        raise FileNotFoundError(f"--from-store: no store at {url}")
+    recorded = attrs.get("distinterp", {}).get("run_settings")
+    if recorded is None:
+        raise ValueError(
+            f"--from-store: {url} records no job settings (it was written through the Python API or by "
+            "devinterp); rerun the script or config that wrote it"
+        )
+    return {**recorded, "output_path": url, "storage_options": options}
 
 
 def _storage_options(text: str | None) -> dict[str, Any]:
@@ -194,6 +220,12 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--array-task-id", type=int)
     s.add_argument("--array-task-count", type=int)
+    s.add_argument(
+        "--from-store",
+        metavar="STORE",
+        help="rerun (continue) the job that created STORE, from its recorded settings",
+    )
+    s.add_argument("--storage-options", help="fsspec options for --from-store, as JSON")
     s.set_defaults(func=cmd_sample)
 
     for name, helptext, func in [

@@ -72,6 +72,16 @@ def job_chains(settings: SampleSettings) -> list[int] | None:
     return chains
 
 
+RUN_SPECIFIC = frozenset({"output_path", "storage_options", "chains", "array_task"})
+"""Settings that say where and which part of a run this job is, not what the run is: never recorded."""
+
+
+def recorded_settings(settings: SampleSettings) -> dict[str, Any]:
+    """What a store records of the job that created it, so `distinterp sample --from-store` can rerun it.
+    storage_options (credentials) and this job's chain slice are left out."""
+    return settings.model_dump(mode="json", exclude=set(RUN_SPECIFIC))
+
+
 def run_sample(settings: SampleSettings) -> tuple[xr.DataTree, dict[str, xr.Dataset]]:
     """Sample as the settings say; analyses run on rank 0 once the store is complete."""
     data = load_dataset(settings.dataset)
@@ -101,6 +111,7 @@ def run_sample(settings: SampleSettings) -> tuple[xr.DataTree, dict[str, xr.Data
         storage_options=settings.storage_options,
         chains=chains,
         checkpoint_every=settings.checkpoint_every,
+        run_settings=recorded_settings(settings),
         **sampler,
     )
     results: dict[str, xr.Dataset] = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
+import json
 import logging
 import tempfile
 import time
@@ -84,6 +85,7 @@ def sample(
     storage_options: dict[str, Any] | None = None,
     epoch_mode: str = "cycle",
     checkpoint_every: int | None = None,
+    run_settings: dict[str, Any] | None = None,
 ) -> xr.DataTree:
     """Run SGLD chains and stream per-token losses into a zarr store; return it as a lazy DataTree.
 
@@ -91,6 +93,8 @@ def sample(
     runs (default all; Slurm array tasks each pass a slice), `storage_options` = fsspec options for an
     `output_path` URL such as s3://bucket/run.zarr (never written to the store), `epoch_mode` =
     SamplerConfig's "cycle" (replay the first epoch) or "once" (error if data runs out),
+    `run_settings` = JSON provenance the creating job records in the store's attrs (the CLI's settings, so
+    `distinterp sample --from-store` reruns it; not part of the identity),
     `checkpoint_every` = save each chain's state every this many steps (rounded up to the store's
     chunk of 50) so a preempted chain continues mid-way; None restarts unfinished chains. Under torchrun, every
     rank calls this with the same arguments; chains are sharded over ranks and every rank gets the tree.
@@ -192,6 +196,8 @@ def sample(
         metrics_numel=numel,
         identity=identity,
     )
+    if run_settings is not None:
+        schema.attrs["distinterp"]["run_settings"] = json.loads(json.dumps(run_settings))
     location = _location(output_path, storage_options, config, rt)
 
     # Rank 0 validates or creates the store; every rank raises the same error if it cannot.

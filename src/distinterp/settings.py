@@ -271,9 +271,12 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_settings(path: str | Path | None = None, overrides: list[str] | None = None) -> SampleSettings:
-    """SampleSettings from a YAML file, the environment and `key=value` overrides (highest priority)."""
-    from_file = read_yaml(path) if path is not None else {}
+def load_settings(
+    path: str | Path | None = None, overrides: list[str] | None = None, base: dict[str, Any] | None = None
+) -> SampleSettings:
+    """SampleSettings from a YAML file (or `base`, e.g. the settings a store recorded), the environment and
+    `key=value` overrides (highest priority)."""
+    from_file = dict(base) if base is not None else read_yaml(path) if path is not None else {}
     check_environment()
     init: dict[str, Any] = {}
     for text in overrides or []:
