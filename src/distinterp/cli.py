@@ -29,6 +29,30 @@ def _print_llc(res: Any, truth: float | None = None) -> None:
         print(f"theory    {truth:.3f}  (relative error {abs(float(res.llc_mean) - truth) / truth:.1%})")
 
 
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def _print_trace(tree: Any, width: int = 48) -> None:
+    """The LLC estimate over draws (mean over chains), as one line of text: has the run equilibrated?"""
+    ds = tree.dataset
+    if "sampling_loss" not in ds or "init_loss" not in ds:
+        return
+    n_beta = (
+        float(ds.n_beta) if "n_beta" in ds else float(ds.attrs["metadata"]["config"]["sampler"]["n_beta"])
+    )
+    per_draw = ds.sampling_loss.mean(dim=[d for d in ds.sampling_loss.dims if d not in ("chain", "draw")])
+    trace = n_beta * (per_draw - ds.init_loss.mean(dim="token_pos")).mean(dim="chain").values
+    trace = trace[np.isfinite(trace)]
+    if trace.size < 2:
+        return
+    windows = np.array_split(trace, min(width, trace.size))
+    means = np.array([w.mean() for w in windows])
+    lo, hi = float(means.min()), float(means.max())
+    scale = (means - lo) / (hi - lo) if hi > lo else np.zeros_like(means)
+    line = "".join(SPARK[int(v * (len(SPARK) - 1) + 0.5)] for v in scale)
+    print(f"trace     {line}  (LLC estimate over {trace.size} draws, {lo:.2f} .. {hi:.2f})")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """LLC of the built-in bigram model at its MLE, whose true learning coefficient is V(V-1)/2."""
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -61,6 +85,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if rt.is_coordinator:
         print(f"\nstore     {args.output}  ({rt.world_size} rank(s))")
         _print_llc(res, truth=toy.bigram_learning_coefficient(args.vocab))
+        _print_trace(_open(args.output, {}))
         if (toy.bigram_counts(data, args.vocab) > 0).all():
             target = toy.bigram_expected_llc(data, args.vocab, settings["n_beta"])
             print(f"target    {target:.3f}  (exact at n_beta={settings['n_beta']:g}; theory + O(1/n_beta))")
@@ -151,6 +176,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     try:
         res = compute_llc(tree, allow_partial=args.allow_partial)
         _print_llc(res)
+        _print_trace(tree)
         if args.output:
             res.to_netcdf(args.output) if args.output.endswith(".nc") else res.to_zarr(
                 args.output, mode="w", consolidated=False
