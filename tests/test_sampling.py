@@ -304,3 +304,30 @@ def test_plain_tensor_model_and_masks_freeze_other_parameters(dataset, tmp_path:
     ds = tree.dataset
     assert ds.attrs["metrics_numel"] == 4 * 32
     assert (ds.metrics_distance.values[:, 1:] > 0).all()
+
+
+GOLDEN = Path(__file__).parent / "assets" / "golden_tiny.json"
+
+
+def test_golden_loss_trace(tmp_path: Path) -> None:
+    """The tiny model's losses (tests.jobs' config: dropout, 2 observables) match the checked-in trace, so a
+    change that moves the numbers shows up here even where distinterp and devinterp would move together.
+    Regenerate deliberately with DISTINTERP_REGENERATE_GOLDEN=1."""
+    import json
+    import os
+
+    from tests.jobs import run
+
+    run(str(tmp_path / "g.zarr"), dropout=0.1, num_draws=8, gradient_accumulation_steps=2)
+    ds = xr.open_datatree(tmp_path / "g.zarr", engine="zarr", consolidated=False).dataset
+    got = {
+        "init_loss": ds.init_loss.mean("token_pos").values.tolist(),
+        "sampling_loss": ds.sampling_loss.mean(["batch", "token_pos"]).values.tolist(),
+        "loss_probe": ds.loss_probe.mean(["batch_probe", "token_pos"]).values.tolist(),
+        "llc_per_chain": distinterp.compute_llc(ds).llc_per_chain.values.tolist(),
+    }
+    if os.environ.get("DISTINTERP_REGENERATE_GOLDEN") == "1":
+        GOLDEN.write_text(json.dumps(got, indent=1) + "\n")
+    expected = json.loads(GOLDEN.read_text())
+    for name, values in expected.items():  # float tolerance: other CPUs may sum in another order
+        np.testing.assert_allclose(got[name], values, rtol=2e-5, atol=1e-6, err_msg=name)
