@@ -79,11 +79,11 @@ def test_sample_status_aggregate(tmp_path, config, capsys):
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # the CLI prints warnings as one line each
-        assert main(["aggregate", store, "--allow-partial", "--output", str(tmp_path / "partial.nc")]) == 0
+        assert main(["aggregate", store, "--allow-partial", "--output", str(tmp_path / "partial.zarr")]) == 0
     out, err = capsys.readouterr()
     assert "1 chains" in out and "excluded  [1]" in out
     assert err == "warning: compute_llc: using complete chains only; skipping incomplete chains [1]\n"
-    assert xr.open_dataset(tmp_path / "partial.nc").sizes["chain"] == 1
+    assert xr.open_zarr(tmp_path / "partial.zarr", consolidated=False).sizes["chain"] == 1
 
     # The rest of the run, in-process; the same command continues the store (checkpointing on the way).
     assert main(["sample", str(config), "--set", "checkpoint_every=1"]) == 0
@@ -173,7 +173,7 @@ def test_aggregate_bif_and_susceptibilities(tmp_path, capsys):
         **{**SMALL, "num_chains": 2},
     )
     full, head = tmp_path / "samples_full.zarr", tmp_path / "samples_l0h0.zarr"
-    argv = ["aggregate", str(full), "--output", str(tmp_path / "llc.nc"), "--bif", "sequence"]
+    argv = ["aggregate", str(full), "--output", str(tmp_path / "llc.zarr"), "--bif", "sequence"]
     argv += ["--susceptibilities", f"l0h0={head}", "--sampling-task", "train"]
     assert main(argv) == 0
     out = capsys.readouterr().out

@@ -160,6 +160,12 @@ def _open(url: str, storage_options: dict[str, Any]) -> Any:
     return open_tree(location)
 
 
+def _netcdf_available() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ("scipy", "netCDF4", "h5netcdf"))
+
+
 def cmd_aggregate(args: argparse.Namespace) -> int:
     """Analyses of a finished store (LLC; BIF and susceptibilities on request); refuses an incomplete one."""
     from distinterp.bif import compute_bif
@@ -171,6 +177,10 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     if args.susceptibilities and not args.sampling_task:
         print("distinterp aggregate: --susceptibilities needs --sampling-task OBSERVABLE", file=sys.stderr)
         return 2
+    if args.output and args.output.endswith(".nc") and not _netcdf_available():
+        raise ValueError(
+            "--output: writing .nc needs scipy, netCDF4 or h5netcdf (pip install scipy); or write .zarr"
+        )
     tree = _open(args.store, options)
     stem = args.output.rsplit(".", 1)[0] if args.output else None
     try:
