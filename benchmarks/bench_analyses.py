@@ -6,12 +6,15 @@
 Stores of the reference schema are filled with random losses (no sampling). Each measurement is a fresh
 process that resets its peak RSS after imports (/proc/self/clear_refs), times the call with
 time.perf_counter and reports the growth of VmHWM over the post-import RSS, so imports are excluded.
+The token-wise BIF is also timed with its blocks split over 2 ranks (torchrun, gloo; each rank gets half the
+cores' threads; rank 0's time, which includes gathering the result, and rank 0's peak).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -19,6 +22,8 @@ import time
 from pathlib import Path
 
 ANALYSES = ("bif_token", "bif_sequence", "susceptibilities")
+RANKS_2 = "distinterp_2ranks"
+"""Engine name of the 2-rank token-wise BIF."""
 
 
 def make_store(path: Path, chains: int, draws: int, seqs: int, ctx: int, seed: int) -> None:
@@ -70,7 +75,18 @@ def child(analysis: str, engine: str, store_dir: str, batch_size: int) -> None:
     import xarray as xr
 
     warnings.simplefilter("ignore")
-    if engine == "devinterp":
+    rank = 0
+    if engine == RANKS_2:
+        import torch
+
+        from distinterp.bif import _compute_bif
+        from distinterp.distributed import runtime
+
+        rt = runtime()
+        rank = rt.rank
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // rt.world_size))
+        rt.barrier()
+    elif engine == "devinterp":
         from devinterp.slt.bif import compute_bif
         from devinterp.slt.susceptibilities import compute_susceptibilities
     else:
@@ -83,7 +99,9 @@ def child(analysis: str, engine: str, store_dir: str, batch_size: int) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     base = _rss_kb("VmRSS")
     start = time.perf_counter()
-    if analysis == "bif_token":
+    if engine == RANKS_2:
+        _compute_bif(open_("full.zarr"), rt, batch_size=batch_size, device="cpu")
+    elif analysis == "bif_token":
         compute_bif(open_("full.zarr"), batch_size=batch_size, device="cpu")
     elif analysis == "bif_sequence":
         compute_bif(open_("full.zarr"), correlation_method="sequence", device="cpu")
@@ -91,12 +109,16 @@ def child(analysis: str, engine: str, store_dir: str, batch_size: int) -> None:
         compute_susceptibilities({"full": open_("full.zarr"), "l0": open_("l0.zarr")}, "pile")
     elapsed = time.perf_counter() - start
     peak = _rss_kb("VmHWM") - base
-    print("RESULT " + json.dumps({"seconds": elapsed, "peak_mb": peak / 1024}), flush=True)
+    if rank == 0:
+        print("RESULT " + json.dumps({"seconds": elapsed, "peak_mb": peak / 1024}), flush=True)
 
 
 def measure(analysis: str, engine: str, store_dir: Path, batch_size: int) -> dict[str, float]:
+    launcher = [sys.executable]
+    if engine == RANKS_2:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     cmd = [
-        sys.executable,
+        *launcher,
         __file__,
         "--child",
         analysis,
@@ -106,7 +128,7 @@ def measure(analysis: str, engine: str, store_dir: Path, batch_size: int) -> dic
         str(batch_size),
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-    lines = [line for line in res.stdout.splitlines() if line.startswith("RESULT ")]
+    lines = [line[line.index("RESULT ") :] for line in res.stdout.splitlines() if "RESULT " in line]
     if res.returncode != 0 or not lines:
         raise RuntimeError(f"{engine} {analysis} failed:\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}")
     return json.loads(lines[0][7:])
@@ -144,7 +166,8 @@ def main() -> None:
                 sum(f.stat().st_size for f in (store_dir / "full.zarr").rglob("*") if f.is_file()) / 2**20
             )
             for analysis in args.analyses.split(","):
-                res = {e: measure(analysis, e, store_dir, args.batch_size) for e in engines}
+                runs = [*engines, RANKS_2] if analysis == "bif_token" else engines
+                res = {e: measure(analysis, e, store_dir, args.batch_size) for e in runs}
                 row = {"analysis": analysis, "scale": scale, "draws": draws, "store_mb": round(store_mb, 1)}
                 for e, r in res.items():
                     row[f"{e}_s"] = round(r["seconds"], 3)
@@ -154,6 +177,8 @@ def main() -> None:
                     row["peak_ratio"] = round(
                         max(res["distinterp"]["peak_mb"], 0.1) / max(res["devinterp"]["peak_mb"], 0.1), 2
                     )
+                if RANKS_2 in res:
+                    row["speedup_2ranks"] = round(res["distinterp"]["seconds"] / res[RANKS_2]["seconds"], 2)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     cols = list(rows[0])

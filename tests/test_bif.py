@@ -1,8 +1,10 @@
 """compute_bif / bif(): float64 NumPy reference and properties on random stores of the reference schema,
-known +1/-1 answers, devinterp 2.0.1 equality, lazy zarr results, bad input, incomplete stores, 2 ranks."""
+known +1/-1 answers, devinterp 2.0.1 equality, lazy zarr results, bad input, incomplete stores, 2 ranks
+splitting the token-wise blocks."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -266,21 +268,37 @@ def test_equal_to_devinterp(tmp_path: Path) -> None:
 # ─── bif() under torchrun ────────────────────────────────────────────────────
 
 JOB = dict(lr=1e-3, n_beta=10.0, num_chains=3, num_draws=5, batch_size=4, num_init_loss_batches=2)
+BIF_BLOCK = 3
+"""8 sequences in blocks of 3: 3 x 3 = 9 pairs of blocks, 5 on rank 0 and 4 on rank 1; the last blocks are short."""
 
 
-def bif_job(out: Path) -> xr.Dataset | None:
-    """bif() of the tiny GPT-2 (the same call on every rank); rank 0 saves its result beside the store."""
+def bif_job(out: Path) -> None:
+    """bif() of the tiny GPT-2 (the same calls on every rank): in memory, then to zarr at `<out>.lazy.zarr`
+    (the store is complete by then, so not sampled again). Each rank records what it got; rank 0 saves the
+    in-memory result beside the store."""
     from tests.conftest import tiny_gpt2, token_dataset
 
     ds = token_dataset()
-    res = bif(
-        tiny_gpt2(), ds, {"train": (ds, 1), "probe": (token_dataset(seed=2), 1)}, output_path=out, **JOB
+    observables = {"train": (ds, 1), "probe": (token_dataset(seed=2), 1)}
+    res = bif(tiny_gpt2(), ds, observables, output_path=out, bif_batch_size=BIF_BLOCK, **JOB)
+    lazy = bif(
+        tiny_gpt2(),
+        ds,
+        observables,
+        output_path=out,
+        bif_batch_size=BIF_BLOCK,
+        bif_output_path=f"{out}.lazy.zarr",
+        **JOB,
     )
-    with open(f"{out}.rank{os.environ.get('RANK', '0')}", "w") as f:
-        f.write("none" if res is None else "result")
-    if res is not None:
+    record: dict[str, Any] = {"memory": None, "zarr": None}
+    if res is not None and lazy is not None:
         res.to_zarr(f"{out}.result.zarr", zarr_format=3, consolidated=False)
-    return res
+        record = {
+            "memory": res.attrs.get("blocks_per_rank", "single"),
+            "zarr": lazy.attrs.get("blocks_per_rank", "single"),
+            "lazy": not isinstance(lazy["influences"].variable._data, np.ndarray),
+        }
+    Path(f"{out}.rank{os.environ.get('RANK', '0')}").write_text(json.dumps(record))
 
 
 @pytest.mark.distributed
@@ -297,7 +315,10 @@ def test_two_ranks_return_the_single_process_result_on_rank_0(tmp_path: Path) ->
         timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert Path(f"{out}.rank0").read_text() == "result" and Path(f"{out}.rank1").read_text() == "none"
+    # both ranks computed blocks, in memory and into the shared zarr group; only rank 0 got the result
+    split = {"memory": [5, 4], "zarr": [5, 4], "lazy": True}
+    assert json.loads(Path(f"{out}.rank0").read_text()) == split
+    assert json.loads(Path(f"{out}.rank1").read_text()) == {"memory": None, "zarr": None}
     env.pop("WORLD_SIZE", None)
     one = tmp_path / "one.zarr"
     proc = subprocess.run(
@@ -309,11 +330,21 @@ def test_two_ranks_return_the_single_process_result_on_rank_0(tmp_path: Path) ->
         timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    with (
-        xr.open_dataset(f"{out}.result.zarr", engine="zarr", consolidated=False) as two,
-        xr.open_dataset(f"{one}.result.zarr", engine="zarr", consolidated=False) as single,
-    ):
-        xr.testing.assert_equal(two.load(), single.load())
+    assert json.loads(Path(f"{one}.rank0").read_text()) == {
+        "memory": "single",
+        "zarr": "single",
+        "lazy": True,
+    }
+    opened = [
+        xr.open_dataset(p, engine="zarr", consolidated=False)
+        for p in (f"{one}.result.zarr", f"{out}.result.zarr", f"{out}.lazy.zarr", f"{one}.lazy.zarr")
+    ]
+    single, *others = [d.load() for d in opened]
+    for d in opened:
+        d.close()
+    assert single.sizes["batch_1"] == 8 and not np.isnan(single["influences"].values).any()
+    for other in others:  # bitwise: each block is the same computation whichever rank runs it
+        xr.testing.assert_equal(other.drop_attrs(), single.drop_attrs())
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 devinterp 2.x's `bif()` / `compute_bif()`, streamed: the store is read one chunk (chain, draws) at a time,
 and the token-wise result is built from pairs of batch blocks, so peak memory is set by `batch_size`, the
 context length and the store's chunk, never by chains x draws x sequences. A token-wise result too large
-for memory goes block by block into a zarr group next to the samples and comes back lazily.
+for memory goes block by block into a zarr group next to the samples and comes back lazily. Under torchrun,
+bif() splits the token-wise pairs of blocks round-robin over the ranks and rank 0 returns the result.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import xarray as xr
 import zarr
 
 from distinterp.covariance import Moments, cross_products, normalise_block, xr_corrcoef_with_torch_backend
+from distinterp.distributed import Runtime
 from distinterp.llc import usable_chains
 from distinterp.store import STEPS_DONE
 
@@ -263,10 +265,15 @@ def _divisor_at_most(n: int, limit: float) -> int:
 class _ZarrResult:
     """A token-wise result written block by block to a zarr group; `dataset()` reopens it lazily."""
 
-    def __init__(
-        self, path: Path, shape: tuple[int, int, int, int], block: int, coords: dict[str, np.ndarray]
-    ):
+    def __init__(self, path: Path, array: zarr.Array):
         self.path = path
+        self.array = array
+
+    @classmethod
+    def create(
+        cls, path: Path, shape: tuple[int, int, int, int], block: int, coords: dict[str, np.ndarray]
+    ) -> _ZarrResult:
+        """A fresh group at `path`. Chunks divide `block`, so every block of rows is whole chunks: one writer each."""
         T = shape[2]
         per_row = max(1, T * T * 4)
         c2 = _divisor_at_most(block, _RESULT_CHUNK_BYTES / per_row)
@@ -277,7 +284,7 @@ class _ZarrResult:
         for name, values in coords.items():
             dims = ("batch", "position") if name == "input_ids" else (name,)
             group.create_array(name, data=np.asarray(values), dimension_names=dims)
-        self.array = group.create_array(
+        array = group.create_array(
             "influences",
             shape=shape,
             chunks=(min(c1, shape[0]), min(c2, shape[1]), T, T),
@@ -286,6 +293,12 @@ class _ZarrResult:
             fill_value=np.nan,
             dimension_names=("batch_1", "batch_2", "target_position", "target_position_T"),
         )
+        return cls(path, array)
+
+    @classmethod
+    def open(cls, path: Path) -> _ZarrResult:
+        """The group another rank created, for writing this rank's blocks."""
+        return cls(path, zarr.open_array(zarr.storage.LocalStore(path), path="influences", mode="r+"))
 
     def __setitem__(self, key: tuple[slice, slice], block: np.ndarray) -> None:
         self.array[key] = block
@@ -296,11 +309,16 @@ class _ZarrResult:
 
 def default_result_path(samples: xr.DataTree | xr.Dataset, name: str) -> Path:
     """`<store>.<name>.zarr` beside a local store; a new temporary directory when the store has no local path."""
-    source = str(samples.encoding.get("source", "")) if hasattr(samples, "encoding") else ""
-    if source and "://" not in source:
-        p = Path(source)
-        return p.with_name(f"{p.name.removesuffix('.zarr')}.{name}.zarr")
+    source = _local_source(samples)
+    if source is not None:
+        return source.with_name(f"{source.name.removesuffix('.zarr')}.{name}.zarr")
     return Path(tempfile.mkdtemp(prefix="distinterp-")) / f"{name}.zarr"
+
+
+def _local_source(samples: xr.DataTree | xr.Dataset) -> Path | None:
+    """The store's local path, or None (in memory, or a remote URL)."""
+    source = str(samples.encoding.get("source", "")) if hasattr(samples, "encoding") else ""
+    return Path(source) if source and "://" not in source else None
 
 
 # ─── BIF ─────────────────────────────────────────────────────────────────────
@@ -320,12 +338,15 @@ def bif(
     compute_covariance: bool = False,
     bif_batch_size: int = 32,
     bif_device: str | torch.device | None = None,
+    bif_output_path: str | Path | None = None,
     loss_fn: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
     **kwargs: Any,
 ) -> xr.Dataset | None:
-    """Sample (on every rank under torchrun) and compute the BIF on rank 0; other ranks return None.
+    """Sample (on every rank under torchrun) and compute the BIF; rank 0 returns it, other ranks None.
 
-    kwargs go to sample() (num_chains, num_draws, batch_size, output_path, ...).
+    Under torchrun the token-wise pairs of blocks are split round-robin over the ranks (see `_token_bif`).
+    `bif_output_path` is compute_bif's `output_path`; kwargs go to sample() (num_chains, num_draws,
+    batch_size, output_path, ...).
     """
     from distinterp.distributed import runtime
     from distinterp.sampling import sample
@@ -341,16 +362,16 @@ def bif(
         loss_fn=loss_fn,
         **kwargs,
     )
-    if not runtime().is_coordinator:
-        return None
-    return compute_bif(
+    return _compute_bif(
         samples,
+        runtime(),
         correlation_method=correlation_method,
         reduce_chain_dimension_method=reduce_chain_dimension_method,
         average_tokenwise_bif=average_tokenwise_bif,
         compute_covariance=compute_covariance,
         batch_size=bif_batch_size,
         device=bif_device,
+        output_path=bif_output_path,
     )
 
 
@@ -377,6 +398,45 @@ def compute_bif(
     store, when the result exceeds `max_result_bytes`). Observables are concatenated along batch in sorted
     id order; 'stack' pools (chain, draw) as observations, 'mean' averages chains first.
     """
+    result = _compute_bif(
+        samples,
+        Runtime(),
+        correlation_method=correlation_method,
+        reduce_chain_dimension_method=reduce_chain_dimension_method,
+        loss_keys=loss_keys,
+        batch_index_range_1=batch_index_range_1,
+        batch_index_range_2=batch_index_range_2,
+        average_tokenwise_bif=average_tokenwise_bif,
+        compute_covariance=compute_covariance,
+        batch_size=batch_size,
+        device=device,
+        allow_partial=allow_partial,
+        output_path=output_path,
+        max_result_bytes=max_result_bytes,
+    )
+    assert result is not None  # a single process is its own coordinator
+    return result
+
+
+def _compute_bif(
+    samples: xr.DataTree | xr.Dataset,
+    rt: Runtime,
+    *,
+    correlation_method: CorrelationMethod = "token",
+    reduce_chain_dimension_method: ChainReductionMethod = "stack",
+    loss_keys: Literal["all"] | list[str] = "all",
+    batch_index_range_1: Literal["all"] | Sequence[int] = "all",
+    batch_index_range_2: Literal["all"] | Sequence[int] = "all",
+    average_tokenwise_bif: bool = False,
+    compute_covariance: bool = False,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    allow_partial: bool = False,
+    output_path: str | Path | None = None,
+    max_result_bytes: int = MAX_RESULT_BYTES,
+) -> xr.Dataset | None:
+    """compute_bif, called on every rank of `rt`: the token-wise blocks are split over the ranks; rank 0
+    returns the result, the others None. The sequence-level BIF runs on rank 0 alone."""
     _check_options(correlation_method, reduce_chain_dimension_method, batch_size, "batch_size")
     if loss_keys == "all":
         keys = None
@@ -389,23 +449,47 @@ def compute_bif(
     obs = ObservableLosses.open(samples, keys, allow_partial=allow_partial, what="compute_bif")
     rows_1 = _index_range("batch_index_range_1", batch_index_range_1, obs.num_rows)
     rows_2 = _index_range("batch_index_range_2", batch_index_range_2, obs.num_rows)
-    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(device) if device is not None else rt.default_device()
     mean_chains = reduce_chain_dimension_method == "mean"
 
     if correlation_method == "sequence":
+        if not rt.is_coordinator:
+            return None
         result = _sequence_bif(obs, rows_1, rows_2, mean_chains, compute_covariance, dev)
     else:
         n1, n2, T = len(rows_1), len(rows_2), obs.context_length
         big = not average_tokenwise_bif and result_bytes(n1, n2, T) > max_result_bytes
         path = None
         if not average_tokenwise_bif and (output_path is not None or big):
-            path = Path(output_path) if output_path is not None else default_result_path(samples, "bif")
-            logger.info(
-                "compute_bif: writing the token-wise result (%d x %d x %d x %d) to %s", n1, n2, T, T, path
-            )
+            if output_path is not None:
+                path = Path(output_path)
+            elif rt.is_coordinator:
+                path = default_result_path(samples, "bif")
+            path = rt.broadcast(path)  # a temporary directory is rank 0's
+            if rt.spans_nodes and output_path is None and _local_source(samples) is None:
+                # rank 0's temporary directory is not on the other nodes: rank 0 computes alone
+                logger.info("compute_bif: result in a rank-local temporary directory; computing on rank 0")
+                if not rt.is_coordinator:
+                    return None
+                rt = Runtime()
+            if rt.is_coordinator:
+                logger.info(
+                    "compute_bif: writing the token-wise result (%d x %d x %d x %d) to %s", n1, n2, T, T, path
+                )
         result = _token_bif(
-            obs, rows_1, rows_2, mean_chains, compute_covariance, average_tokenwise_bif, batch_size, dev, path
+            obs,
+            rows_1,
+            rows_2,
+            mean_chains,
+            compute_covariance,
+            average_tokenwise_bif,
+            batch_size,
+            dev,
+            path,
+            rt,
         )
+        if result is None:
+            return None
     result.attrs.update(chains=list(obs.chains), excluded_chains=obs.excluded_chains)
     return result
 
@@ -460,8 +544,17 @@ def _token_bif(
     block: int,
     device: torch.device,
     path: Path | None,
-) -> xr.Dataset:
-    """Token-wise BIF from pairs of row blocks: sum over stored chunks of centred cross products."""
+    rt: Runtime,
+) -> xr.Dataset | None:
+    """Token-wise BIF from pairs of row blocks: sum over stored chunks of centred cross products.
+
+    Every rank of `rt` makes its own scratch copy and moments (pass 1, in a rank-local temporary directory),
+    then computes the pairs of blocks k with k % world_size == rank. A zarr result is created by rank 0 and
+    each rank writes its own blocks (whole chunks, so one writer per chunk; `path` must be visible to every
+    rank); an in-memory result is gathered to rank 0. Rank 0 returns the result, the others None. Each block
+    is computed by the same code from the same inputs whichever rank runs it, so the result is bitwise the
+    single-process one (given the same device and thread settings).
+    """
     n1, n2, T = len(rows_1), len(rows_2), obs.context_length
     positions = np.arange(1, T + 1)
     coords = {
@@ -470,30 +563,61 @@ def _token_bif(
         "target_position": positions,
         "target_position_T": positions,
     }
-    sink: Any
-    if average:
-        sink = np.empty((n1, n2), dtype=np.float32)
-    elif path is None:
-        sink = np.empty((n1, n2, T, T), dtype=np.float32)
-    else:
-        sink = _ZarrResult(path, (n1, n2, T, T), block, {**coords, "input_ids": obs.input_ids().values})
+    sink: Any = None
+    if path is not None:
+        if rt.is_coordinator:
+            sink = _ZarrResult.create(
+                path, (n1, n2, T, T), block, {**coords, "input_ids": obs.input_ids().values}
+            )
+        rt.barrier()
+        if sink is None:
+            sink = _ZarrResult.open(path)
+    elif rt.is_coordinator:
+        sink = np.empty((n1, n2) if average else (n1, n2, T, T), dtype=np.float32)
+    kept: list[tuple[int, int, np.ndarray]] = []  # blocks of an in-memory result computed off rank 0
+    pairs = [(i, j) for i in range(0, n1, block) for j in range(0, n2, block)]
+    mine = pairs[rt.rank :: rt.world_size]
     rows = np.unique(np.concatenate([rows_1, rows_2]))
     with tempfile.TemporaryDirectory(prefix="distinterp-bif-") as scratch:
         work = _Rows(obs, rows, mean_chains=mean_chains, block=block, scratch=Path(scratch) / "rows.zarr")
         pos_1, pos_2 = np.searchsorted(rows, rows_1), np.searchsorted(rows, rows_2)
         std = torch.as_tensor(work.std, dtype=torch.float32, device=device)
-        for i in range(0, n1, block):
-            p1 = pos_1[i : i + block]
-            for j in range(0, n2, block):
-                p2 = pos_2[j : j + block]
-                sums = torch.zeros((len(p1), len(p2), T, T), dtype=torch.float32, device=device)
-                for a, b in zip(work.centred_chunks(p1, device), work.centred_chunks(p2, device)):
-                    sums += cross_products(a, b)
-                stds = (None, None) if covariance else (std[p1], std[p2])
-                out = normalise_block(sums, work.count, *stds)
-                if average:
-                    out = out.mean(dim=(-1, -2))
+        for i, j in mine:
+            p1, p2 = pos_1[i : i + block], pos_2[j : j + block]
+            sums = torch.zeros((len(p1), len(p2), T, T), dtype=torch.float32, device=device)
+            for a, b in zip(work.centred_chunks(p1, device), work.centred_chunks(p2, device)):
+                sums += cross_products(a, b)
+            stds = (None, None) if covariance else (std[p1], std[p2])
+            out = normalise_block(sums, work.count, *stds)
+            if average:
+                out = out.mean(dim=(-1, -2))
+            if sink is None:
+                kept.append((i, j, out.cpu().numpy()))
+            else:
                 sink[i : i + block, j : j + block] = out.cpu().numpy()
+    if rt.is_distributed:
+        logger.info("compute_bif: rank %d computed %d of %d pairs of blocks", rt.rank, len(mine), len(pairs))
+    gathered = rt.all_gather((len(mine), kept))  # also waits for every rank's zarr writes
+    if not rt.is_coordinator:
+        return None
+    for _, blocks in gathered:
+        for i, j, values in blocks:
+            sink[i : i + block, j : j + block] = values
+    result = _token_result(sink, obs, rows_1, rows_2, coords, average)
+    if rt.is_distributed:
+        result.attrs["blocks_per_rank"] = [count for count, _ in gathered]
+    return result
+
+
+def _token_result(
+    sink: Any,
+    obs: ObservableLosses,
+    rows_1: np.ndarray,
+    rows_2: np.ndarray,
+    coords: dict[str, np.ndarray],
+    average: bool,
+) -> xr.Dataset:
+    """The token-wise result as a Dataset: lazy over the zarr group, or the in-memory array."""
     if isinstance(sink, _ZarrResult):
         return sink.dataset()
     if average:
