@@ -209,3 +209,37 @@ def test_a_store_reruns_from_its_recorded_settings(tmp_path, config, capsys):
 
     assert main(["sample", "--from-store", str(tmp_path / "nothing.zarr")]) == 2
     assert "no store at" in capsys.readouterr().err
+
+
+def test_weight_restriction_jobs_feed_susceptibilities(tmp_path, capsys):
+    import numpy as np
+
+    """Two CLI jobs (full, and weight_restriction l0h1) on the built-in tiny GPT-2, then `aggregate
+    --susceptibilities`; a restriction the model does not have fails naming it, before any store exists."""
+    cfg = {
+        **TINY,
+        "model": {"source": "builtin", "name": "tiny-gpt2"},
+        "observables": {
+            "train": {"source": "builtin", "name": "markov", "vocab_size": 3, "seq_len": 9},
+            "probe": {"source": "builtin", "name": "markov", "vocab_size": 3, "seq_len": 9, "seed": 5},
+        },
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({**cfg, "output_path": str(tmp_path / "full.zarr")}))
+    assert main(["sample", str(path)]) == 0
+    head = ["--set", "weight_restriction=l0h1", "--set", f"output_path={tmp_path / 'l0h1.zarr'}"]
+    assert main(["sample", str(path), *head]) == 0
+    capsys.readouterr()
+    argv = ["aggregate", str(tmp_path / "full.zarr"), "--output", str(tmp_path / "llc.zarr")]
+    assert (
+        main([*argv, "--susceptibilities", f"l0h1={tmp_path / 'l0h1.zarr'}", "--sampling-task", "train"]) == 0
+    )
+    assert "susceptibilities" in capsys.readouterr().out
+    sus = xr.open_datatree(tmp_path / "llc.susceptibilities.zarr", engine="zarr", consolidated=False)
+    assert list(sus["susceptibilities"]["wr"].values) == ["l0h1"]
+    assert np.isfinite(sus["susceptibilities"]["sus"].values).all()
+
+    bad = ["--set", "weight_restriction=l7h0", "--set", f"output_path={tmp_path / 'bad.zarr'}"]
+    assert main(["sample", str(path), *bad]) == 2
+    assert "weight_restriction='l7h0': Layer 7 is out of range" in capsys.readouterr().err
+    assert not (tmp_path / "bad.zarr").exists()

@@ -100,6 +100,14 @@ def run_sample(settings: SampleSettings) -> tuple[xr.DataTree, dict[str, xr.Data
             "submit at most num_chains tasks"
         )
     sampler = settings.sampler.model_dump()
+    masks = None
+    if settings.weight_restriction is not None:
+        from distinterp.masks import WeightRestrictionError, create_param_masks
+
+        try:
+            masks = create_param_masks(model, settings.weight_restriction)
+        except WeightRestrictionError as e:
+            raise WeightRestrictionError(f"weight_restriction={settings.weight_restriction!r}: {e}") from None
     tree = sample(
         model,
         data,
@@ -112,6 +120,7 @@ def run_sample(settings: SampleSettings) -> tuple[xr.DataTree, dict[str, xr.Data
         chains=chains,
         checkpoint_every=settings.checkpoint_every,
         run_settings=recorded_settings(settings),
+        param_masks=masks,
         **sampler,
     )
     results: dict[str, xr.Dataset] = {}

@@ -176,6 +176,10 @@ class SampleSettings(BaseSettings):
         None,
         description="save each chain's state every this many steps, so a requeued job continues mid-chain",
     )
+    weight_restriction: str | list[str] | None = Field(
+        None,
+        description="sample only these weights: a create_param_masks pattern ('l0h1', 'l1 mlp', ...) or a list",
+    )
     parallel: ParallelSettings = Field(default_factory=ParallelSettings)
     analyses: list[Literal["llc"]] = Field(
         default_factory=lambda: ["llc"], description="run after sampling, on rank 0"
