@@ -597,8 +597,8 @@ def _token_bif(
                 sink[i : i + block, j : j + block] = out.cpu().numpy()
     if rt.is_distributed:
         logger.info("compute_bif: rank %d computed %d of %d pairs of blocks", rt.rank, len(mine), len(pairs))
-    gathered = rt.all_gather((len(mine), kept))  # also waits for every rank's zarr writes
-    if not rt.is_coordinator:
+    gathered = rt.gather((len(mine), kept))  # to rank 0 only; also waits for every rank's zarr writes
+    if gathered is None:
         return None
     for _, blocks in gathered:
         for i, j, values in blocks:

@@ -54,6 +54,14 @@ class Runtime:
         dist.broadcast_object_list(box, src=src)
         return box[0]
 
+    def gather(self, obj: Any, dst: int = 0) -> list[Any] | None:
+        """Every rank's `obj`, in rank order, on rank dst only (None elsewhere): no copy on the others."""
+        if not self.is_distributed:
+            return [obj]
+        out: list[Any] | None = [None] * self.world_size if self.rank == dst else None
+        dist.gather_object(obj, out, dst=dst)
+        return out
+
     def all_gather(self, obj: Any) -> list[Any]:
         """Every rank's `obj`, in rank order."""
         if not self.is_distributed:
