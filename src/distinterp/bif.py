@@ -362,9 +362,9 @@ def bif(
         loss_fn=loss_fn,
         **kwargs,
     )
-    return _compute_bif(
+    return compute_bif(
         samples,
-        runtime(),
+        runtime=runtime(),
         correlation_method=correlation_method,
         reduce_chain_dimension_method=reduce_chain_dimension_method,
         average_tokenwise_bif=average_tokenwise_bif,
@@ -390,53 +390,19 @@ def compute_bif(
     allow_partial: bool = False,
     output_path: str | Path | None = None,
     max_result_bytes: int = MAX_RESULT_BYTES,
-) -> xr.Dataset:
+    runtime: Runtime | None = None,
+) -> xr.Dataset | None:
     """BIF of a sampling store: Pearson correlation (or covariance) between observable losses over draws.
 
     devinterp 2.x's compute_bif; ours: `allow_partial` (use complete chains of an unfinished store),
     `output_path` (write the token-wise result there as zarr and return it lazily; done anyway, beside the
-    store, when the result exceeds `max_result_bytes`). Observables are concatenated along batch in sorted
-    id order; 'stack' pools (chain, draw) as observations, 'mean' averages chains first.
+    store, when the result exceeds `max_result_bytes`), `runtime` (the ranks that share the token-wise
+    blocks, every one calling this; rank 0 returns the result, the others None; default: this process
+    alone, which always gets the result). Observables are concatenated along batch in sorted id order;
+    'stack' pools (chain, draw) as observations, 'mean' averages chains first. The sequence-level BIF runs
+    on rank 0 alone.
     """
-    result = _compute_bif(
-        samples,
-        Runtime(),
-        correlation_method=correlation_method,
-        reduce_chain_dimension_method=reduce_chain_dimension_method,
-        loss_keys=loss_keys,
-        batch_index_range_1=batch_index_range_1,
-        batch_index_range_2=batch_index_range_2,
-        average_tokenwise_bif=average_tokenwise_bif,
-        compute_covariance=compute_covariance,
-        batch_size=batch_size,
-        device=device,
-        allow_partial=allow_partial,
-        output_path=output_path,
-        max_result_bytes=max_result_bytes,
-    )
-    assert result is not None  # a single process is its own coordinator
-    return result
-
-
-def _compute_bif(
-    samples: xr.DataTree | xr.Dataset,
-    rt: Runtime,
-    *,
-    correlation_method: CorrelationMethod = "token",
-    reduce_chain_dimension_method: ChainReductionMethod = "stack",
-    loss_keys: Literal["all"] | list[str] = "all",
-    batch_index_range_1: Literal["all"] | Sequence[int] = "all",
-    batch_index_range_2: Literal["all"] | Sequence[int] = "all",
-    average_tokenwise_bif: bool = False,
-    compute_covariance: bool = False,
-    batch_size: int = 32,
-    device: str | torch.device | None = None,
-    allow_partial: bool = False,
-    output_path: str | Path | None = None,
-    max_result_bytes: int = MAX_RESULT_BYTES,
-) -> xr.Dataset | None:
-    """compute_bif, called on every rank of `rt`: the token-wise blocks are split over the ranks; rank 0
-    returns the result, the others None. The sequence-level BIF runs on rank 0 alone."""
+    rt = Runtime() if runtime is None else runtime
     _check_options(correlation_method, reduce_chain_dimension_method, batch_size, "batch_size")
     if loss_keys == "all":
         keys = None
