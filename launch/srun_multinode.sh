@@ -14,15 +14,7 @@ set -euo pipefail
 : "${SLURM_JOB_ID:?run this under srun inside a Slurm allocation}"
 PYTHON=${PYTHON:-python3}
 
-visible_gpus() {
-    local n=0
-    if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
-        n=$(tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES" | grep -c . || true)
-    elif command -v nvidia-smi >/dev/null 2>&1; then
-        n=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-    fi
-    echo $((n > 0 ? n : 1))
-}
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"  # visible_gpus
 
 NPROC_PER_NODE=${NPROC_PER_NODE:-$(visible_gpus)}
 NNODES=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}

@@ -10,15 +10,7 @@ set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
 
-visible_gpus() {
-    local n=0
-    if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
-        n=$(tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES" | grep -c . || true)
-    elif command -v nvidia-smi >/dev/null 2>&1; then
-        n=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-    fi
-    echo $((n > 0 ? n : 1))
-}
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"  # visible_gpus
 
 NPROC_PER_NODE=${NPROC_PER_NODE:-$(visible_gpus)}
 (( NPROC_PER_NODE >= 1 )) || NPROC_PER_NODE=1
