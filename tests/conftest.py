@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import warnings
 
 import pytest
 import torch
 from datasets import Dataset
+
+from distinterp import toy
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,27 +19,8 @@ pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.slurm"]
 
 
 def tiny_gpt2(vocab_size: int = 32, n_layer: int = 1, dropout: float = 0.0, seed: int = 0) -> torch.nn.Module:
-    """A 1-layer GPT-2 with 16-wide embeddings, random init from a fixed seed."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    torch.manual_seed(seed)
-    cfg = GPT2Config(
-        n_layer=n_layer,
-        n_embd=16,
-        n_head=2,
-        vocab_size=vocab_size,
-        n_positions=32,
-        resid_pdrop=dropout,
-        embd_pdrop=dropout,
-        attn_pdrop=dropout,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return GPT2LMHeadModel(cfg)
+    """A 1-layer GPT-2 with 16-wide embeddings and context 32, random init from a fixed seed."""
+    return toy.tiny_gpt2(vocab_size, n_layer, seed, n_positions=32, dropout=dropout)
 
 
 def token_dataset(rows: int = 64, seq: int = 9, vocab_size: int = 32, seed: int = 1) -> Dataset:

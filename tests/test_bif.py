@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,8 @@ from hypothesis import strategies as st
 
 from distinterp.bif import AnalysisInputError, bif, compute_bif
 from distinterp.store import IncompleteStoreError
+from tests.test_distributed import finish, run_single, torchrun
 
-ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = settings(max_examples=15, deadline=None)
 
 
@@ -303,33 +302,14 @@ def bif_job(out: Path) -> None:
 
 @pytest.mark.distributed
 def test_two_ranks_return_the_single_process_result_on_rank_0(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     out = tmp_path / "two.zarr"
-    proc = subprocess.run(
-        [*cmd, "-m", "tests.test_bif", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    finish(torchrun(2, out, module="tests.test_bif"))
     # both ranks computed blocks, in memory and into the shared zarr group; only rank 0 got the result
     split = {"memory": [5, 4], "zarr": [5, 4], "lazy": True}
     assert json.loads(Path(f"{out}.rank0").read_text()) == split
     assert json.loads(Path(f"{out}.rank1").read_text()) == {"memory": None, "zarr": None}
-    env.pop("WORLD_SIZE", None)
     one = tmp_path / "one.zarr"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.test_bif", str(one)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    run_single(one, module="tests.test_bif")
     assert json.loads(Path(f"{one}.rank0").read_text()) == {
         "memory": "single",
         "zarr": "single",

@@ -21,7 +21,10 @@ pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def torchrun(nproc: int, out: Path, overrides: dict | None = None, **popen) -> subprocess.Popen:
+def torchrun(
+    nproc: int, out: Path, overrides: dict | None = None, module: str = "tests.jobs", **popen
+) -> subprocess.Popen:
+    """`python -m MODULE OUT JSON` on nproc real torchrun ranks (gloo, one thread each)."""
     cmd = [
         sys.executable,
         "-m",
@@ -29,7 +32,7 @@ def torchrun(nproc: int, out: Path, overrides: dict | None = None, **popen) -> s
         "--standalone",
         f"--nproc-per-node={nproc}",
         "-m",
-        "tests.jobs",
+        module,
         str(out),
         json.dumps(overrides or {}),
     ]
@@ -70,11 +73,12 @@ def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
     return out
 
 
-def run_single(out: Path, overrides: dict | None = None) -> None:
+def run_single(out: Path, overrides: dict | None = None, module: str = "tests.jobs") -> None:
+    """The same job in one plain process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     res = subprocess.run(
-        [sys.executable, "-m", "tests.jobs", str(out), json.dumps(overrides or {})],
+        [sys.executable, "-m", module, str(out), json.dumps(overrides or {})],
         cwd=ROOT,
         env=env,
         capture_output=True,

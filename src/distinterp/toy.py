@@ -240,9 +240,11 @@ def tiny_gpt2(
     n_embd: int = 16,
     n_head: int = 2,
     n_positions: int = 128,
+    dropout: float = 0.0,
     **config: Any,
 ) -> torch.nn.Module:
-    """A tiny randomly initialised GPT-2 (transformers GPT2LMHeadModel, dropout off), from a fixed seed.
+    """A tiny randomly initialised GPT-2 (transformers GPT2LMHeadModel, dropout off unless asked), from a
+    fixed seed.
 
     For benchmarks and tests: no weights are downloaded; extra keyword arguments go to GPT2Config.
     """
@@ -256,9 +258,9 @@ def tiny_gpt2(
         n_embd=n_embd,
         n_head=n_head,
         n_positions=n_positions,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
         summary_first_dropout=0.0,
         bos_token_id=0,
         eos_token_id=0,
