@@ -109,10 +109,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         settings = load_settings(
             None, overrides, base=_stored_settings(args.from_store, args.storage_options)
         )
-    elif args.config:
-        settings = load_settings(args.config, overrides)
     else:
-        settings = load_settings(None, overrides)
+        settings = load_settings(args.config, overrides)
     tree, results = run_sample(settings)
     if runtime().is_coordinator:
         steps = tree.dataset.chain_steps_done.values
