@@ -79,8 +79,8 @@ def child(analysis: str, engine: str, store_dir: str, batch_size: int) -> None:
     if engine == RANKS_2:
         import torch
 
-        from distinterp.bif import _compute_bif
-        from distinterp.distributed import runtime
+        from distinterp.analyses.bif import _compute_bif
+        from distinterp.parallel.distributed import runtime
 
         rt = runtime()
         rank = rt.rank
@@ -90,8 +90,8 @@ def child(analysis: str, engine: str, store_dir: str, batch_size: int) -> None:
         from devinterp.slt.bif import compute_bif
         from devinterp.slt.susceptibilities import compute_susceptibilities
     else:
-        from distinterp.bif import compute_bif
-        from distinterp.susceptibilities import compute_susceptibilities
+        from distinterp.analyses.bif import compute_bif
+        from distinterp.analyses.susceptibilities import compute_susceptibilities
 
     def open_(name: str) -> xr.DataTree:
         return xr.open_datatree(Path(store_dir) / name, engine="zarr", consolidated=False)

@@ -30,7 +30,7 @@ done
 # The store URL as the jobs will see it; this also validates the config before anything is queued.
 STORE=$("$PYTHON" -c '
 import sys
-from distinterp.settings import load_settings
+from distinterp.jobs.settings import load_settings
 print(load_settings(sys.argv[1], sys.argv[2:]).output_path)
 ' "$CONFIG" "$@")
 

@@ -16,7 +16,7 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distinterp.bif import AnalysisInputError, bif, compute_bif
+from distinterp.analyses.bif import AnalysisInputError, bif, compute_bif
 from distinterp.store import IncompleteStoreError
 from tests.test_distributed import finish, run_single, torchrun
 

@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 import yaml
 
-from distinterp.cli import main
+from distinterp.jobs.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,7 +159,7 @@ def test_aggregate_bif_and_susceptibilities(tmp_path, capsys):
     import numpy as np
 
     import distinterp
-    from distinterp.bif import compute_bif
+    from distinterp.analyses.bif import compute_bif
     from tests.conftest import SMALL, tiny_gpt2, token_dataset
 
     ds, probe = token_dataset(), token_dataset(rows=16, seed=2)

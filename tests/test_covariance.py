@@ -9,7 +9,7 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distinterp.covariance import (
+from distinterp.analyses.covariance import (
     Moments,
     batch_corrcoef,
     batch_cov,

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from distinterp.distributed import Runtime
-from distinterp.plan import Plan, PlanError, array_task_chains
+from distinterp.parallel.distributed import Runtime
+from distinterp.parallel.plan import Plan, PlanError, array_task_chains
 
 
 @given(num_chains=st.integers(1, 40), world=st.integers(1, 9))

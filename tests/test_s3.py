@@ -26,7 +26,7 @@ import torch
 import xarray as xr
 
 from distinterp import store
-from distinterp.llc import compute_llc
+from distinterp.analyses.llc import compute_llc
 from distinterp.store import StoreConfigMismatch, StoreError
 from tests.fixtures.s3 import S3Server
 from tests.jobs import run

@@ -14,7 +14,7 @@ import xarray as xr
 
 import distinterp
 from distinterp.data import DatasetError
-from distinterp.plan import PlanError
+from distinterp.parallel.plan import PlanError
 from tests.conftest import SMALL, tiny_gpt2, token_dataset
 
 

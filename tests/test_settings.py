@@ -6,8 +6,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from distinterp.runner import job_chains
-from distinterp.settings import ArrayTaskSettings, SampleSettings, load_settings, parse_override
+from distinterp.jobs.runner import job_chains
+from distinterp.jobs.settings import ArrayTaskSettings, SampleSettings, load_settings, parse_override
 
 BASE = {
     "sampler": {"lr": 0.001, "n_beta": 10.0, "num_chains": 4, "num_draws": 7},

@@ -16,7 +16,7 @@ import pytest
 import xarray as xr
 import yaml
 
-from distinterp.llc import compute_llc
+from distinterp.analyses.llc import compute_llc
 from distinterp.store import Location, open_tree
 from tests.fixtures.slurm import SlurmCluster
 from tests.test_sampling import tree_hash

@@ -12,9 +12,9 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distinterp.bif import AnalysisInputError
+from distinterp.analyses.bif import AnalysisInputError
+from distinterp.analyses.susceptibilities import compute_susceptibilities, restriction_path, susceptibilities
 from distinterp.store import IncompleteStoreError
-from distinterp.susceptibilities import compute_susceptibilities, restriction_path, susceptibilities
 from tests.conftest import SMALL, tiny_gpt2, token_dataset
 from tests.test_bif import make_store, random_losses
 

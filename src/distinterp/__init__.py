@@ -1,9 +1,10 @@
 """distinterp: distributed SGLD sampling for LLC, BIF and susceptibilities, with devinterp 2.x's API."""
 
-from distinterp.bif import AnalysisInputError, bif, compute_bif
+from distinterp.analyses.bif import AnalysisInputError, bif, compute_bif
+from distinterp.analyses.covariance import batch_corrcoef, batch_cov, xr_corrcoef_with_torch_backend
+from distinterp.analyses.llc import compute_llc, llc
+from distinterp.analyses.susceptibilities import compute_susceptibilities, susceptibilities
 from distinterp.config import SamplerConfig
-from distinterp.covariance import batch_corrcoef, batch_cov, xr_corrcoef_with_torch_backend
-from distinterp.llc import compute_llc, llc
 from distinterp.loss import (
     NonFiniteLogitsError,
     compute_per_token_loss,
@@ -14,7 +15,6 @@ from distinterp.masks import WeightRestrictionError, create_param_masks, preview
 from distinterp.sampling import sample
 from distinterp.sgld import SGLDHyper, sgld_step
 from distinterp.store import IncompleteStoreError, StoreConfigMismatch, StoreError
-from distinterp.susceptibilities import compute_susceptibilities, susceptibilities
 
 SGLD = "sgmcmc_sgld"
 """Plain SGLD with localization (sampling_method name)."""

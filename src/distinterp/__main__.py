@@ -1,5 +1,5 @@
 import sys
 
-from distinterp.cli import main
+from distinterp.jobs.cli import main
 
 sys.exit(main())

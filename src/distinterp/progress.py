@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from distinterp.plan import Plan
+from distinterp.parallel.plan import Plan
 from distinterp.store import Location, Schema, read_progress
 
 logger = logging.getLogger(__name__)

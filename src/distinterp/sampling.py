@@ -23,9 +23,9 @@ from distinterp.chain import ChainSetup, run_chain, snapshot
 from distinterp.checkpoint import CheckpointStore
 from distinterp.config import SamplerConfig, SamplingMethodLiteral, merge_rmsprop_aliases
 from distinterp.data import build_observables, fingerprint, input_ids_tensor
-from distinterp.distributed import Runtime, runtime
 from distinterp.loss import LossFn, NonFiniteLogitsError, is_transformer_lens_model, resolve_loss_fn
-from distinterp.plan import Plan
+from distinterp.parallel.distributed import Runtime, runtime
+from distinterp.parallel.plan import Plan
 from distinterp.progress import ProgressReporter
 from distinterp.sgld import METRIC_FIELDS
 from distinterp.store import (

@@ -23,9 +23,14 @@ import torch
 import xarray as xr
 import zarr
 
-from distinterp.covariance import Moments, cross_products, normalise_block, xr_corrcoef_with_torch_backend
-from distinterp.distributed import Runtime
-from distinterp.llc import usable_chains
+from distinterp.analyses.covariance import (
+    Moments,
+    cross_products,
+    normalise_block,
+    xr_corrcoef_with_torch_backend,
+)
+from distinterp.analyses.llc import usable_chains
+from distinterp.parallel.distributed import Runtime
 from distinterp.store import STEPS_DONE
 
 logger = logging.getLogger(__name__)
@@ -348,7 +353,7 @@ def bif(
     `bif_output_path` is compute_bif's `output_path`; kwargs go to sample() (num_chains, num_draws,
     batch_size, output_path, ...).
     """
-    from distinterp.distributed import runtime
+    from distinterp.parallel.distributed import runtime
     from distinterp.sampling import sample
 
     _check_options(correlation_method, reduce_chain_dimension_method, bif_batch_size, "bif_batch_size")

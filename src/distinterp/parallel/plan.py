@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from distinterp.distributed import Runtime
+from distinterp.parallel.distributed import Runtime
 
 
 class PlanError(ValueError):

@@ -8,11 +8,11 @@ from typing import Any
 import torch
 import xarray as xr
 
-from distinterp.distributed import runtime
-from distinterp.llc import compute_llc
-from distinterp.plan import array_task_chains
+from distinterp.analyses.llc import compute_llc
+from distinterp.jobs.settings import DatasetSettings, ModelSettings, SampleSettings
+from distinterp.parallel.distributed import runtime
+from distinterp.parallel.plan import array_task_chains
 from distinterp.sampling import sample
-from distinterp.settings import DatasetSettings, ModelSettings, SampleSettings
 
 logger = logging.getLogger(__name__)
 

@@ -69,8 +69,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.vocab < 2:
         raise ValueError(f"--vocab: need at least 2 symbols, got {args.vocab}")
     from distinterp import toy
-    from distinterp.distributed import runtime
-    from distinterp.llc import llc
+    from distinterp.analyses.llc import llc
+    from distinterp.parallel.distributed import runtime
 
     rt = runtime()
     if args.fresh and rt.is_coordinator and os.path.isdir(args.output):
@@ -93,9 +93,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from distinterp.distributed import runtime
-    from distinterp.runner import run_sample
-    from distinterp.settings import load_settings
+    from distinterp.jobs.runner import run_sample
+    from distinterp.jobs.settings import load_settings
+    from distinterp.parallel.distributed import runtime
 
     overrides = list(args.set or [])
     if args.array_task_id is not None:
@@ -166,10 +166,10 @@ def _netcdf_available() -> bool:
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
     """Analyses of a finished store (LLC; BIF and susceptibilities on request); refuses an incomplete one."""
-    from distinterp.bif import compute_bif
-    from distinterp.llc import compute_llc
+    from distinterp.analyses.bif import compute_bif
+    from distinterp.analyses.llc import compute_llc
+    from distinterp.analyses.susceptibilities import compute_susceptibilities
     from distinterp.store import IncompleteStoreError
-    from distinterp.susceptibilities import compute_susceptibilities
 
     options = _storage_options(args.storage_options)
     if args.susceptibilities and not args.sampling_task:
@@ -220,7 +220,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Per-chain progress of a store: steps done, diverged chains, completion."""
-    from distinterp.llc import chain_status
+    from distinterp.analyses.llc import chain_status
 
     ds = _open(args.store, _storage_options(args.storage_options)).dataset
     complete, incomplete, diverged = chain_status(ds)

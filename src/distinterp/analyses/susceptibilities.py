@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from distinterp.bif import AnalysisInputError, ObservableLosses, available_observables
+from distinterp.analyses.bif import AnalysisInputError, ObservableLosses, available_observables
 from distinterp.data import to_obs_id
 
 Restriction = dict[str, torch.Tensor | None] | str | list[str] | None
@@ -38,8 +38,8 @@ def susceptibilities(
 ) -> xr.DataTree | None:
     """Sample every weight restriction (all ranks, one after another) and compute susceptibilities on
     rank 0; other ranks return None. With output_path, restriction `w` goes to `<stem>_<w><suffix>`."""
-    from distinterp.distributed import runtime
     from distinterp.masks import create_param_masks
+    from distinterp.parallel.distributed import runtime
     from distinterp.sampling import sample
 
     check_restriction_names(weight_restrictions, "weight_restrictions")

@@ -1,0 +1,1 @@
+"""Analyses over a store: LLC, BIF, susceptibilities and their covariance kernels."""

@@ -1,0 +1,1 @@
+"""Jobs around sample(): runner settings, the runner, and the distinterp command."""

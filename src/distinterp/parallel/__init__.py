@@ -1,0 +1,1 @@
+"""How ranks are laid out and how this rank runs its chains: the Plan, the runtime, the executors."""
