@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 from datasets import Dataset
+from transformers import PreTrainedTokenizerFast
 
 from distinterp import toy
 
@@ -26,6 +27,27 @@ def tiny_gpt2(vocab_size: int = 32, n_layer: int = 1, dropout: float = 0.0, seed
 def token_dataset(rows: int = 64, seq: int = 9, vocab_size: int = 32, seed: int = 1) -> Dataset:
     g = torch.Generator().manual_seed(seed)
     return Dataset.from_dict({"input_ids": torch.randint(0, vocab_size, (rows, seq), generator=g).tolist()})
+
+
+TEXTS = [
+    "the cat sat on the mat and the dog sat on the log",
+    "a bird flew over the hill while the cat slept",
+    "the dog ran to the hill and back to the mat",
+] * 4
+"""A few lines of text to tokenize: local tokenizers are trained on them."""
+
+
+def word_tokenizer(texts: list[str] = TEXTS) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer trained here on `texts` (with <pad>, <bos>, <eos>): no download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    special = ["<unk>", "<pad>", "<bos>", "<eos>"]
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=special))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
+    )
 
 
 @pytest.fixture

@@ -44,3 +44,32 @@ def test_input_ids_checks() -> None:
         input_ids_tensor(Dataset.from_dict({"input_ids": [[-1, 2]]}), "d", vocab_size=10)
     with pytest.raises(DatasetError, match="HuggingFace Dataset"):
         input_ids_tensor([[1, 2]], "d")
+
+
+@pytest.mark.parametrize("add_bos_token", [True, False])
+@pytest.mark.parametrize("max_length", [4, 9, 200])
+def test_tokenize_and_concatenate_equals_devinterp(add_bos_token: bool, max_length: int) -> None:
+    """The same rows as devinterp 2.0.1's tokenize_and_concatenate, with a tokenizer trained here."""
+    from devinterp.utils import tokenize_and_concatenate as reference
+
+    from distinterp.data import tokenize_and_concatenate
+    from tests.conftest import TEXTS, word_tokenizer
+
+    ds = Dataset.from_dict({"text": TEXTS, "other": list(range(len(TEXTS)))})
+    kwargs = dict(max_length=max_length, add_bos_token=add_bos_token, num_proc=1)
+    ours = tokenize_and_concatenate(ds, word_tokenizer(), **kwargs)
+    ref = reference(ds, word_tokenizer(), **kwargs)
+    assert ours.column_names == ["input_ids"] and ours.format["type"] == "torch"
+    rows = ours[:]["input_ids"]
+    assert torch.equal(rows, ref[:]["input_ids"])
+    assert rows.shape[1] == max_length and (len(rows) > 1 or max_length == 200)  # short text: one padded row
+
+
+def test_tokenize_and_concatenate_errors() -> None:
+    from distinterp.data import tokenize_and_concatenate
+    from tests.conftest import word_tokenizer
+
+    with pytest.raises(DatasetError, match="no 'body' column"):
+        tokenize_and_concatenate(Dataset.from_dict({"text": ["a b"]}), word_tokenizer(), column_name="body")
+    with pytest.raises(ValueError, match="max_length=1 is too small"):
+        tokenize_and_concatenate(Dataset.from_dict({"text": ["a b"]}), word_tokenizer(), max_length=1)

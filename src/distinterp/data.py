@@ -215,3 +215,67 @@ def build_observables(
             )
         )
     return out
+
+
+def tokenize_and_concatenate(
+    dataset: Any,
+    tokenizer: Any,
+    streaming: bool = False,
+    max_length: int = 1024,
+    column_name: str = "text",
+    add_bos_token: bool = True,
+    num_proc: int = 10,
+) -> Any:
+    """A text Dataset as fixed-length token rows: texts joined by EOS, tokenized, cut into rows of
+    max_length (a BOS first when add_bos_token). devinterp 2.x's function (from TransformerLens, MIT), same
+    signature and rows; the result has an "input_ids" column in torch format. Rows depend on num_proc
+    (each process concatenates its own shard), as in devinterp."""
+    if column_name not in dataset.column_names:
+        raise DatasetError(
+            f"tokenize_and_concatenate: the dataset has no {column_name!r} column (columns: "
+            f"{dataset.column_names}); pass column_name="
+        )
+    dataset = dataset.select_columns(column_name)
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": "<PAD>"})
+    if add_bos_token and tokenizer.bos_token_id is None:
+        raise ValueError(
+            f"add_bos_token=True but tokenizer has no bos_token_id. "
+            f"Use add_bos_token=False for {type(tokenizer).__name__}."
+        )
+    if tokenizer.eos_token is None:
+        raise ValueError(f"tokenizer: {type(tokenizer).__name__} has no eos_token to join the texts with")
+    seq_len = max_length - 1 if add_bos_token else max_length
+    if seq_len < 1:
+        raise ValueError(
+            f"max_length={max_length} is too small"
+            f"{' with add_bos_token=True (needs at least 2)' if add_bos_token else ' (needs at least 1)'}."
+        )
+
+    def rows(examples: dict[str, list[str]]) -> dict[str, np.ndarray]:
+        full_text = tokenizer.eos_token.join(examples[column_name])
+        if not full_text.strip():
+            return {"input_ids": np.array([], dtype=np.int64)}
+        num_chunks = 20  # tokenize in 20 pieces (TransformerLens's speed-up; it fixes the token boundaries)
+        chunk_length = (len(full_text) - 1) // num_chunks + 1
+        chunks = [full_text[i * chunk_length : (i + 1) * chunk_length] for i in range(num_chunks)]
+        tokens = tokenizer(chunks, return_tensors="np", padding=True)["input_ids"].flatten()
+        tokens = tokens[tokens != tokenizer.pad_token_id]
+        if len(tokens) < seq_len:
+            num_rows = 1
+            tokens = np.concatenate([tokens, np.full(seq_len - len(tokens), tokenizer.pad_token_id)])
+        else:
+            num_rows = len(tokens) // seq_len
+            tokens = tokens[: seq_len * num_rows]
+        tokens = tokens.reshape(num_rows, seq_len)
+        if add_bos_token:
+            tokens = np.concatenate([np.full((num_rows, 1), tokenizer.bos_token_id), tokens], axis=1)
+        return {"input_ids": tokens}
+
+    tokenized = dataset.map(
+        rows, batched=True, num_proc=num_proc if not streaming else None, remove_columns=[column_name]
+    )
+    if len(tokenized) == 0 or "input_ids" not in tokenized.column_names:
+        raise ValueError("Tokenization produced no sequences. Check that the input text is not empty.")
+    tokenized.set_format(type="torch", columns=["input_ids"])
+    return tokenized
