@@ -48,3 +48,27 @@ def test_a_temp_store_is_refused_when_ranks_span_nodes() -> None:
     cfg = SamplerConfig(lr=1e-3, n_beta=10.0, num_chains=2, num_draws=2, batch_size=1)
     with pytest.raises(ValueError, match="output_path: required when the ranks span several nodes"):
         _location(None, None, cfg, Runtime(0, 4, 0, 2))
+
+
+def test_the_plan_picks_one_way_and_groups_chains_by_start_step() -> None:
+    assert Plan.build(Runtime(), 4).way == "serial"
+    assert Plan.build(Runtime(), 4, chains_per_batch=3).way == "batched"
+    assert Plan.build(Runtime(0, 2), 4, fsdp_size=2).way == "sharded"
+    plan = Plan.build(Runtime(), 8, chains_per_batch=3)
+    # chains 2 and 5 resume from step 50: they advance together, apart from the fresh ones
+    assert plan.groups([0, 1, 2, 3, 4, 5, 6], {2: 50, 5: 50}) == [(0, 1, 3), (4, 6), (2, 5)]
+    assert Plan.build(Runtime(), 3).groups([2, 0], {}) == [(0,), (2,)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"fsdp_size": 0}, "fsdp_size: expected an int >= 1"),
+        ({"chains_per_batch": 1.5}, "chains_per_batch: expected an int >= 1"),
+        ({"fsdp_size": 4}, r"fsdp_size=4 must divide the world size 2 .* launch a multiple of 4"),
+        ({"fsdp_size": 2, "chains_per_batch": 2}, "a sharded chain runs one at a time"),
+    ],
+)
+def test_bad_layouts_name_both_numbers(kwargs: dict, match: str) -> None:
+    with pytest.raises(PlanError, match=match):
+        Plan.build(Runtime(0, 2), 4, **kwargs)

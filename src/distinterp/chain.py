@@ -1,13 +1,14 @@
-"""One SGLD chain: restore the start point, init loss, burn-in, steps and draws, rows to the recorder.
+"""The chain loop's meaning, shared by every engine: steps, draws, rows to the recorder, divergence,
+checkpoints. How a step is computed (one chain, K batched, one sharded) is the engine's business.
 
-Seeding follows devinterp 2.x: chain c seeds python, numpy and torch with init_seed + c; its noise, init
-noise and dropout then come from that stream, so a chain depends only on (init_seed, c), never on rank.
+A chain depends only on (init_seed, chain index), never on the rank or group that runs it.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from distinterp.checkpoint import ChainCheckpoint, CheckpointStore
 from distinterp.config import SamplerConfig
 from distinterp.data import BatchFeed, Observable
 from distinterp.loss import LossFn, NonFiniteLogitsError
-from distinterp.sgld import METRIC_FIELDS, SGLDHyper, make_slots, sgld_step
+from distinterp.parallel.engine import ChainEngine
 from distinterp.store import ChainRecorder
 
 logger = logging.getLogger(__name__)
@@ -78,143 +79,103 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in _state_tensors(model).items()}
 
 
-def init_loss(setup: ChainSetup, chain: int) -> torch.Tensor:
-    """Mean per-token loss (token_pos,) over the first num_init_loss_batches * gas batches of the chain's order.
-
-    With init_noise, noise is added to every parameter (ignoring masks) for this estimate, as devinterp.
-    """
-    c = setup.config
-    model = setup.model
-    setup.restore()
-    model.train()
-    seed_everything(c.init_seed + chain, setup.device)
-    if c.init_noise:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.data.add_(torch.randn_like(p.data) * c.init_noise)
-    num_batches = c.gradient_accumulation_steps * c.num_init_loss_batches
-    feed = setup.feed(chain)
-    feed.check_length(num_batches)
-    total: torch.Tensor | float = 0.0
-    with torch.no_grad():
-        for k in range(num_batches):
-            loss = setup.loss_fn(model, feed.batch(k).to(setup.device))
-            total = total + loss.detach().float() / num_batches
-    assert isinstance(total, torch.Tensor)
-    setup.restore()
-    return total.mean(dim=0)
+def is_draw(config: SamplerConfig, step: int) -> bool:
+    """Draws are the steps i >= burn-in with (i - burn-in) % num_steps_bw_draws == 0."""
+    draw, since = divmod(step - config.num_burnin_steps, config.num_steps_bw_draws)
+    return draw >= 0 and since == 0
 
 
-def run_chain(
-    setup: ChainSetup,
-    chain: int,
-    recorder: ChainRecorder,
+def resume_points(
+    checkpoints: CheckpointStore | None, chains: Sequence[int], durable_steps: Mapping[int, int]
+) -> dict[int, ChainCheckpoint | None]:
+    """Each chain's usable checkpoint: at or before the steps its store rows already hold (else None)."""
+    out: dict[int, ChainCheckpoint | None] = {}
+    for chain in chains:
+        ckpt = checkpoints.load(chain) if checkpoints is not None else None
+        out[chain] = ckpt if ckpt is not None and 0 < ckpt.step <= durable_steps[chain] else None
+    return out
+
+
+def run_chains(
+    engine: ChainEngine,
+    config: SamplerConfig,
+    recorders: Sequence[ChainRecorder],
+    resume: Sequence[ChainCheckpoint | None],
     checkpoints: CheckpointStore | None = None,
     checkpoint_every: int | None = None,
-    durable_steps: int = 0,
-) -> int | None:
-    """Sample one chain, streaming rows to `recorder`. Returns the step it diverged at, or None.
+) -> dict[int, int]:
+    """Advance a group of chains together, streaming rows to their recorders; {chain: diverged step}.
 
-    With `checkpoints`, the chain continues from its last checkpoint at or before `durable_steps` (the
-    steps the store already holds) and saves one every `checkpoint_every` steps (at chunk boundaries).
+    The group starts at the step its checkpoints hold (all equal; 0 without), saves a checkpoint every
+    `checkpoint_every` steps at chunk flushes, and loses a chain when its recorder finds it diverged.
     """
-    c = setup.config
-    model = setup.model
-    resume = checkpoints.load(chain) if checkpoints is not None else None
-    if resume is not None and not 0 < resume.step <= durable_steps:
-        resume = None  # newer than the durable data, or from a deleted store: not usable
-    if resume is None:
-        recorder.init_loss(init_loss(setup, chain))
-
-    setup.restore()
-    seed_everything(c.init_seed + chain, setup.device)
-    hyper = SGLDHyper.from_config(c)
-    named = dict(model.named_parameters())
-    slots = make_slots(
-        named, setup.masks, hyper, keep_center=c.bounding_box_size is not None or c.save_metrics
-    )
-    if resume is not None:
-        resume.restore(slots, setup.device)
-        recorder.resume_at(resume.step)
-        logger.warning("chain %d continues from its checkpoint at step %d", chain, resume.step)
-    elif c.init_noise:
-        with torch.no_grad():
-            for name, mask in setup.masks.items():
-                p = named[name]
-                m = mask.to(p.device) if mask is not None else 1.0
-                p.data.add_(torch.randn_like(p.data) * c.init_noise * m)
-
-    num_steps = c.num_sgld_steps
-    gas = c.gradient_accumulation_steps
-    feed = setup.feed(chain)
-    feed.check_length(num_steps * gas)
-    if checkpoints is not None and checkpoint_every:
-        store = checkpoints
-
-        def on_flush(steps_done: int) -> Any:
-            if steps_done % checkpoint_every:
-                return None
-            ckpt = ChainCheckpoint.capture(steps_done, slots, setup.device)
-            return lambda: store.save(chain, ckpt)
-
-        recorder.on_flush = on_flush
-    model.train()
-    for step in range(resume.step if resume is not None else 0, num_steps):
+    starts = {r.step if r is not None else 0 for r in resume}
+    if len(starts) != 1:
+        raise ValueError(f"chains {engine.chains} of one group start at different steps {sorted(starts)}")
+    start = starts.pop()
+    if start == 0:
+        for rec, loss in zip(recorders, engine.init_loss()):
+            rec.init_loss(loss)
+    engine.begin(resume)
+    for i, rec in enumerate(recorders):
+        if start:
+            rec.resume_at(start)
+            logger.warning("chain %d continues from its checkpoint at step %d", engine.chains[i], start)
+        if checkpoints is not None and checkpoint_every:
+            rec.on_flush = _saver(engine, i, checkpoints, checkpoint_every)
+    live = list(range(len(recorders)))
+    for step in range(start, config.num_sgld_steps):
         try:
-            loss = _gradient_step(setup, feed, step, recorder)
+            out = engine.gradient_step(step)
         except NonFiniteLogitsError:
-            loss = None
-        if loss is None or not torch.isfinite(loss).all():
-            logger.warning(
-                "chain %d diverged at step %d (non-finite loss); its later rows stay NaN", chain, step
-            )
-            recorder.end_step(step, diverged=True)
-            return step
-        metrics = sgld_step(slots, hyper, with_metrics=c.save_metrics)
+            for i in live:
+                recorders[i].stop(step)
+            break
+        for i in live:
+            micro = {"sampling_loss_micro": out.micro[i], "sampling_input_ids_micro": out.input_ids[i]}
+            recorders[i].step(step, micro, loss=out.loss[i])
+        metrics = engine.update()
         if metrics is not None:
-            recorder.step(
-                {f"metrics_{k}": v.squeeze() for k, v in metrics.values.items() if k in METRIC_FIELDS}
-            )
-        for p in named.values():
-            p.grad = None
-        draw, since = divmod(step - c.num_burnin_steps, c.num_steps_bw_draws)
-        if draw >= 0 and since == 0:
+            for i in live:
+                recorders[i].metrics(step, metrics[i])
+        if is_draw(config, step):
             try:
-                with torch.no_grad():
-                    rows = {"sampling_loss": loss}
-                    for obs in setup.observables:
-                        rows[f"loss_{obs.obs_id}"] = observable_loss(setup, obs)
+                observed = engine.observe()
             except NonFiniteLogitsError:
-                recorder.draw(rows)
-                logger.warning("chain %d diverged at step %d (non-finite observable logits)", chain, step)
-                recorder.end_step(step, diverged=True)
-                return step
-            recorder.draw(rows)
-        recorder.end_step(step)
-    return None
+                for i in live:
+                    recorders[i].draw(step, {"sampling_loss": out.loss[i]})
+                    recorders[i].stop(step)
+                break
+            for i in live:
+                recorders[i].draw(step, {"sampling_loss": out.loss[i], **observed[i]})
+        for i in live:
+            recorders[i].end_step(step)
+        for i in [i for i in live if recorders[i].diverged_at is not None]:
+            logger.warning(
+                "chain %d diverged at step %d (non-finite loss); its later rows stay NaN",
+                engine.chains[i],
+                recorders[i].diverged_at,
+            )
+            engine.drop(i)
+            live.remove(i)
+        if not live:
+            break
+    return {
+        engine.chains[i]: rec.diverged_at for i, rec in enumerate(recorders) if rec.diverged_at is not None
+    }
 
 
-def _gradient_step(setup: ChainSetup, feed: BatchFeed, step: int, recorder: ChainRecorder) -> torch.Tensor:
-    """Forward/backward over the step's micro-batches; records them; returns the mean loss (batch, token_pos)."""
-    c = setup.config
-    gas = c.gradient_accumulation_steps
-    loss = torch.zeros((), device=setup.device, dtype=torch.float32)
-    micro_losses, micro_ids = [], []
-    for j in range(gas):
-        input_ids = feed.batch(step * gas + j)
-        per_token = setup.loss_fn(setup.model, input_ids.to(setup.device))
-        micro_losses.append(per_token.detach())
-        micro_ids.append(input_ids)
-        per_token = per_token.float()
-        (per_token.mean() / gas).backward()
-        loss = loss + per_token.detach() / gas
-    recorder.step(
-        {
-            "sampling_loss_micro": torch.cat(micro_losses).float(),
-            "sampling_input_ids_micro": torch.cat(micro_ids),
-        }
-    )
-    return loss
+def _saver(engine: ChainEngine, i: int, checkpoints: CheckpointStore, every: int) -> Any:
+    """The recorder's on_flush hook: at every `every` steps, chain i's state, saved after its data."""
+    chain = engine.chains[i]
+
+    def on_flush(steps_done: int) -> Any:
+        if steps_done % every:
+            return None
+        ckpt = engine.capture(i, steps_done)
+        return lambda: checkpoints.save(chain, ckpt)
+
+    return on_flush
 
 
 def observable_loss(setup: ChainSetup, obs: Observable) -> torch.Tensor:

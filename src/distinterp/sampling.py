@@ -19,12 +19,13 @@ import numpy as np
 import torch
 import xarray as xr
 
-from distinterp.chain import ChainSetup, run_chain, snapshot
+from distinterp.chain import ChainSetup, resume_points, run_chains, snapshot
 from distinterp.checkpoint import CheckpointStore
 from distinterp.config import SamplerConfig, SamplingMethodLiteral, merge_rmsprop_aliases
-from distinterp.data import build_observables, fingerprint, input_ids_tensor
+from distinterp.data import Observable, build_observables, fingerprint, input_ids_tensor
 from distinterp.loss import LossFn, NonFiniteLogitsError, is_transformer_lens_model, resolve_loss_fn
 from distinterp.parallel.distributed import Runtime, runtime
+from distinterp.parallel.engine import EngineFactory, engine_for
 from distinterp.parallel.plan import Plan
 from distinterp.progress import ProgressReporter
 from distinterp.sgld import METRIC_FIELDS
@@ -86,6 +87,8 @@ def sample(
     epoch_mode: str = "cycle",
     checkpoint_every: int | None = None,
     run_settings: dict[str, Any] | None = None,
+    fsdp_size: int = 1,
+    chains_per_batch: int = 1,
 ) -> xr.DataTree:
     """Run SGLD chains and stream per-token losses into a zarr store; return it as a lazy DataTree.
 
@@ -96,7 +99,9 @@ def sample(
     `run_settings` = JSON provenance the creating job records in the store's attrs (the CLI's settings, so
     `distinterp sample --from-store` reruns it; not part of the identity),
     `checkpoint_every` = save each chain's state every this many steps (rounded up to the store's
-    chunk of 50) so a preempted chain continues mid-way; None restarts unfinished chains. Under torchrun, every
+    chunk of 50) so a preempted chain continues mid-way; None restarts unfinished chains.
+    `fsdp_size` = ranks that shard one chain's model (world size = chain groups x fsdp_size);
+    `chains_per_batch` = chains a rank advances together as one batched computation. Under torchrun, every
     rank calls this with the same arguments; chains are sharded over ranks and every rank gets the tree.
     """
     start = time.perf_counter()
@@ -138,10 +143,10 @@ def sample(
 
     rt = runtime()
     dev = resolve_device(device, rt)
-    plan = Plan.build(rt, config.num_chains, chains)
+    plan = Plan.build(rt, config.num_chains, chains, fsdp_size=fsdp_size, chains_per_batch=chains_per_batch)
+    engine = engine_for(plan)
     vocab = vocab_size(model)
     ids = input_ids_tensor(dataset, "dataset", vocab)
-    context_length = ids.shape[1] - 1
     obs_list = build_observables(
         observables,
         batch_size=config.batch_size,
@@ -160,42 +165,7 @@ def sample(
         working = working.to(dev)
     _probe(working, fn, ids[: min(config.batch_size, len(ids))].to(dev))
 
-    numel = None
-    if save_metrics:
-        named = dict(model.named_parameters())
-        numel = sum(int(m.count_nonzero()) if m is not None else named[n].numel() for n, m in masks.items())
-    identity = {
-        "sampler": config.model_dump(mode="json"),
-        "batches_per_draw": batches_per_draw,
-        "obs_seed": obs_seed,
-        "context_length": context_length,
-        "dataset": fingerprint(ids),
-        "observables": [
-            {
-                "name": o.name,
-                "obs_id": o.obs_id,
-                "batches_per_draw": o.batches_per_draw,
-                "data": o.fingerprint,
-            }
-            for o in obs_list
-        ],
-        "model": model_fingerprint(model),
-        "param_masks": masks_fingerprint(masks),
-        "loss_fn": None if loss_fn is None else getattr(loss_fn, "__qualname__", repr(loss_fn)),
-    }
-    schema = build_schema(
-        sampler=config.reference_dump(),
-        num_chains=config.num_chains,
-        num_draws=config.num_draws,
-        num_steps=config.num_sgld_steps,
-        batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        context_length=context_length,
-        observables=[(o.obs_id, o.n_samples, o.batches_per_draw) for o in obs_list],
-        metric_fields=METRIC_FIELDS if save_metrics else (),
-        metrics_numel=numel,
-        identity=identity,
-    )
+    schema = _schema(config, model, ids, obs_list, masks, loss_fn, batches_per_draw, obs_seed)
     if run_settings is not None:
         schema.attrs["distinterp"]["run_settings"] = json.loads(json.dumps(run_settings))
     location = _location(output_path, storage_options, config, rt)
@@ -215,8 +185,6 @@ def sample(
         logger.info("sample(): %s is already complete; returning it without sampling", location)
         return open_tree(location)
 
-    steps_done, _ = read_progress(location)
-    todo = [c for c in plan.my_chains if steps_done[c] < schema.num_steps]
     setup = ChainSetup(
         model=working,
         start_state=snapshot(working),
@@ -227,39 +195,110 @@ def sample(
         loss_fn=fn,
         device=dev,
     )
-    checkpoints = CheckpointStore(location) if checkpoint_every else None
-    every = -(-checkpoint_every // schema.step_chunk) * schema.step_chunk if checkpoint_every else None
-    reporter = ProgressReporter(location, schema, plan) if rt.is_coordinator else None
-    writer = StoreWriter(location, schema)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("default")
-            for chain in todo:
-                recorder = ChainRecorder(
-                    writer,
-                    chain,
-                    num_burnin_steps=config.num_burnin_steps,
-                    num_steps_bw_draws=config.num_steps_bw_draws,
-                )
-                diverged = run_chain(setup, chain, recorder, checkpoints, every, int(steps_done[chain]))
-                if diverged is not None:
-                    warnings.warn(
-                        f"Chain {chain} diverged at step {diverged} (non-finite loss)", stacklevel=2
-                    )
-    finally:
-        writer.close()
-        if reporter is not None:
-            reporter.stop()
+    _run_my_chains(plan, engine, setup, schema, location, checkpoint_every)
     rt.barrier()
     if rt.is_coordinator:
         steps_done, _ = read_progress(location)
         if (steps_done >= schema.num_steps).all():
             mark_completed(location)
-            if checkpoints is not None:
-                checkpoints.clear()
+            if checkpoint_every:
+                CheckpointStore(location).clear()
     rt.barrier()
     logger.info("sample() took %.2f s on rank %d", time.perf_counter() - start, rt.rank)
     return open_tree(location)
+
+
+def _run_my_chains(
+    plan: Plan,
+    engine: EngineFactory,
+    setup: ChainSetup,
+    schema: Schema,
+    location: Location,
+    checkpoint_every: int | None,
+) -> None:
+    """Run this rank's unfinished chains, group by group, through the plan's engine, into the store."""
+    c = setup.config
+    steps_done, _ = read_progress(location)
+    todo = [ch for ch in plan.my_chains if steps_done[ch] < schema.num_steps]
+    checkpoints = CheckpointStore(location) if checkpoint_every else None
+    every = -(-checkpoint_every // schema.step_chunk) * schema.step_chunk if checkpoint_every else None
+    resume = resume_points(checkpoints, todo, {ch: int(steps_done[ch]) for ch in todo})
+    starts = {ch: r.step if r is not None else 0 for ch, r in resume.items()}
+    reporter = ProgressReporter(location, schema, plan) if plan.is_coordinator else None
+    writer = StoreWriter(location, schema) if plan.is_writer else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            for group in plan.groups(todo, starts):
+                recorders = [
+                    ChainRecorder(
+                        schema,
+                        writer,
+                        ch,
+                        num_burnin_steps=c.num_burnin_steps,
+                        num_steps_bw_draws=c.num_steps_bw_draws,
+                    )
+                    for ch in group
+                ]
+                diverged = run_chains(
+                    engine(setup, group), c, recorders, [resume[ch] for ch in group], checkpoints, every
+                )
+                for ch, step in diverged.items():
+                    warnings.warn(f"Chain {ch} diverged at step {step} (non-finite loss)", stacklevel=4)
+    finally:
+        if writer is not None:
+            writer.close()
+        if reporter is not None:
+            reporter.stop()
+
+
+def _schema(
+    config: SamplerConfig,
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    obs_list: list[Observable],
+    masks: ParamMasks,
+    loss_fn: LossFn | None,
+    batches_per_draw: int,
+    obs_seed: int,
+) -> Schema:
+    """The store's schema and identity: everything that makes two runs the same run."""
+    numel = None
+    if config.save_metrics:
+        named = dict(model.named_parameters())
+        numel = sum(int(m.count_nonzero()) if m is not None else named[n].numel() for n, m in masks.items())
+    identity = {
+        "sampler": config.model_dump(mode="json"),
+        "batches_per_draw": batches_per_draw,
+        "obs_seed": obs_seed,
+        "context_length": ids.shape[1] - 1,
+        "dataset": fingerprint(ids),
+        "observables": [
+            {
+                "name": o.name,
+                "obs_id": o.obs_id,
+                "batches_per_draw": o.batches_per_draw,
+                "data": o.fingerprint,
+            }
+            for o in obs_list
+        ],
+        "model": model_fingerprint(model),
+        "param_masks": masks_fingerprint(masks),
+        "loss_fn": None if loss_fn is None else getattr(loss_fn, "__qualname__", repr(loss_fn)),
+    }
+    return build_schema(
+        sampler=config.reference_dump(),
+        num_chains=config.num_chains,
+        num_draws=config.num_draws,
+        num_steps=config.num_sgld_steps,
+        batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        context_length=ids.shape[1] - 1,
+        observables=[(o.obs_id, o.n_samples, o.batches_per_draw) for o in obs_list],
+        metric_fields=METRIC_FIELDS if config.save_metrics else (),
+        metrics_numel=numel,
+        identity=identity,
+    )
 
 
 def _check_int(name: str, value: Any, minimum: int | None) -> None:

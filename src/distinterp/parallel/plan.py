@@ -5,8 +5,9 @@ A chain's trajectory depends only on (init_seed, chain index); the plan only dec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from distinterp.parallel.distributed import Runtime
 
@@ -50,18 +51,54 @@ class Plan:
 
     runtime: Runtime
     chains: tuple[int, ...]  # every chain this call runs, over all ranks
-    fsdp_size: int = 1
+    fsdp_size: int = 1  # ranks that share (shard) one chain
+    chains_per_batch: int = 1  # chains a rank advances together, batched
 
     @classmethod
     def build(
-        cls, runtime: Runtime, num_chains: int, chains: Sequence[int] | None = None, fsdp_size: int = 1
+        cls,
+        runtime: Runtime,
+        num_chains: int,
+        chains: Sequence[int] | None = None,
+        fsdp_size: int = 1,
+        chains_per_batch: int = 1,
     ) -> Plan:
-        if fsdp_size < 1 or runtime.world_size % fsdp_size:
+        for name, value in (("fsdp_size", fsdp_size), ("chains_per_batch", chains_per_batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PlanError(f"{name}: expected an int >= 1, got {value!r}")
+        if fsdp_size > runtime.world_size or runtime.world_size % fsdp_size:
             raise PlanError(
                 f"fsdp_size={fsdp_size} must divide the world size {runtime.world_size} "
-                f"(chain groups x fsdp_size = world size)"
+                f"(chain groups x fsdp_size = world size); launch a multiple of {fsdp_size} ranks "
+                f"or pick an fsdp_size that divides {runtime.world_size}"
             )
-        return cls(runtime=runtime, chains=normalize_chains(chains, num_chains), fsdp_size=fsdp_size)
+        if fsdp_size > 1 and chains_per_batch > 1:
+            raise PlanError(
+                f"fsdp_size={fsdp_size} with chains_per_batch={chains_per_batch}: a sharded chain runs one "
+                "at a time; set one of them to 1"
+            )
+        return cls(
+            runtime=runtime,
+            chains=normalize_chains(chains, num_chains),
+            fsdp_size=fsdp_size,
+            chains_per_batch=chains_per_batch,
+        )
+
+    @property
+    def way(self) -> Literal["serial", "batched", "sharded"]:
+        """How this rank runs its chains: one at a time, K batched on its device, or FSDP-sharded."""
+        if self.fsdp_size > 1:
+            return "sharded"
+        return "batched" if self.chains_per_batch > 1 else "serial"
+
+    def groups(self, todo: Sequence[int], start: Mapping[int, int]) -> list[tuple[int, ...]]:
+        """This rank's chains in the groups that advance together: up to chains_per_batch chains that
+        start at the same step (a resumed chain continues from its checkpoint), in chain order."""
+        by_start: dict[int, list[int]] = {}
+        for c in sorted(todo):
+            by_start.setdefault(start.get(c, 0), []).append(c)
+        k = self.chains_per_batch
+        return [tuple(cs[i : i + k]) for _, cs in sorted(by_start.items()) for i in range(0, len(cs), k)]
 
     @property
     def num_chain_groups(self) -> int:

@@ -1,0 +1,82 @@
+"""The seam between the chain loop and the ways of executing it.
+
+A `ChainEngine` advances a group of this rank's chains in lockstep: one chain at a time (serial, the
+reference), K chains batched on one device, or one chain sharded over an FSDP group. The loop in
+`chain.run_chains` owns what a chain means (steps, draws, recording, divergence, checkpoints); an engine
+only computes. The Plan picks the engine (`engine_for`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+if TYPE_CHECKING:
+    from distinterp.chain import ChainSetup
+    from distinterp.checkpoint import ChainCheckpoint
+    from distinterp.parallel.plan import Plan
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """One gradient step of the group, one entry per chain (device tensors, never copied to the host)."""
+
+    loss: Sequence[torch.Tensor]  # (batch, token_pos): micro-batch mean, the draw's sampling_loss
+    micro: Sequence[torch.Tensor]  # (gas * batch, token_pos) float32: sampling_loss_micro
+    input_ids: Sequence[torch.Tensor]  # (gas * batch, seq) int64: sampling_input_ids_micro
+
+
+class ChainEngine(Protocol):
+    """Computes a group of chains' init loss, steps, updates and observables; index i is chains[i]."""
+
+    chains: tuple[int, ...]
+
+    def init_loss(self) -> list[torch.Tensor]:
+        """Each chain's init loss (token_pos,) at its start point (with init_noise when set)."""
+        ...
+
+    def begin(self, resume: Sequence[ChainCheckpoint | None]) -> None:
+        """Put every chain at its start: the checkpoint when given, else the model (+ init_noise)."""
+        ...
+
+    def gradient_step(self, step: int) -> StepOutput:
+        """Forward and backward on each chain's batches of `step`, at the current parameters."""
+        ...
+
+    def update(self) -> list[dict[str, torch.Tensor]] | None:
+        """The SGLD update from the last gradients; per-chain metrics_* scalars when save_metrics."""
+        ...
+
+    def observe(self) -> list[dict[str, torch.Tensor]]:
+        """Each chain's loss_<obs_id> (n_samples, token_pos) on every observable's fixed rows."""
+        ...
+
+    def capture(self, i: int, step: int) -> ChainCheckpoint:
+        """Chain i's state after `step` steps, to continue it bitwise later."""
+        ...
+
+    def drop(self, i: int) -> None:
+        """Chain i has diverged: the engine may stop computing it."""
+        ...
+
+
+class EngineFactory(Protocol):
+    def __call__(self, setup: ChainSetup, chains: tuple[int, ...]) -> ChainEngine: ...
+
+
+def engine_for(plan: Plan) -> EngineFactory:
+    """The engine class the plan's layout calls for; asked once, before any work, so a layout that has
+    no engine fails up front."""
+    from distinterp.parallel.plan import PlanError
+    from distinterp.parallel.serial import SerialEngine
+
+    engines: dict[str, EngineFactory] = {"serial": SerialEngine}
+    if plan.way not in engines:
+        raise PlanError(
+            f"fsdp_size={plan.fsdp_size}, chains_per_batch={plan.chains_per_batch}: running chains "
+            f"{plan.way} is not built yet; use 1 for both"
+        )
+    return engines[plan.way]
