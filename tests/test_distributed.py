@@ -19,6 +19,8 @@ from tests.test_sampling import tree_hash
 
 pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parents[1]
+PYTHONPATH = f"{ROOT / 'src'}{os.pathsep}{ROOT}"
+"""This checkout's package and tests, whichever distinterp is installed."""
 
 
 def torchrun(
@@ -36,7 +38,7 @@ def torchrun(
         str(out),
         json.dumps(overrides or {}),
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
     )
@@ -75,7 +77,7 @@ def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
 
 def run_single(out: Path, overrides: dict | None = None, module: str = "tests.jobs") -> None:
     """The same job in one plain process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     res = subprocess.run(
         [sys.executable, "-m", module, str(out), json.dumps(overrides or {})],

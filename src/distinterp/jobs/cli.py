@@ -1,4 +1,4 @@
-"""The `distinterp` command: demo, sample, aggregate, status."""
+"""The `distinterp` command: demo, sample, trajectory, aggregate, status."""
 
 from __future__ import annotations
 
@@ -97,12 +97,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from distinterp.jobs.settings import load_settings
     from distinterp.parallel.distributed import runtime
 
-    overrides = list(args.set or [])
-    if args.array_task_id is not None:
-        overrides += [
-            f"array_task.task_id={args.array_task_id}",
-            f"array_task.task_count={args.array_task_count}",
-        ]
+    overrides = _overrides(args)
     if args.from_store:
         if args.config:
             raise ValueError("sample: give a CONFIG file or --from-store STORE, not both")
@@ -119,6 +114,44 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
         if "llc" in results:
             _print_llc(results["llc"])
+    return 0
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """--set values plus the --array-task-id/--array-task-count pair as settings."""
+    overrides = list(args.set or [])
+    if args.array_task_id is not None:
+        overrides += [
+            f"array_task.task_id={args.array_task_id}",
+            f"array_task.task_count={args.array_task_count}",
+        ]
+    return overrides
+
+
+def _print_sweep(res: Any) -> None:
+    """One line per checkpoint / cell: label, LLC mean +- std over chains, chains used."""
+    dim = "checkpoint" if "checkpoint" in res.dims else "cell"
+    for i, label in enumerate(res[dim].values):
+        mean, std = float(res.llc_mean[i]), float(res.llc_std[i])
+        print(f"{label:>24}  LLC {mean:9.3f} +- {std:7.3f}  ({int(res.num_chains_used[i])} chains)")
+    if res.attrs.get("missing"):
+        print(f"unfinished: {', '.join(res.attrs['missing'])}")
+
+
+def cmd_trajectory(args: argparse.Namespace) -> int:
+    """The same estimate at every checkpoint of a training run, one store each under output_path."""
+    from distinterp.jobs.settings import load_settings
+    from distinterp.jobs.trajectory import TrajectorySettings, run_trajectory
+    from distinterp.parallel.distributed import runtime
+
+    settings = load_settings(args.config, _overrides(args), cls=TrajectorySettings)
+    res = run_trajectory(settings)  # type: ignore[arg-type]
+    if runtime().is_coordinator:
+        if res is None:
+            print(f"trajectory {settings.output_path}: this job's share is done; other tasks are unfinished")
+        else:
+            print(f"trajectory {settings.output_path}:")
+            _print_sweep(res)
     return 0
 
 
@@ -179,6 +212,8 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         raise ValueError(
             "--output: writing .nc needs scipy, netCDF4 or h5netcdf (pip install scipy); or write .zarr"
         )
+    if _is_sweep_root(args.store, options):
+        return _aggregate_sweep(args, options)
     tree = _open(args.store, options)
     stem = args.output.rsplit(".", 1)[0] if args.output else None
     try:
@@ -215,6 +250,37 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     except IncompleteStoreError as e:
         print(f"distinterp aggregate: {e}\n(--allow-partial uses the complete chains only)", file=sys.stderr)
         return 2
+    return 0
+
+
+def _is_sweep_root(url: str, options: dict[str, Any]) -> bool:
+    from distinterp.jobs.sweep import read_record
+    from distinterp.store import Location
+
+    return read_record(Location(url, options)) is not None
+
+
+def _aggregate_sweep(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    """aggregate of a trajectory / calibration root: the LLC of every store, over `checkpoint` / `cell`."""
+    from distinterp.jobs.sweep import aggregate_sweep
+    from distinterp.store import IncompleteStoreError
+
+    if args.bif or args.susceptibilities:
+        raise ValueError(
+            f"aggregate: {args.store} is a trajectory/calibration root; --bif and "
+            "--susceptibilities work on one of its stores (<root>/<label>.zarr)"
+        )
+    try:
+        res = aggregate_sweep(args.store, storage_options=options, allow_partial=args.allow_partial)
+    except IncompleteStoreError as e:
+        print(f"distinterp aggregate: {e}", file=sys.stderr)
+        return 2
+    _print_sweep(res)
+    if args.output:
+        res.to_netcdf(args.output) if args.output.endswith(".nc") else res.to_zarr(
+            args.output, mode="w", consolidated=False
+        )
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -261,6 +327,16 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--storage-options", help="fsspec options for --from-store, as JSON")
     s.set_defaults(func=cmd_sample)
+
+    t = sub.add_parser(
+        "trajectory",
+        help="sample every checkpoint of a training run (one store each under output_path) and show the LLC",
+    )
+    t.add_argument("config", help="YAML settings file (sample's settings plus `checkpoints`)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    t.add_argument("--array-task-id", type=int, help="this task's block of the (checkpoint, chain) list")
+    t.add_argument("--array-task-count", type=int)
+    t.set_defaults(func=cmd_trajectory)
 
     for name, helptext, func in [
         ("aggregate", "analyses of a complete store (LLC, BIF, susceptibilities)", cmd_aggregate),
@@ -313,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    if args.command == "sample" and (args.array_task_id is None) != (args.array_task_count is None):
+    if args.command in ("sample", "trajectory") and (args.array_task_id is None) != (
+        args.array_task_count is None
+    ):
         parser().error("--array-task-id and --array-task-count go together")
     try:
         with warnings.catch_warnings():

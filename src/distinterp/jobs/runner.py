@@ -42,7 +42,15 @@ def load_dataset(spec: DatasetSettings) -> Any:
 
 
 def load_model(spec: ModelSettings, sampling_data: Any, data_spec: DatasetSettings) -> torch.nn.Module:
-    """The model to sample around: a built-in toy, or a transformers causal LM (weights or random init)."""
+    """The model to sample around: a built-in toy, or a transformers causal LM (weights or random init),
+    with `spec.state_dict`'s weights loaded into it when given."""
+    model = _architecture(spec, sampling_data, data_spec)
+    if spec.state_dict:
+        load_weights(model, spec.state_dict)
+    return model
+
+
+def _architecture(spec: ModelSettings, sampling_data: Any, data_spec: DatasetSettings) -> torch.nn.Module:
     dtype = getattr(torch, spec.dtype)
     if spec.source == "builtin":
         from distinterp import toy
@@ -54,10 +62,36 @@ def load_model(spec: ModelSettings, sampling_data: Any, data_spec: DatasetSettin
         raise ValueError(f"model.name={spec.name!r}: the built-in models are ['bigram', 'tiny-gpt2']")
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if spec.random_init:
+    if spec.random_init or spec.state_dict:
         config = AutoConfig.from_pretrained(spec.name, revision=spec.revision, **spec.config)
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
     return AutoModelForCausalLM.from_pretrained(spec.name, revision=spec.revision, dtype=dtype)
+
+
+def load_weights(model: torch.nn.Module, path: str) -> torch.nn.Module:
+    """Load a state-dict file (.safetensors, or torch's .pt/.bin) into the model; mismatches name the keys."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"model.state_dict={path!r}: does not fit the model architecture: {e}") from None
+    return model
+
+
+def load_observables(settings: SampleSettings, data: Any) -> dict[str, Any]:
+    """The observables the settings name (each with its batches_per_draw), or the sampling data as 'train'."""
+    if settings.observables is None:
+        return {"train": data}
+    observables: dict[str, Any] = {}
+    for name, spec in settings.observables.items():
+        ds = load_dataset(spec)
+        observables[name] = (ds, spec.batches_per_draw) if spec.batches_per_draw else ds
+    return observables
 
 
 def job_chains(settings: SampleSettings) -> list[int] | None:
@@ -86,13 +120,7 @@ def run_sample(settings: SampleSettings) -> tuple[xr.DataTree, dict[str, xr.Data
     """Sample as the settings say; analyses run on rank 0 once the store is complete."""
     data = load_dataset(settings.dataset)
     model = load_model(settings.model, data, settings.dataset)
-    if settings.observables is None:
-        observables: dict[str, Any] = {"train": data}
-    else:
-        observables = {}
-        for name, spec in settings.observables.items():
-            ds = load_dataset(spec)
-            observables[name] = (ds, spec.batches_per_draw) if spec.batches_per_draw else ds
+    observables = load_observables(settings, data)
     chains = job_chains(settings)
     if chains == []:
         raise ValueError(

@@ -53,6 +53,9 @@ class ModelSettings(_Part):
     )
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     revision: str | None = None
+    state_dict: str | None = Field(
+        None, description="a state-dict file (.pt/.bin/.safetensors) loaded into this architecture"
+    )
 
 
 class DatasetSettings(_Part):
@@ -239,10 +242,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def check_environment() -> None:
+def check_environment(cls: type[SampleSettings] | None = None) -> None:
     """Refuse DISTINTERP_* variables that name no setting (a typo would otherwise be ignored silently)."""
-    prefix = SampleSettings.model_config.get("env_prefix", "")
-    fields = set(SampleSettings.model_fields)
+    cls = cls or SampleSettings
+    prefix = cls.model_config.get("env_prefix", "")
+    fields = set(cls.model_fields)
     for name in sorted(os.environ):
         if name.upper().startswith(prefix) and name[len(prefix) :].split("__")[0].lower() not in fields:
             raise ValueError(
@@ -276,16 +280,20 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_settings(
-    path: str | Path | None = None, overrides: list[str] | None = None, base: dict[str, Any] | None = None
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+    cls: type[SampleSettings] | None = None,
 ) -> SampleSettings:
-    """SampleSettings from a YAML file (or `base`, e.g. the settings a store recorded), the environment and
-    `key=value` overrides (highest priority)."""
+    """Settings (SampleSettings, or a job's subclass `cls`) from a YAML file (or `base`, e.g. the settings a
+    store recorded), the environment and `key=value` overrides (highest priority)."""
+    cls = cls or SampleSettings
     from_file = dict(base) if base is not None else read_yaml(path) if path is not None else {}
-    check_environment()
+    check_environment(cls)
     init: dict[str, Any] = {}
     for text in overrides or []:
         init = _merge(init, parse_override(text))
     if not from_file:
-        return SampleSettings(**init)
-    with_file = type("SampleSettings", (SampleSettings,), {"_file_values": from_file})
+        return cls(**init)
+    with_file = type(cls.__name__, (cls,), {"_file_values": from_file})
     return with_file(**init)
