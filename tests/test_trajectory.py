@@ -110,7 +110,9 @@ def test_array_tasks_on_one_process_and_on_two_ranks_write_the_same_stores(refer
     Between them the root is partial: aggregation refuses naming what is missing, or uses what is complete."""
     root = tmp_path / "tasks"
     run_single(root, {"array_task": [1, 2]}, module=JOB)  # (10, chain 2) and all of 200
-    with pytest.raises(IncompleteStoreError, match=r"0: not started\n  10: incomplete: chain 0 \(0/6\), chain 1"):
+    with pytest.raises(
+        IncompleteStoreError, match=r"0: not started\n  10: incomplete: chain 0 \(0/6\), chain 1"
+    ):
         aggregate_sweep(str(root))
     with pytest.warns(UserWarning, match="complete chains only"):
         part = aggregate_sweep(str(root), allow_partial=True)
