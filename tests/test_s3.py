@@ -130,7 +130,7 @@ class StoreConformance:
 
     def test_other_configuration_is_refused_and_store_untouched(self, written: Target) -> None:
         before = written.objects()
-        with pytest.raises(StoreConfigMismatch, match="different configuration") as err:
+        with pytest.raises(StoreConfigMismatch, match="has a different sampler config") as err:
             sample_into(written, lr=2e-3)
         assert written.url in str(err.value)
         assert_same_objects(written.objects(), before)

@@ -163,7 +163,7 @@ def test_other_config_is_refused_and_store_untouched(change, model, dataset, tmp
         kwargs["param_masks"] = {"transformer.wte.weight": None}
     else:
         kwargs.update(change)
-    with pytest.raises(distinterp.StoreConfigMismatch, match="different configuration"):
+    with pytest.raises(distinterp.StoreConfigMismatch, match="has a different sampler config"):
         distinterp.sample(m, ds, {"train": ds}, output_path=out, **kwargs)
     assert tree_hash(out) == before
 

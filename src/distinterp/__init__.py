@@ -12,18 +12,14 @@ from distinterp.loss import (
     lm_forward_logits,
 )
 from distinterp.masks import WeightRestrictionError, create_param_masks, preview_weight_restriction
+from distinterp.optim import SGLD, SGMCMC
 from distinterp.sampling import sample
 from distinterp.sgld import SGLDHyper, sgld_step
 from distinterp.store import IncompleteStoreError, StoreConfigMismatch, StoreError
 
-SGLD = "sgmcmc_sgld"
-"""Plain SGLD with localization (sampling_method name)."""
-RMSPROP_SGLD = "rmsprop_sgld"
-"""RMSprop-preconditioned SGLD (sampling_method name)."""
-
 __all__ = [
-    "RMSPROP_SGLD",
     "SGLD",
+    "SGMCMC",
     "AnalysisInputError",
     "IncompleteStoreError",
     "NonFiniteLogitsError",

@@ -178,11 +178,12 @@ def _saver(engine: ChainEngine, i: int, checkpoints: CheckpointStore, every: int
     return on_flush
 
 
-def observable_loss(setup: ChainSetup, obs: Observable) -> torch.Tensor:
+def observable_loss(
+    model: torch.nn.Module, loss_fn: LossFn, obs: Observable, batch_size: int, device: torch.device
+) -> torch.Tensor:
     """Per-token loss (n_samples, token_pos) on the observable's fixed rows, batch by batch."""
-    B = setup.config.batch_size
-    out = torch.zeros(obs.n_samples, obs.input_ids.shape[1] - 1, dtype=torch.float32, device=setup.device)
+    out = torch.zeros(obs.n_samples, obs.input_ids.shape[1] - 1, dtype=torch.float32, device=device)
     for i in range(obs.batches_per_draw):
-        s, e = i * B, (i + 1) * B
-        out[s:e] = setup.loss_fn(setup.model, obs.input_ids[s:e].to(setup.device))
+        s, e = i * batch_size, (i + 1) * batch_size
+        out[s:e] = loss_fn(model, obs.input_ids[s:e].to(device))
     return out

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -11,6 +13,7 @@ from pydantic import (
     NonNegativeFloat,
     NonNegativeInt,
     PositiveInt,
+    field_validator,
     model_validator,
 )
 
@@ -18,6 +21,21 @@ EpochMode = Literal["once", "cycle"]
 SamplingMethodLiteral = Literal["sgmcmc_sgld", "rmsprop_sgld"]
 
 RMSPROP_KWARGS = frozenset({"alpha", "eps", "add_grad_correction"})
+
+_OPTIMIZER_NAMES = {
+    "SGLD": "sgmcmc_sgld",
+    "SGMCMC.sgld": "sgmcmc_sgld",
+    "SGMCMC.rmsprop_sgld": "rmsprop_sgld",
+}
+
+
+def sampling_method_name(value: Any) -> Any:
+    """A sampling_method name; devinterp's / distinterp's optimizers (SGLD, SGMCMC.sgld,
+    SGMCMC.rmsprop_sgld) stand for theirs. Anything else is returned for the Literal to reject."""
+    module = getattr(value, "__module__", None) or ""
+    if not isinstance(value, str) and module.startswith(("distinterp.optim", "devinterp.optim")):
+        return _OPTIMIZER_NAMES.get(getattr(value, "__qualname__", ""), value)
+    return value
 
 
 class SamplerConfig(BaseModel):
@@ -51,6 +69,11 @@ class SamplerConfig(BaseModel):
     shuffle: bool = True
     epoch_mode: EpochMode = "cycle"
     match_sampling_input_ids_across_chains: bool = True
+
+    @field_validator("sampling_method", mode="before")
+    @classmethod
+    def _method_name(cls, value: Any) -> Any:
+        return sampling_method_name(value)
 
     @model_validator(mode="after")
     def _check_method_kwargs(self) -> SamplerConfig:
@@ -113,3 +136,30 @@ def merge_rmsprop_aliases(
             )
         kwargs[name] = value
     return kwargs
+
+
+def default_nbeta(dataloader: Any, gradient_accumulation_steps: int = 1) -> float:
+    """n_beta = m / log(m) for an effective batch of m = batch_size * gas samples (devinterp's default,
+    Watanabe's optimal inverse temperature 1/log n at n = m); 1 (with a warning) when m <= 1.
+
+    `dataloader` is a torch DataLoader (its batch_size is used) or the batch size as an int.
+    """
+    from torch.utils.data import DataLoader
+
+    if isinstance(dataloader, DataLoader):
+        batch = dataloader.batch_size
+    elif isinstance(dataloader, int) and not isinstance(dataloader, bool):
+        batch = dataloader
+    else:
+        raise NotImplementedError(
+            f"N*beta for data type {type(dataloader)} not implemented, use DataLoader or int instead."
+        )
+    m = int(batch or 0) * gradient_accumulation_steps
+    if m <= 1:
+        warnings.warn(
+            "default nbeta is undefined for batch_size * gradient_accumulation_steps == 1, "
+            "falling back to default value of 1",
+            stacklevel=2,
+        )
+        return 1
+    return m / np.log(m)

@@ -21,7 +21,12 @@ import xarray as xr
 
 from distinterp.chain import ChainSetup, resume_points, run_chains, snapshot
 from distinterp.checkpoint import CheckpointStore
-from distinterp.config import SamplerConfig, SamplingMethodLiteral, merge_rmsprop_aliases
+from distinterp.config import (
+    SamplerConfig,
+    SamplingMethodLiteral,
+    merge_rmsprop_aliases,
+    sampling_method_name,
+)
 from distinterp.data import Observable, build_observables, fingerprint, input_ids_tensor
 from distinterp.loss import LossFn, NonFiniteLogitsError, is_transformer_lens_model, resolve_loss_fn
 from distinterp.parallel.distributed import Runtime, runtime
@@ -105,6 +110,7 @@ def sample(
     rank calls this with the same arguments; chains are sharded over ranks and every rank gets the tree.
     """
     start = time.perf_counter()
+    sampling_method = sampling_method_name(sampling_method)
     config = SamplerConfig(
         lr=lr,
         n_beta=n_beta,

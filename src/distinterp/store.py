@@ -175,15 +175,18 @@ class ArraySpec:
     dims: tuple[str, ...]
     dtype: str
     chunks: tuple[int, ...]
-    fill: float | int | None = None  # None: NaN for floats, 0 for ints
+    fill: float | int | None = None  # None: NaN for floats (and complex), 0 for ints
+    attrs: dict[str, Any] = field(default_factory=dict)
 
     def metadata(self) -> ArrayV3Metadata:
         np_dtype = np.dtype(self.dtype)
         if self.fill is not None:
             fill = np_dtype.type(self.fill)
+        elif np_dtype.kind in "fc":
+            fill = np_dtype.type(complex(np.nan, np.nan) if np_dtype.kind == "c" else np.nan)
         else:
-            fill = np_dtype.type(np.nan) if np_dtype.kind == "f" else np_dtype.type(0)
-        attrs = {"_FillValue": _NAN_FILL_B64} if np_dtype.kind == "f" else {}
+            fill = np_dtype.type(0)
+        attrs = ({"_FillValue": _NAN_FILL_B64} if np_dtype.kind in "fc" else {}) | self.attrs
         return ArrayV3Metadata(
             shape=self.shape,
             data_type=get_data_type_from_native_dtype(np_dtype),
@@ -318,6 +321,17 @@ def _diff(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> 
     return out
 
 
+def mismatch_message(location: Location, diffs: list[str]) -> str:
+    """devinterp's wording ("Output path '...' has a different sampler config:", which code matches on),
+    then every field that differs (sampler settings, data, model, masks, loss_fn) and what to do."""
+    delete = f" or delete it (rm -rf '{location}')" if location.is_local else " or delete it"
+    return (
+        f"Output path '{location}' has a different sampler config:\n"
+        + "\n".join(diffs)
+        + f"\nIt was left untouched. Rerun with the stored settings to continue it, choose another output_path{delete}."
+    )
+
+
 def read_root_attrs(location: Location) -> dict[str, Any] | None:
     """The root group's attributes, or None when no store exists there yet."""
     try:
@@ -354,12 +368,12 @@ def check_existing(location: Location, schema: Schema) -> StoreState:
         if stored_sampler is None:
             raise StoreError(f"{location}: exists but is not a sampling store; choose another output_path")
         diffs = _diff(stored_sampler, current)
-        if diffs or not completed:
-            why = (
-                "a different sampler config:\n" + "\n".join(diffs) if diffs else "an incomplete devinterp run"
-            )
+        if diffs:
+            raise StoreConfigMismatch(mismatch_message(location, diffs))
+        if not completed:
             raise StoreConfigMismatch(
-                f"{location}: holds {why}\nIt was left untouched; choose another output_path or delete it."
+                f"Output path '{location}' holds an incomplete devinterp run\nIt was left untouched; choose "
+                "another output_path or delete it."
             )
         return StoreState(exists=True, completed=True, foreign=True)
     if ours.get("schema_version") != SCHEMA_VERSION:
@@ -369,11 +383,7 @@ def check_existing(location: Location, schema: Schema) -> StoreState:
         )
     if ours.get("config_hash") != schema.config_hash:
         diffs = _diff(ours.get("identity", {}), schema.identity)
-        raise StoreConfigMismatch(
-            f"{location}: holds a run with a different configuration:\n"
-            + ("\n".join(diffs) or "  (identity hash differs)")
-            + "\nIt was left untouched. Rerun with the stored settings to continue it, or choose another output_path."
-        )
+        raise StoreConfigMismatch(mismatch_message(location, diffs or ["  (identity hash differs)"]))
     return StoreState(exists=True, completed=completed)
 
 
@@ -396,7 +406,9 @@ def ensure(location: Location, schema: Schema) -> None:
     attrs = read_root_attrs(location)
     if attrs is None or attrs.get("distinterp", {}).get("config_hash") != schema.config_hash:
         raise StoreConfigMismatch(
-            f"{location}: another run with a different configuration created it concurrently"
+            mismatch_message(
+                location, ["  another run with a different configuration created it concurrently"]
+            )
         )
 
 

@@ -103,7 +103,13 @@ class SerialEngine:
 
     def observe(self) -> list[dict[str, torch.Tensor]]:
         with torch.no_grad():
-            return [{f"loss_{o.obs_id}": observable_loss(self.setup, o) for o in self.setup.observables}]
+            s = self.setup
+            return [
+                {
+                    f"loss_{o.obs_id}": observable_loss(s.model, s.loss_fn, o, s.config.batch_size, s.device)
+                    for o in s.observables
+                }
+            ]
 
     def capture(self, i: int, step: int) -> ChainCheckpoint:
         return ChainCheckpoint.capture(step, self.slots, self.setup.device)
