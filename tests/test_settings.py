@@ -92,6 +92,7 @@ def test_overrides_are_parsed_as_yaml():
         (["checkpoint_every=0"], "checkpoint_every"),
         (["analyses=[bif]"], "analyses.0"),
         (["array_task.task_id=-1", "array_task.task_count=2"], "array_task.task_id"),
+        (["parallel.chains_per_batch=0"], "parallel.chains_per_batch"),
     ],
 )
 def test_invalid_values_name_the_field(config, overrides, field):

@@ -18,7 +18,7 @@ import torch
 from distinterp.checkpoint import ChainCheckpoint, CheckpointStore
 from distinterp.config import SamplerConfig
 from distinterp.data import BatchFeed, Observable
-from distinterp.loss import LossFn, NonFiniteLogitsError
+from distinterp.loss import LossFn, NonFiniteLogitsError, deferred_finite_check
 from distinterp.parallel.engine import ChainEngine
 from distinterp.store import ChainRecorder
 
@@ -96,6 +96,7 @@ def resume_points(
     return out
 
 
+@deferred_finite_check()  # non-finite logits poison the loss (found at the flush) instead of syncing per step
 def run_chains(
     engine: ChainEngine,
     config: SamplerConfig,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 
 import torch
 
@@ -12,6 +14,21 @@ LossFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 
 class NonFiniteLogitsError(ValueError):
     """Raised when a model's logits contain NaN or Inf."""
+
+
+_DEFER_FINITE_CHECK: ContextVar[bool] = ContextVar("defer_finite_check", default=False)
+
+
+@contextlib.contextmanager
+def deferred_finite_check() -> Iterator[None]:
+    """Inside the chain loop, compute_per_token_loss marks rows whose logits are non-finite as NaN instead
+    of raising: no host synchronisation per forward (and it works under vmap). The recorder finds the NaN
+    loss at its next flush and stops the chain at that step, as the raise did."""
+    token = _DEFER_FINITE_CHECK.set(True)
+    try:
+        yield
+    finally:
+        _DEFER_FINITE_CHECK.reset(token)
 
 
 def is_transformer_lens_model(model: torch.nn.Module) -> bool:
@@ -40,11 +57,15 @@ def lm_cross_entropy_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torc
 
 
 def compute_per_token_loss(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """Per-token cross-entropy loss, (batch, seq-1); raises NonFiniteLogitsError on NaN/Inf logits."""
+    """Per-token cross-entropy loss, (batch, seq-1); raises NonFiniteLogitsError on NaN/Inf logits
+    (inside `deferred_finite_check`, the whole loss is NaN then instead; finite logits give the same bits)."""
     logits = lm_forward_logits(model, input_ids)
+    loss = lm_cross_entropy_loss(logits, input_ids)
+    if _DEFER_FINITE_CHECK.get():
+        return torch.where(torch.isfinite(logits).all(), loss, torch.nan)
     if not torch.isfinite(logits).all():
         raise NonFiniteLogitsError("Non-finite values detected in model logits.")
-    return lm_cross_entropy_loss(logits, input_ids)
+    return loss
 
 
 def resolve_loss_fn(loss_fn: LossFn | None) -> LossFn:

@@ -13,6 +13,7 @@ The operations and their order follow devinterp 2.x exactly, so one chain reprod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,9 @@ from distinterp.config import SamplerConfig
 NORM_FIELDS = ("scaled_grad", "unscaled_grad", "localization", "weight_decay", "noise", "distance")
 DOT_FIELDS = ("dot_grad_prior", "dot_grad_noise", "dot_prior_noise")
 METRIC_FIELDS = NORM_FIELDS + DOT_FIELDS
+
+NoiseFn = Callable[["ParamSlot", torch.Size, float], torch.Tensor]
+"""(slot, size, std) -> a N(0, std^2) draw of `size` for that slot's update."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,8 @@ class ParamSlot:
 
 @dataclass
 class StepMetrics:
-    """Per-step L2 norms and dot products of the update's components (float32, as devinterp)."""
+    """Per-step L2 norms and dot products of the update's components (float32, as devinterp): shape (1,),
+    or (chains,) for stacked parameters; they stay on the parameters' device (no copy per parameter)."""
 
     values: dict[str, torch.Tensor] = field(
         default_factory=lambda: {k: torch.zeros(1, dtype=torch.float32) for k in METRIC_FIELDS}
@@ -111,14 +116,21 @@ def sgld_step(
     hyper: SGLDHyper,
     *,
     generator: torch.Generator | None = None,
+    noise: NoiseFn | None = None,
     with_metrics: bool = False,
+    stacked: bool = False,
 ) -> StepMetrics | None:
     """Apply one SGLD update in place to every slot whose parameter has a gradient.
 
     Noise is one full-shape normal draw per parameter, in slot order, from `generator` (the global
-    torch RNG when None, as devinterp). Parameters without a gradient draw nothing and stay put.
+    torch RNG when None, as devinterp), or `noise(slot, size, noise_level)` when given. Parameters
+    without a gradient draw nothing and stay put. `stacked`: dim 0 of every parameter indexes chains
+    (masks and centers broadcast), and the metrics are per chain, shape (chains,).
     """
-    totals = StepMetrics() if with_metrics else None
+    totals = None
+    if with_metrics:
+        dev = slots[0].param.device if slots else None
+        totals = StepMetrics({k: torch.zeros(1, dtype=torch.float32, device=dev) for k in METRIC_FIELDS})
     half_lr = 0.5 * hyper.lr
     sqrt_lr = hyper.lr**0.5
     for slot in slots:
@@ -145,11 +157,14 @@ def sgld_step(
             distance = p.data - slot.center
         p.data.add_(d_p, alpha=-half_lr)
 
-        noise = torch.normal(
-            mean=0.0, std=hyper.noise_level, size=d_p.size(), device=d_p.device, generator=generator
-        )
-        noise = overall * noise
-        p.data.add_(noise_coef * noise, alpha=sqrt_lr)
+        if noise is None:
+            draw = torch.normal(
+                mean=0.0, std=hyper.noise_level, size=d_p.size(), device=d_p.device, generator=generator
+            )
+        else:
+            draw = noise(slot, d_p.size(), hyper.noise_level)
+        draw = overall * draw
+        p.data.add_(noise_coef * draw, alpha=sqrt_lr)
 
         if hyper.bounding_box_size is not None:
             assert slot.center is not None
@@ -158,7 +173,9 @@ def sgld_step(
             )
 
         if totals is not None:
-            _accumulate_metrics(totals, grad, precond, noise_coef, overall, wd, loc, noise, distance, hyper)
+            _accumulate_metrics(
+                totals, grad, precond, noise_coef, overall, wd, loc, draw, distance, hyper, stacked
+            )
     if totals is not None:
         for k in NORM_FIELDS:
             totals.values[k] = totals.values[k].sqrt()
@@ -176,8 +193,16 @@ def _accumulate_metrics(
     noise: torch.Tensor,
     distance: torch.Tensor,
     hyper: SGLDHyper,
+    stacked: bool = False,
 ) -> None:
-    """Add one parameter's component norms (re-squared after a per-parameter sqrt, as devinterp) and dots."""
+    """Add one parameter's component norms (re-squared after a per-parameter sqrt, as devinterp) and dots,
+    summed over the whole parameter, or over all but dim 0 (chains) when stacked."""
+
+    def total(x: torch.Tensor) -> torch.Tensor:
+        if stacked:
+            return x.sum(dim=tuple(range(1, x.ndim)))
+        return torch.zeros(1, dtype=torch.float32, device=x.device) + x.sum()
+
     half_lr = 0.5 * hyper.lr
     scaled_grad = half_lr * (overall * (precond * grad.mul(hyper.n_beta)))
     unscaled_grad = half_lr * grad.mul(hyper.n_beta)
@@ -194,14 +219,11 @@ def _accumulate_metrics(
         "distance": distance,
     }
     for k, v in parts.items():
-        per_param = (torch.zeros(1, dtype=torch.float32, device=v.device) + v.float().square().sum()).sqrt()
-        totals.values[k] = totals.values[k] + per_param.cpu().square()
+        totals.values[k] = totals.values[k] + total(v.float().square()).sqrt().square()
     sg, pr, nz = scaled_grad.float(), (loc_c + wd_c).float(), noise_c.float()
     for k, (a, b) in {
         "dot_grad_prior": (sg, pr),
         "dot_grad_noise": (sg, nz),
         "dot_prior_noise": (pr, nz),
     }.items():
-        totals.values[k] = (
-            totals.values[k] + (torch.zeros(1, dtype=torch.float32, device=a.device) + (a * b).sum()).cpu()
-        )
+        totals.values[k] = totals.values[k] + total(a * b)

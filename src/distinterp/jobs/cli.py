@@ -118,8 +118,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
-    """--set values plus the --array-task-id/--array-task-count pair as settings."""
+    """--set values plus --chains-per-batch and the --array-task-id/--array-task-count pair as settings."""
     overrides = list(args.set or [])
+    if getattr(args, "chains_per_batch", None) is not None:
+        overrides.append(f"parallel.chains_per_batch={args.chains_per_batch}")
     if args.array_task_id is not None:
         overrides += [
             f"array_task.task_id={args.array_task_id}",
@@ -317,6 +319,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("config", nargs="?", help="YAML settings file")
     s.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. sampler.lr=1e-3"
+    )
+    s.add_argument(
+        "--chains-per-batch",
+        type=int,
+        help="chains each rank advances together, batched (parallel.chains_per_batch)",
     )
     s.add_argument("--array-task-id", type=int)
     s.add_argument("--array-task-count", type=int)

@@ -149,6 +149,7 @@ def run_sample(settings: SampleSettings) -> tuple[xr.DataTree, dict[str, xr.Data
         checkpoint_every=settings.checkpoint_every,
         run_settings=recorded_settings(settings),
         param_masks=masks,
+        chains_per_batch=settings.parallel.chains_per_batch,
         **sampler,
     )
     results: dict[str, xr.Dataset] = {}

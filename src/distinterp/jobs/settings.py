@@ -85,6 +85,7 @@ class ParallelSettings(_Part):
     """Parallel layout: world size = chain groups x fsdp_size."""
 
     fsdp_size: PositiveInt = 1
+    chains_per_batch: PositiveInt = Field(1, description="chains a rank advances together, batched (GPU)")
 
     @field_validator("fsdp_size")
     @classmethod

@@ -70,10 +70,11 @@ class EngineFactory(Protocol):
 def engine_for(plan: Plan) -> EngineFactory:
     """The engine class the plan's layout calls for; asked once, before any work, so a layout that has
     no engine fails up front."""
+    from distinterp.parallel.batched import BatchedEngine
     from distinterp.parallel.plan import PlanError
     from distinterp.parallel.serial import SerialEngine
 
-    engines: dict[str, EngineFactory] = {"serial": SerialEngine}
+    engines: dict[str, EngineFactory] = {"serial": SerialEngine, "batched": BatchedEngine}
     if plan.way not in engines:
         raise PlanError(
             f"fsdp_size={plan.fsdp_size}, chains_per_batch={plan.chains_per_batch}: running chains "
