@@ -60,6 +60,11 @@ def usable_chains(ds: xr.Dataset, *, allow_partial: bool = False, what: str = "a
     return use
 
 
+def llc_estimate(mean_loss: Any, init_loss: Any, n_beta: float) -> Any:
+    """The LLC estimator n_beta * (E[L_n(w)] - L_n(w*)) (Lau et al. 2023, eq. 6) on arrays or floats."""
+    return n_beta * (mean_loss - init_loss)
+
+
 def compute_llc(samples: xr.DataTree | xr.Dataset, *, allow_partial: bool = False) -> xr.Dataset:
     """LLC per chain and pooled from a sampling store (devinterp 2.x's compute_llc, plus exclusions)."""
     ds = samples.dataset if isinstance(samples, xr.DataTree) else samples
@@ -69,8 +74,8 @@ def compute_llc(samples: xr.DataTree | xr.Dataset, *, allow_partial: bool = Fals
     sub = ds.isel(chain=use) if len(use) != all_chains else ds
     init_loss_mean = float(sub.init_loss.values.mean())
     loss_trace = sub.sampling_loss_micro.mean(dim=["batch_sampling", "token_pos"])
-    llc_per_chain = n_beta * (loss_trace.mean(dim="step") - init_loss_mean)
-    llc_scalar = n_beta * (float(sub.sampling_loss_micro.mean()) - init_loss_mean)
+    llc_per_chain = llc_estimate(loss_trace.mean(dim="step"), init_loss_mean, n_beta)
+    llc_scalar = llc_estimate(float(sub.sampling_loss_micro.mean()), init_loss_mean, n_beta)
     excluded = sorted(set(range(all_chains)) - set(use))
     attrs: dict[str, Any] = {"excluded_chains": excluded, "chains": list(use)}
     return xr.Dataset(

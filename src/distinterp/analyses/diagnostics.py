@@ -1,0 +1,501 @@
+"""Is this LLC trustworthy? `diagnose(samples)` checks a sampling store's chains and names what to fix.
+
+Every check reads the store one (chain, step-chunk) block at a time, so memory stays at one chunk, and
+works on live (incomplete) stores, devinterp-written stores and fsspec URLs. Each threshold is a field of
+`Thresholds`, documented with where it comes from. The statistics behind the verdict are returned as a
+per-chain `xr.Dataset` (`Diagnosis.checks`), so reports and pipelines can show or test them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from distinterp.analyses.llc import chain_status, llc_estimate
+from distinterp.store import STEPS_DONE, Location, open_tree
+
+logger = logging.getLogger(__name__)
+
+CHECKS = (
+    "diverged",
+    "incomplete",
+    "stationarity",
+    "rhat",
+    "ess",
+    "below_init",
+    "bounds",
+    "outlier",
+    "distance",
+    "grad_vs_noise",
+    "mala",
+)
+"""The checks, in the order problems are listed."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where each check draws its line, and the source of that line."""
+
+    rhat: float = 1.01
+    """Rank-normalised split R-hat above this: chains disagree. Vehtari, Gelman, Simpson, Carpenter &
+    Buerkner 2021 (Bayesian Analysis 16(2), 'Rank-normalization, folding, and localization'), sec. 4."""
+    ess_per_chain: float = 100.0
+    """Bulk ESS over all chains below this x chains: too few independent draws for R-hat and the mean's
+    Monte Carlo error to be reliable. Vehtari et al. 2021, sec. 4 (ESS > 400 for four chains)."""
+    geweke_z: float = 3.0
+    """|z| of Geweke's test (first 10 % vs last 50 % of a chain's loss trace after burn-in; Geweke 1992, 'Evaluating
+    the accuracy of sampling-based approaches') above this: not stationary. 3 rather than the usual 2,
+    so that a healthy run of 8 chains is flagged about 2 % of the time, not 30 %."""
+    geweke_first: float = 0.1
+    """Geweke's first window, as a fraction of the chain (Geweke 1992)."""
+    geweke_last: float = 0.5
+    """Geweke's last window, as a fraction of the chain (Geweke 1992)."""
+    below_init_z: float = 1.96
+    """A step's minibatch loss is 'below the initial loss beyond minibatch noise' when it is more than
+    this many standard errors (std over the minibatch rows / sqrt(rows)) below it: a one-sided 2.5 % test."""
+    below_init_fraction: float = 0.5
+    """Fraction of such steps above which the checkpoint is not a local minimum for the sampler. At a
+    minimum the expected loss is above the initial one (Lau et al. 2023, arXiv 2308.12108, sec. 4), so for
+    symmetric noise at most half the steps lie below it at all; more than half beyond the noise means the
+    median loss is below it. (Not 2.5 %: the row-based standard error underestimates the batch-to-batch
+    spread, and a healthy bigram run has 17 % of its steps beyond 1.96 of them.)"""
+    bound_mcse: float = 2.0
+    """An estimate is outside [0, d/2] (Watanabe 2009: 0 <= lambda <= d/2 for d parameters) when it is
+    beyond the interval by more than this many Monte Carlo standard errors."""
+    outlier_p: float = 1e-3
+    """A chain's LLC is wildly beyond the spread of the others when a new draw from a normal fitted to the
+    other chains would lie that far with probability below this, Bonferroni-corrected over the chains
+    (leave-one-out prediction interval, t with n-2 degrees of freedom; Hahn & Meeker 1991, 'Statistical
+    Intervals', sec. 4.5). Needs >= 3 chains. (MAD z-scores flag 17 % of healthy 4-chain runs.)"""
+    distance_growth: float = 1.1
+    """With save_metrics: mean distance from the checkpoint over the last quarter of the steps over that
+    of the quarter before it, above this: the chain is still moving away (pure diffusion, sqrt(t), gives
+    1.18; a chain at equilibrium ~1). devinterp's guidance: distance should plateau; raise localization."""
+    grad_vs_noise: float = 1.0
+    """With save_metrics: median ratio of the drift (scaled gradient) norm to the injected noise norm above
+    this: the update is dominated by descent, not noise, so SGLD is optimising rather than sampling
+    (Welling & Teh 2011, sec. 4: sampling starts once the injected noise dominates)."""
+    mala_min: float = 0.5
+    """With save_metrics: mean MALA acceptance probability (devinterp 1.x's; Furman & Lau 2024,
+    arXiv 2402.03698) below this: the step size is too large for the discretisation to be trusted.
+    Furman & Lau aim for about 0.9; values in [mala_min, 0.9) are noted, not flagged."""
+
+
+@dataclass
+class Diagnosis:
+    """The verdict on a store: healthy when no check failed; problems name the check, chains and fix."""
+
+    healthy: bool
+    problems: list[str]
+    checks: xr.Dataset
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: the verdict and, when unhealthy, the checks that failed."""
+        if self.healthy:
+            return "healthy (" + ", ".join(self.checks.attrs.get("checks_run", [])) + " passed)"
+        failed = [str(c) for c in self.checks.check.values if bool(self.checks.flagged.sel(check=c).any())]
+        return f"UNHEALTHY: {len(self.problems)} problem(s): " + ", ".join(failed)
+
+    def __str__(self) -> str:
+        lines = [f"diagnosis {self.summary()}"]
+        lines += [f"  - {p}" for p in self.problems]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def attrs(self) -> dict[str, Any]:
+        """Attributes for a result dataset (netCDF-safe: int and str only)."""
+        return {
+            "healthy": int(self.healthy),
+            "diagnosis": self.summary(),
+            "diagnosis_problems": "\n".join(self.problems),
+        }
+
+
+# ─── pure statistics ────────────────────────────────────────────────────────
+
+
+def geweke_z(trace: np.ndarray, first: float = 0.1, last: float = 0.5) -> float:
+    """Geweke's z: mean of the first window minus mean of the last, over their Monte Carlo errors."""
+    trace = np.asarray(trace, dtype=np.float64)
+    n = trace.size
+    a, b = trace[: max(int(first * n), 4)], trace[n - max(int(last * n), 4) :]
+    if n < 16 or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("nan")
+    se2 = _mcse(a) ** 2 + _mcse(b) ** 2
+    if se2 == 0:
+        return 0.0 if a.mean() == b.mean() else float("inf")
+    return float((a.mean() - b.mean()) / math.sqrt(se2))
+
+
+def _mcse(x: np.ndarray) -> float:
+    """Monte Carlo standard error of one chain's mean (autocorrelation-aware, ArviZ)."""
+    from arviz_stats.base import array_stats  # imported when used: it brings scipy.stats (~1 s)
+
+    if np.ptp(x) == 0:
+        return 0.0
+    return float(array_stats.mcse(x[None, :], chain_axis=0, draw_axis=1, method="mean"))
+
+
+def loo_prediction_t(values: np.ndarray) -> np.ndarray:
+    """Per value: (x - mean of the others) / (std of the others * sqrt(1 + 1/(n-1))), t with n-2 dof."""
+    values = np.asarray(values, dtype=np.float64)
+    n = values.size
+    out = np.zeros(n)
+    for i in range(n):
+        rest = np.delete(values, i)
+        dev = values[i] - rest.mean()
+        sd = rest.std(ddof=1) * math.sqrt(1 + 1 / (n - 1))
+        out[i] = dev / sd if sd > 0 else (0.0 if dev == 0 else math.copysign(math.inf, dev))
+    return out
+
+
+def outlier_threshold(n: int, p: float) -> float:
+    """|t| above which a leave-one-out prediction t (n-2 dof) is beyond p, Bonferroni over n values."""
+    from scipy.stats import t as student_t
+
+    return float(student_t.ppf(1 - p / (2 * n), n - 2))
+
+
+def split_rhat_ess(traces: np.ndarray) -> tuple[float, float]:
+    """Rank-normalised split R-hat and bulk ESS of (chain, step) traces (Vehtari et al. 2021, ArviZ)."""
+    if traces.shape[0] < 1 or traces.shape[1] < 8 or not np.isfinite(traces).all():
+        return float("nan"), float("nan")
+    if np.ptp(traces) == 0:
+        return 1.0, float(traces.size)
+    from arviz_stats.base import array_stats
+
+    rhat = float(array_stats.rhat(traces, chain_axis=0, draw_axis=1, method="rank"))
+    ess = float(array_stats.ess(traces, chain_axis=0, draw_axis=1, method="bulk"))
+    return rhat, ess
+
+
+# ─── reading the store, chunk by chunk ──────────────────────────────────────
+
+
+def _as_dataset(samples: Any, storage_options: dict[str, Any] | None) -> xr.Dataset:
+    if isinstance(samples, xr.DataTree):
+        return samples.dataset
+    if isinstance(samples, xr.Dataset):
+        return samples
+    if isinstance(samples, (str, Path)):
+        location = Location(str(samples), dict(storage_options or {}))
+        if location.is_local and not (location.local_path / "zarr.json").is_file():
+            raise FileNotFoundError(f"diagnose: no store at {samples}")
+        return open_tree(location).dataset
+    raise TypeError(
+        f"diagnose: expected a DataTree, a Dataset or a store path/URL, got {type(samples).__name__}"
+    )
+
+
+def _step_chunk(var: xr.DataArray) -> int:
+    chunks = var.encoding.get("preferred_chunks", {}).get("step") or (var.encoding.get("chunks") or [0, 0])[1]
+    return int(chunks) if chunks else 50
+
+
+def _loss_traces(ds: xr.Dataset, lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per (chain, step): mean minibatch loss and its standard error over rows; NaN past each length."""
+    var = ds.sampling_loss_micro
+    n_chains, n_steps = ds.sizes["chain"], ds.sizes["step"]
+    mean = np.full((n_chains, n_steps), np.nan)
+    se = np.full((n_chains, n_steps), np.nan)
+    chunk = _step_chunk(var)
+    for c in range(n_chains):
+        for s in range(0, lengths[c], chunk):
+            e = min(s + chunk, lengths[c])
+            block = np.asarray(var.isel(chain=c, step=slice(s, e)).values, dtype=np.float64)
+            rows = block.mean(axis=-1)  # (steps, rows): each row's mean per-token loss
+            mean[c, s:e] = rows.mean(axis=1)
+            if rows.shape[1] > 1:
+                se[c, s:e] = rows.std(axis=1, ddof=1) / math.sqrt(rows.shape[1])
+    return mean, se
+
+
+def _lengths(ds: xr.Dataset, diverged: dict[int, int]) -> list[int]:
+    """Steps of each chain that hold data: its durable steps, cut at the step it diverged."""
+    n_steps = ds.sizes["step"]
+    if STEPS_DONE in ds:
+        done = np.asarray(ds[STEPS_DONE].values).clip(0, n_steps)
+    else:
+        done = np.full(ds.sizes["chain"], n_steps)
+    return [int(min(done[c], diverged.get(c, n_steps))) for c in range(ds.sizes["chain"])]
+
+
+def num_sampled_params(ds: xr.Dataset) -> int | None:
+    """d, the number of sampled parameters, when the store records it."""
+    ours = ds.attrs.get("distinterp", {})
+    for value in (ours.get("num_sampled_params"), ds.attrs.get("metrics_numel")):
+        if value is not None:
+            return int(value)
+    return None
+
+
+def _chains(chains: list[int]) -> str:
+    return "chain " + str(chains[0]) if len(chains) == 1 else "chains " + ", ".join(map(str, chains))
+
+
+# ─── diagnose ───────────────────────────────────────────────────────────────
+
+
+def diagnose(
+    samples: xr.DataTree | xr.Dataset | str | Path,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    thresholds: Thresholds | None = None,
+    num_params: int | None = None,
+) -> Diagnosis:
+    """Check a sampling store's chains; `num_params` (d) overrides what the store records."""
+    t = thresholds or Thresholds()
+    ds = _as_dataset(samples, storage_options)
+    for name in ("sampling_loss_micro", "init_loss"):
+        if name not in ds:
+            raise ValueError(f"diagnose: the store has no {name!r}; is it a sampling store?")
+    n_beta = float(ds.attrs["metadata"]["config"]["sampler"]["n_beta"])
+    n_chains, n_steps = ds.sizes["chain"], ds.sizes["step"]
+    complete, incomplete, diverged = chain_status(ds)
+    lengths = _lengths(ds, diverged)
+    trace, trace_se = _loss_traces(ds, lengths)
+    finite = [c for c in range(n_chains) if c not in diverged and lengths[c] > 0]
+    use = [c for c in finite if c in complete] or finite
+    init_all = np.asarray(ds.init_loss.values, dtype=np.float64)
+    init = float(np.nanmean(init_all[use])) if use else float("nan")
+
+    burnin = int(ds.attrs["metadata"]["config"]["sampler"].get("num_burnin_steps", 0) or 0)
+    flagged = {name: np.zeros(n_chains, dtype=bool) for name in CHECKS}
+    problems: list[str] = []
+    notes: list[str] = []
+    ran: list[str] = ["diverged"]
+
+    # Diverged and incomplete chains
+    if diverged:
+        flagged["diverged"][list(diverged)] = True
+        where = ", ".join(f"{c} at step {s}" for c, s in sorted(diverged.items()))
+        problems.append(
+            f"diverged: {len(diverged)}/{n_chains} chains hit a non-finite loss ({where}); lower lr "
+            "(or raise localization); analyses exclude them"
+        )
+    if incomplete:
+        flagged["incomplete"][incomplete] = True
+        problems.append(
+            f"incomplete: {_chains(incomplete)} have "
+            + ", ".join(f"{lengths[c]}/{n_steps}" for c in incomplete)
+            + " steps; finish the run (rerun the same command)"
+        )
+    elif STEPS_DONE not in ds and ds.attrs.get("completed") != 1:
+        problems.append("incomplete: the store is not marked completed; finish the run")
+        flagged["incomplete"][:] = True
+    ran.append("incomplete")
+
+    # Per chain: LLC, its Monte Carlo error, stationarity, steps below the initial loss
+    llc = np.full(n_chains, np.nan)
+    mcse = np.full(n_chains, np.nan)
+    gz = np.full(n_chains, np.nan)
+    below = np.full(n_chains, np.nan)
+    for c in finite:
+        x = trace[c, : lengths[c]]
+        llc[c] = llc_estimate(x.mean(), init, n_beta)
+        mcse[c] = n_beta * _mcse(x) if x.size >= 8 else np.nan
+        gz[c] = geweke_z(x[burnin:], t.geweke_first, t.geweke_last)
+        se = np.nan_to_num(trace_se[c, : lengths[c]], nan=0.0)
+        below[c] = float(np.mean(x < init - t.below_init_z * se))
+
+    bad = [c for c in finite if np.isfinite(gz[c]) and abs(gz[c]) > t.geweke_z]
+    if any(np.isfinite(gz[c]) for c in finite):
+        ran.append("stationarity")
+    if bad:
+        flagged["stationarity"][bad] = True
+        trend = "rising" if np.nanmean(-gz[bad]) > 0 else "falling"
+        problems.append(
+            f"stationarity: {_chains(bad)}: loss trace after burn-in is not stationary (Geweke |z| "
+            + ", ".join(f"{abs(gz[c]):.1f}" for c in bad)
+            + f" > {t.geweke_z:g}; loss {trend}); more draws or burn-in, or lower lr"
+        )
+
+    # Across chains: R-hat and ESS over the common length of the finite chains
+    common = min((lengths[c] for c in finite), default=0)
+    rhat, ess = split_rhat_ess(trace[finite, :common]) if finite else (float("nan"), float("nan"))
+    if np.isfinite(rhat):
+        ran += ["rhat", "ess"]
+        if rhat > t.rhat:
+            flagged["rhat"][finite] = True
+            problems.append(
+                f"rhat: split R-hat of the loss traces is {rhat:.3f} > {t.rhat:g}: the chains disagree; "
+                "more draws, or raise localization"
+            )
+        if ess < t.ess_per_chain * len(finite):
+            flagged["ess"][finite] = True
+            problems.append(
+                f"ess: bulk ESS {ess:.0f} < {t.ess_per_chain:g} x {len(finite)} chains; more draws"
+            )
+
+    b = [c for c in finite if below[c] > t.below_init_fraction]
+    if finite:
+        ran.append("below_init")
+    if b:
+        flagged["below_init"][b] = True
+        problems.append(
+            f"below_init: {_chains(b)} spend "
+            + ", ".join(f"{below[c]:.0%}" for c in b)
+            + f" of steps below the initial loss beyond minibatch noise (more than {t.below_init_fraction:.0%}):"
+            " the checkpoint is not a local minimum for the sampler; raise localization, or lower lr"
+        )
+
+    d = num_params if num_params is not None else num_sampled_params(ds)
+    lo_ok = llc + t.bound_mcse * np.nan_to_num(mcse) >= 0
+    hi_ok = (llc - t.bound_mcse * np.nan_to_num(mcse) <= d / 2) if d is not None else np.ones(n_chains, bool)
+    out = [c for c in finite if not (lo_ok[c] and hi_ok[c])]
+    if finite:
+        ran.append("bounds")
+    if out:
+        flagged["bounds"][out] = True
+        bound = f"[0, d/2 = {d / 2:g}]" if d is not None else "[0, inf)"
+        neg = [c for c in out if not lo_ok[c]]
+        fix = "raise localization or train the checkpoint further" if neg else "lower lr"
+        problems.append(
+            f"bounds: {_chains(out)}: LLC "
+            + ", ".join(f"{llc[c]:.4g}" for c in out)
+            + f" lies outside {bound}; {fix}"
+        )
+    if d is None and finite:
+        notes.append("d (sampled parameters) is not recorded in this store: only LLC >= 0 was checked")
+
+    loo_t = np.full(n_chains, np.nan)
+    if len(finite) >= 3:
+        ran.append("outlier")
+        loo_t[finite] = loo_prediction_t(llc[finite])
+        cut = outlier_threshold(len(finite), t.outlier_p)
+        far = [c for c in finite if abs(loo_t[c]) > cut]
+        if far:
+            flagged["outlier"][far] = True
+            problems.append(
+                f"outlier: {_chains(far)}: LLC "
+                + ", ".join(f"{llc[c]:.4g}" for c in far)
+                + f" is far beyond the other chains' (median {np.median(llc[finite]):.4g}; p < "
+                f"{t.outlier_p:g}); more draws, lower lr or raise localization"
+            )
+
+    metrics = _metric_checks(ds, finite, lengths, t, flagged, problems, notes, ran)
+
+    llc_use = llc[use] if use else np.array([np.nan])
+    pooled_mcse = (
+        n_beta * float(np.nanstd(trace[finite, :common])) / math.sqrt(ess)
+        if np.isfinite(ess) and ess > 0
+        else float("nan")
+    )
+    chain = np.arange(n_chains)
+    checks = xr.Dataset(
+        {
+            "flagged": (("check", "chain"), np.stack([flagged[k] for k in CHECKS])),
+            "steps_done": ("chain", np.asarray(lengths, dtype=np.int64)),
+            "complete": ("chain", np.isin(chain, complete)),
+            "diverged_step": ("chain", np.array([diverged.get(c, -1) for c in chain], dtype=np.int64)),
+            "llc": ("chain", llc),
+            "llc_mcse": ("chain", mcse),
+            "geweke_z": ("chain", gz),
+            "frac_below_init": ("chain", below),
+            "llc_outlier_t": ("chain", loo_t),
+            **metrics,
+            "loss_trace": (("chain", "step"), trace),
+            "loss_trace_se": (("chain", "step"), trace_se),
+            "init_loss": init,
+            "n_beta": n_beta,
+            "rhat": rhat,
+            "ess_bulk": ess,
+            "llc_mean": float(np.mean(llc_use)),
+            "llc_std": float(np.std(llc_use)),
+            "llc_mean_mcse": pooled_mcse,
+            "num_sampled_params": -1 if d is None else int(d),
+        },
+        coords={"check": list(CHECKS), "chain": chain},
+        attrs={"thresholds": asdict(t), "checks_run": ran, "chains_used": list(use)},
+    )
+    return Diagnosis(healthy=not problems, problems=problems, checks=checks, notes=notes)
+
+
+def _metric_checks(
+    ds: xr.Dataset,
+    finite: list[int],
+    lengths: list[int],
+    t: Thresholds,
+    flagged: dict[str, np.ndarray],
+    problems: list[str],
+    notes: list[str],
+    ran: list[str],
+) -> dict[str, Any]:
+    """Checks on the metrics_* traces that save_metrics=True records: distance, drift vs noise, MALA."""
+    n = ds.sizes["chain"]
+    out: dict[str, Any] = {}
+    if "metrics_distance" in ds:
+        growth = np.full(n, np.nan)
+        for c in finite:
+            x = np.asarray(ds.metrics_distance.isel(chain=c, step=slice(0, lengths[c])).values, np.float64)
+            q = x.size // 4
+            before = float(np.mean(x[-2 * q : -q])) if q >= 2 else 0.0
+            if np.isfinite(before) and before > 0:
+                growth[c] = np.mean(x[-q:]) / before
+            elif q >= 2:
+                growth[c] = np.inf if not np.isfinite(before) else np.nan
+        out["distance_growth"] = ("chain", growth)
+        ran.append("distance")
+        grow = [c for c in finite if np.isfinite(growth[c]) and growth[c] > t.distance_growth]
+        if grow:
+            notes.append(
+                f"distance: {_chains(grow)} still move away from the checkpoint (last quarter / the one "
+                f"before: " + ", ".join(f"{growth[c]:.2f}" for c in grow) + f" > {t.distance_growth:g}); "
+                "harmless along flat directions, else raise localization"
+            )
+        inf = [c for c in finite if np.isinf(growth[c])]
+        if inf:
+            flagged["distance"][inf] = True
+            problems.append(f"distance: {_chains(inf)} moved a non-finite distance; lower lr")
+    if "metrics_scaled_grad" in ds and "metrics_noise" in ds:
+        ratio = np.full(n, np.nan)
+        for c in finite:
+            g = np.asarray(ds.metrics_scaled_grad.isel(chain=c, step=slice(0, lengths[c])).values, np.float64)
+            z = np.asarray(ds.metrics_noise.isel(chain=c, step=slice(0, lengths[c])).values, np.float64)
+            half = g.size // 2
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r = g[half:] / z[half:]
+            ratio[c] = float(np.median(r)) if r.size else np.nan
+        out["grad_noise_ratio"] = ("chain", ratio)
+        ran.append("grad_vs_noise")
+        loud = [c for c in finite if not (np.isfinite(ratio[c]) and ratio[c] <= t.grad_vs_noise)]
+        loud = [c for c in loud if lengths[c] >= 2]
+        if loud:
+            flagged["grad_vs_noise"][loud] = True
+            problems.append(
+                f"grad_vs_noise: {_chains(loud)}: drift/noise norm ratio "
+                + ", ".join(f"{ratio[c]:.3g}" for c in loud)
+                + f" > {t.grad_vs_noise:g} (median over the second half): SGLD is descending, not "
+                "sampling; lower lr, or check that the checkpoint is trained"
+            )
+    if "metrics_mala_acceptance" in ds:
+        acc = np.full(n, np.nan)
+        for c in finite:
+            a = np.asarray(
+                ds.metrics_mala_acceptance.isel(chain=c, step=slice(0, lengths[c])).values, np.float64
+            )
+            acc[c] = float(np.nanmean(a)) if np.isfinite(a).any() else np.nan
+        out["mala_acceptance"] = ("chain", acc)
+        ran.append("mala")
+        low = [c for c in finite if np.isfinite(acc[c]) and acc[c] < t.mala_min]
+        if low:
+            flagged["mala"][low] = True
+            problems.append(
+                f"mala: {_chains(low)}: mean MALA acceptance "
+                + ", ".join(f"{acc[c]:.2f}" for c in low)
+                + f" < {t.mala_min:g} (Furman & Lau 2024 aim for ~0.9); lower lr"
+            )
+        mid = [c for c in finite if np.isfinite(acc[c]) and t.mala_min <= acc[c] < 0.9]
+        if mid:
+            notes.append(
+                f"mala: {_chains(mid)}: mean MALA acceptance is below the ~0.9 Furman & Lau aim for: "
+                + ", ".join(f"{acc[c]:.2f}" for c in mid)
+            )
+    return out
