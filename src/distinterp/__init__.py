@@ -2,6 +2,7 @@
 
 from distinterp.analyses.bif import AnalysisInputError, bif, compute_bif
 from distinterp.analyses.covariance import batch_corrcoef, batch_cov, xr_corrcoef_with_torch_backend
+from distinterp.analyses.diagnostics import Diagnosis, UnhealthyRunWarning, diagnose
 from distinterp.analyses.llc import compute_llc, llc
 from distinterp.analyses.susceptibilities import compute_susceptibilities, susceptibilities
 from distinterp.config import SamplerConfig
@@ -21,12 +22,14 @@ __all__ = [
     "SGLD",
     "SGMCMC",
     "AnalysisInputError",
+    "Diagnosis",
     "IncompleteStoreError",
     "NonFiniteLogitsError",
     "SGLDHyper",
     "SamplerConfig",
     "StoreConfigMismatch",
     "StoreError",
+    "UnhealthyRunWarning",
     "WeightRestrictionError",
     "batch_corrcoef",
     "batch_cov",
@@ -36,6 +39,7 @@ __all__ = [
     "compute_per_token_loss",
     "compute_susceptibilities",
     "create_param_masks",
+    "diagnose",
     "llc",
     "lm_cross_entropy_loss",
     "lm_forward_logits",

@@ -269,10 +269,8 @@ def _schema(
     obs_seed: int,
 ) -> Schema:
     """The store's schema and identity: everything that makes two runs the same run."""
-    numel = None
-    if config.save_metrics:
-        named = dict(model.named_parameters())
-        numel = sum(int(m.count_nonzero()) if m is not None else named[n].numel() for n, m in masks.items())
+    named = dict(model.named_parameters())
+    numel = sum(int(m.count_nonzero()) if m is not None else named[n].numel() for n, m in masks.items())
     identity = {
         "sampler": config.model_dump(mode="json"),
         "batches_per_draw": batches_per_draw,
@@ -292,7 +290,7 @@ def _schema(
         "param_masks": masks_fingerprint(masks),
         "loss_fn": None if loss_fn is None else getattr(loss_fn, "__qualname__", repr(loss_fn)),
     }
-    return build_schema(
+    schema = build_schema(
         sampler=config.reference_dump(),
         num_chains=config.num_chains,
         num_draws=config.num_draws,
@@ -302,9 +300,11 @@ def _schema(
         context_length=ids.shape[1] - 1,
         observables=[(o.obs_id, o.n_samples, o.batches_per_draw) for o in obs_list],
         metric_fields=METRIC_FIELDS if config.save_metrics else (),
-        metrics_numel=numel,
+        metrics_numel=numel if config.save_metrics else None,
         identity=identity,
     )
+    schema.attrs["distinterp"]["num_sampled_params"] = numel  # d, for diagnose's bound LLC <= d/2
+    return schema
 
 
 def _check_int(name: str, value: Any, minimum: int | None) -> None:

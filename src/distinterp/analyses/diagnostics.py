@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,10 @@ class Thresholds:
     Furman & Lau aim for about 0.9; values in [mala_min, 0.9) are noted, not flagged."""
 
 
+class UnhealthyRunWarning(UserWarning):
+    """An analysis ran on a store whose diagnosis is not healthy; the message lists the problems."""
+
+
 @dataclass
 class Diagnosis:
     """The verdict on a store: healthy when no check failed; problems name the check, chains and fix."""
@@ -108,6 +113,16 @@ class Diagnosis:
         lines += [f"  - {p}" for p in self.problems]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def report(self, what: str, stacklevel: int = 2) -> None:
+        """Log the verdict (info), and warn with every problem when unhealthy."""
+        logger.info("%s: diagnosis %s", what, self.summary())
+        if not self.healthy:
+            warnings.warn(
+                f"{what}: {self.summary()}\n" + "\n".join(f"  - {p}" for p in self.problems),
+                UnhealthyRunWarning,
+                stacklevel=stacklevel + 1,
+            )
 
     def attrs(self) -> dict[str, Any]:
         """Attributes for a result dataset (netCDF-safe: int and str only)."""
@@ -275,10 +290,11 @@ def diagnose(
     # Diverged and incomplete chains
     if diverged:
         flagged["diverged"][list(diverged)] = True
-        where = ", ".join(f"{c} at step {s}" for c, s in sorted(diverged.items()))
+        which = sorted(diverged)
         problems.append(
-            f"diverged: {len(diverged)}/{n_chains} chains hit a non-finite loss ({where}); lower lr "
-            "(or raise localization); analyses exclude them"
+            f"diverged: {len(which)}/{n_chains} chains ({_chains(which)}) hit a non-finite loss at step "
+            + ", ".join(str(diverged[c]) for c in which)
+            + "; lower lr (or raise localization); analyses exclude them"
         )
     if incomplete:
         flagged["incomplete"][incomplete] = True

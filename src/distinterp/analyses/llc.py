@@ -65,8 +65,14 @@ def llc_estimate(mean_loss: Any, init_loss: Any, n_beta: float) -> Any:
     return n_beta * (mean_loss - init_loss)
 
 
-def compute_llc(samples: xr.DataTree | xr.Dataset, *, allow_partial: bool = False) -> xr.Dataset:
-    """LLC per chain and pooled from a sampling store (devinterp 2.x's compute_llc, plus exclusions)."""
+def compute_llc(
+    samples: xr.DataTree | xr.Dataset, *, allow_partial: bool = False, check: bool = True
+) -> xr.Dataset:
+    """LLC per chain and pooled from a sampling store (devinterp 2.x's compute_llc, plus exclusions).
+
+    With `check`, the store is diagnosed too: attrs `healthy`, `diagnosis` and `diagnosis_problems`, and
+    an UnhealthyRunWarning naming the problems when it is not healthy.
+    """
     ds = samples.dataset if isinstance(samples, xr.DataTree) else samples
     n_beta = float(ds.attrs["metadata"]["config"]["sampler"]["n_beta"])
     use = usable_chains(ds, allow_partial=allow_partial, what="compute_llc")
@@ -78,6 +84,12 @@ def compute_llc(samples: xr.DataTree | xr.Dataset, *, allow_partial: bool = Fals
     llc_scalar = llc_estimate(float(sub.sampling_loss_micro.mean()), init_loss_mean, n_beta)
     excluded = sorted(set(range(all_chains)) - set(use))
     attrs: dict[str, Any] = {"excluded_chains": excluded, "chains": list(use)}
+    if check:
+        from distinterp.analyses.diagnostics import diagnose
+
+        diagnosis = diagnose(ds)
+        attrs.update(diagnosis.attrs())
+        diagnosis.report("compute_llc", stacklevel=3)
     return xr.Dataset(
         {
             "llc_mean": llc_per_chain.mean(),

@@ -1,4 +1,4 @@
-"""The `distinterp` command: demo, sample, trajectory, aggregate, status."""
+"""The `distinterp` command: demo, sample, trajectory, aggregate, status, inspect."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,8 +26,19 @@ def _print_llc(res: Any, truth: float | None = None) -> None:
     print("per chain " + " ".join(f"{v:.2f}" for v in per_chain))
     if res.attrs.get("excluded_chains"):
         print(f"excluded  {res.attrs['excluded_chains']}")
+    if "diagnosis" in res.attrs:
+        _print_diagnosis(res.attrs["diagnosis"], res.attrs.get("diagnosis_problems", "").splitlines())
     if truth is not None:
         print(f"theory    {truth:.3f}  (relative error {abs(float(res.llc_mean) - truth) / truth:.1%})")
+
+
+def _print_diagnosis(summary: str, problems: Sequence[str], notes: Sequence[str] = ()) -> None:
+    """The verdict in one line, then each problem (check, chains, fix) on its own."""
+    print(f"diagnosis {summary}")
+    for line in problems:
+        print(f"  - {line}")
+    for line in notes:
+        print(f"  note: {line}")
 
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -108,12 +120,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
         settings = load_settings(args.config, overrides)
     tree, results = run_sample(settings)
     if runtime().is_coordinator:
-        steps = tree.dataset.chain_steps_done.values
+        from distinterp.analyses.diagnostics import diagnose
+        from distinterp.analyses.llc import chain_status
+
+        complete, _, diverged = chain_status(tree.dataset)
+        finished = len([c for c in complete if c not in diverged])
         print(
-            f"store {settings.output_path}: {int((steps >= tree.dataset.sizes['step']).sum())}/{steps.size} chains complete"
+            f"store {settings.output_path}: {finished}/{tree.dataset.sizes['chain']} chains complete"
+            + (f", {len(diverged)} diverged" if diverged else "")
         )
         if "llc" in results:
             _print_llc(results["llc"])
+        elif tree.dataset.attrs.get("completed") == 1:  # no finite chain for the LLC: say why
+            d = diagnose(tree)
+            _print_diagnosis(d.summary(), d.problems)
+        if complete and not finished:
+            return 1
     return 0
 
 
@@ -286,6 +308,16 @@ def _aggregate_sweep(args: argparse.Namespace, options: dict[str, Any]) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Config, schema, layout, progress, sizes, analyses beside the store, and the diagnosis."""
+    from distinterp.jobs.inspection import describe
+
+    lines, diagnosis = describe(args.store, _storage_options(args.storage_options))
+    print("\n".join(lines))
+    _print_diagnosis(diagnosis.summary(), diagnosis.problems, diagnosis.notes)
+    return 1 if args.strict and not diagnosis.healthy else 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Per-chain progress of a store: steps done, diverged chains, completion."""
     from distinterp.analyses.llc import chain_status
@@ -348,12 +380,15 @@ def parser() -> argparse.ArgumentParser:
     for name, helptext, func in [
         ("aggregate", "analyses of a complete store (LLC, BIF, susceptibilities)", cmd_aggregate),
         ("status", "per-chain progress of a store", cmd_status),
+        ("inspect", "what a store holds, and whether its chains can be trusted", cmd_inspect),
     ]:
         a = sub.add_parser(name, help=helptext)
         a.add_argument("store", help="store path or URL")
         a.add_argument(
             "--storage-options", help="fsspec options as JSON (credentials: prefer AWS_* variables)"
         )
+        if name == "inspect":
+            a.add_argument("--strict", action="store_true", help="exit 1 when the diagnosis is not healthy")
         if name == "aggregate":
             a.add_argument("--allow-partial", action="store_true", help="use complete chains only")
             a.add_argument("--output", help="write the LLC (.nc or .zarr); other results go beside it")
@@ -404,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             if not args.verbose:  # one line per warning, without the source line that raised it
                 warnings.showwarning = _show_warning
+            from distinterp.analyses.diagnostics import UnhealthyRunWarning
+
+            warnings.simplefilter("ignore", UnhealthyRunWarning)  # the commands print the diagnosis
             return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, StoreError) as e:
         if args.verbose:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import xarray as xr
 
-from distinterp.analyses.llc import compute_llc
+from distinterp.analyses.llc import chain_status, compute_llc
 from distinterp.jobs.settings import DatasetSettings, ModelSettings, SampleSettings
 from distinterp.parallel.distributed import runtime
 from distinterp.parallel.plan import array_task_chains
@@ -154,6 +154,7 @@ def run_sample(settings: SampleSettings) -> tuple[xr.DataTree, dict[str, xr.Data
     )
     results: dict[str, xr.Dataset] = {}
     finished = runtime().is_coordinator and tree.dataset.attrs.get("completed") == 1
-    if finished and "llc" in settings.analyses:
-        results["llc"] = compute_llc(tree)
+    complete, _, diverged = chain_status(tree.dataset)
+    if finished and "llc" in settings.analyses and set(complete) - set(diverged):
+        results["llc"] = compute_llc(tree)  # (with no finite chain, the CLI prints the diagnosis instead)
     return tree, results
