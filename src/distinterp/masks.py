@@ -18,6 +18,11 @@ Restriction patterns (case-insensitive, spaces optional between the layer and he
     "embed", "unembed"     the token embedding / the LM head (nothing when it is tied to the embedding)
     an exact parameter name, or a list of any of these (their union; masks are ORed)
 
+Encoder-decoder models (BART, Whisper, ...): the patterns above address the decoder, as devinterp
+("l<N> attn" is decoder layer N's self-attention); "enc l<N>..." takes any layer pattern to encoder
+layer N, and "cross l<N>h<M>" / "cross l<N>g<M>" / "cross l<N> attn" the cross-attention of decoder
+layer N.
+
 Query head h reads key/value head h * n_kv_heads // n_heads. Where each model keeps these parameters is
 data in `distinterp.model_structures`; this module reads it top-down: parse the restriction, look up
 the model's structure, resolve parameter names, build the masks.
@@ -49,16 +54,20 @@ ParamMasks = dict[str, torch.Tensor | None]
 
 VALID_PATTERNS = (
     "'full', 'l<N>', 'l<N>h<M>', 'l<N>g<M>', 'l<N> attn', 'l<N> mlp', 'embed', 'unembed', "
-    "an exact parameter name, or a list of these (e.g. 'l0h1', ['l1 attn', 'embed'])"
+    "an exact parameter name, or a list of these (e.g. 'l0h1', ['l1 attn', 'embed']); on "
+    "encoder-decoder models also 'enc <layer pattern>' and 'cross l<N>h<M>' / 'cross l<N> attn'"
 )
+PARTS = ("enc", "cross")
+"""Prefix words addressing another part of a model (ModelStructure.parts)."""
+_PART = r"(?:(enc|cross)\s+)?"
 
 _GRAMMAR: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("full", re.compile(r"full")),
     ("embed", re.compile(r"embed")),
     ("unembed", re.compile(r"unembed")),
-    ("head", re.compile(r"l(\d+)\s*h(\d+)")),
-    ("group", re.compile(r"l(\d+)\s*g(\d+)")),
-    ("layer", re.compile(r"l(\d+)(?:\s+(attn|mlp))?")),
+    ("head", re.compile(_PART + r"l(\d+)\s*h(\d+)")),
+    ("group", re.compile(_PART + r"l(\d+)\s*g(\d+)")),
+    ("layer", re.compile(_PART + r"l(\d+)(?:\s+(attn|mlp))?")),
 )
 
 
@@ -71,6 +80,7 @@ class Restriction:
     index: int | None = None  # head or group number
     component: str | None = None  # attn | mlp for kind "layer"
     name: str | None = None  # parameter name for kind "param"
+    part: str | None = None  # "enc" | "cross": another part of the model (ModelStructure.parts)
 
 
 def create_param_masks(model: torch.nn.Module, restriction: str | list[str]) -> ParamMasks:
@@ -116,8 +126,8 @@ def parse_restriction(text: str, param_names: Iterable[str] = ()) -> Restriction
         if kind in ("full", "embed", "unembed"):
             return Restriction(kind)
         if kind == "layer":
-            return Restriction(kind, layer=int(m[1]), component=m[2])
-        return Restriction(kind, layer=int(m[1]), index=int(m[2]))
+            return Restriction(kind, layer=int(m[2]), component=m[3], part=m[1])
+        return Restriction(kind, layer=int(m[2]), index=int(m[3]), part=m[1])
     if text.strip() in set(param_names):
         return Restriction("param", name=text.strip())
     raise WeightRestrictionError(
@@ -169,16 +179,58 @@ def structure_for(model: torch.nn.Module) -> ModelStructure:
     )  # table bug
 
 
-def head_counts(model: torch.nn.Module, structure: ModelStructure) -> tuple[int, int]:
-    """(n_heads, n_kv_heads) from the model's config, per the entry's attribute names."""
+def part_structure(model: torch.nn.Module, structure: ModelStructure, part: str | None) -> ModelStructure:
+    """The structure of the part a restriction's prefix word names ("enc", "cross"), or the entry itself."""
+    if part is None:
+        return structure
+    parts = dict(structure.parts)
+    if part not in parts:
+        have = ", ".join(f"'{name}'" for name in parts) or "none"
+        raise WeightRestrictionError(
+            f"Model type {model_type_of(model)!r} has no {part!r} part (an encoder-decoder's encoder or "
+            f"cross-attention); its parts: {have}."
+        )
+    return parts[part]
+
+
+def layer_structure(model: torch.nn.Module, structure: ModelStructure, layer: int) -> ModelStructure:
+    """The structure of one layer: a `layer_kinds` entry when config.layer_types[layer] names one."""
+    if not structure.layer_kinds:
+        return structure
+    layer_types = getattr(getattr(model, structure.config_attr), "layer_types", None) or ()
+    kind = layer_types[layer] if layer < len(layer_types) else None
+    return dict(structure.layer_kinds).get(kind, structure)
+
+
+def _layer_config(model: torch.nn.Module, structure: ModelStructure, layer: int | None) -> object | None:
+    """The per-layer config (ConfigKeys.per_layer) of `layer`, if the entry has one."""
+    key = structure.config.per_layer
+    if key is None or layer is None:
+        return None
+    per_layer = getattr(getattr(model, structure.config_attr), key, None)
+    try:
+        return per_layer[layer]  # type: ignore[index]
+    except (TypeError, KeyError, IndexError):
+        return None
+
+
+def head_counts(
+    model: torch.nn.Module, structure: ModelStructure, layer: int | None = None
+) -> tuple[int, int]:
+    """(n_heads, n_kv_heads) of `layer` (default: the global ones) from the config, per the entry."""
     config = getattr(model, structure.config_attr)
+    layer_config = _layer_config(model, structure, layer)
     n_heads = _config_int(config, structure.config.n_heads)
     if n_heads is None:
         raise WeightRestrictionError(
             f"The config of {type(model).__name__} has none of {structure.config.n_heads}"
         )
     keys = structure.config.n_kv_heads
-    n_kv = keys if isinstance(keys, int) else (_config_int(config, keys) if keys else None)
+    n_kv = keys if isinstance(keys, int) else None
+    if isinstance(keys, tuple):
+        n_kv = (_config_int(layer_config, keys) if layer_config is not None else None) or _config_int(
+            config, keys
+        )
     n_kv = n_kv or n_heads
     if n_heads % n_kv:
         raise WeightRestrictionError(f"n_heads={n_heads} is not a multiple of n_kv_heads={n_kv}")
@@ -188,16 +240,23 @@ def head_counts(model: torch.nn.Module, structure: ModelStructure) -> tuple[int,
 def _config_int(config: object, keys: tuple[str, ...]) -> int | None:
     """The first of `keys` that the config has as an int."""
     for key in keys:
-        value = getattr(config, key, None)
+        try:
+            value = getattr(config, key, None)
+        except RuntimeError:  # transformers refuses global access to a per-layer attribute (Gemma 4)
+            value = None
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return None
 
 
-def _config_head_dim(model: torch.nn.Module, structure: ModelStructure, n_heads: int) -> int | None:
-    """head_dim from the config, else hidden // n_heads; None when the config has neither."""
+def _config_head_dim(
+    model: torch.nn.Module, structure: ModelStructure, n_heads: int, layer: int | None = None
+) -> int | None:
+    """head_dim (of `layer`) from the config, else hidden // n_heads; None when the config has neither."""
     config = getattr(model, structure.config_attr)
-    head_dim = _config_int(config, structure.config.head_dim)
+    layer_config = _layer_config(model, structure, layer)
+    head_dim = _config_int(layer_config, structure.config.head_dim) if layer_config is not None else None
+    head_dim = head_dim or _config_int(config, structure.config.head_dim)
     if head_dim is not None:
         return head_dim
     hidden = _config_int(config, structure.config.hidden)
@@ -213,17 +272,22 @@ def _resolve(
 ) -> ParamMasks:
     """Masks for one parsed restriction on a model with a known structure."""
     if r.kind in ("embed", "unembed"):
-        wanted = set(structure.embed if r.kind == "embed" else structure.unembed)
-        return {name: None for name in params if name in wanted}
+        return embedding_masks(model, structure, params, r.kind)
 
     assert r.layer is not None
+    structure = part_structure(model, structure, r.part)
+    if r.kind == "layer" and r.component != "attn" and not structure.whole_layers:
+        raise WeightRestrictionError(
+            f"'{r.part} l<N>' takes a head, group or attention: '{r.part} l{r.layer}h<M>', "
+            f"'{r.part} l{r.layer}g<M>' or '{r.part} l{r.layer} attn' (the rest of the layer is 'l{r.layer}')."
+        )
     n_layers = count_layers(params, structure)
     if r.layer >= n_layers:
         raise WeightRestrictionError(
             f"Layer {r.layer} is out of range: the model has {n_layers} layers (l0 to l{n_layers - 1})."
         )
-    prefix = f"{structure.layers}.{r.layer}."
-    in_layer = {name[len(prefix) :]: name for name in params if name.startswith(prefix)}
+    in_layer = layer_params(params, structure, r.layer)
+    structure = layer_structure(model, structure, r.layer)
 
     if r.kind == "layer":
         if r.component is None:
@@ -236,7 +300,7 @@ def _resolve(
         }
 
     assert r.index is not None
-    n_heads, n_kv = head_counts(model, structure)
+    n_heads, n_kv = head_counts(model, structure, r.layer)
     if r.kind == "head" and r.index >= n_heads:
         raise WeightRestrictionError(
             f"Head {r.index} is out of range: the model has {n_heads} attention heads per layer (h0 to h{n_heads - 1})."
@@ -246,13 +310,20 @@ def _resolve(
             f"Group {r.index} is out of range: the model has {n_kv} key/value heads, so groups g0 to g{n_kv - 1}."
         )
     q_sel, kv_sel = head_selection(n_heads, n_kv, r.kind, r.index)
-    head_dim = _config_head_dim(model, structure, n_heads)
+    head_dim = _config_head_dim(model, structure, n_heads, r.layer)
     by_name = {hp.name: hp for hp in structure.heads}
+    if not set(by_name) & set(in_layer):
+        layer_types = getattr(getattr(model, structure.config_attr), "layer_types", None) or ()
+        kind = f" (a {layer_types[r.layer]!r} layer)" if r.layer < len(layer_types) else ""
+        raise WeightRestrictionError(
+            f"Layer {r.layer}{kind} of this {model_type_of(model)!r} model has no attention heads; its "
+            f"parameters are {sorted(in_layer)}."
+        )
     for hp in structure.heads:
         if not hp.optional and hp.name not in in_layer:
             raise WeightRestrictionError(
-                f"Model type {model_type_of(model)!r}: expected parameter {prefix + hp.name!r}, which this "
-                f"model lacks; layer {r.layer} has {sorted(in_layer)}"
+                f"Model type {model_type_of(model)!r}: expected parameter {hp.name!r} in layer {r.layer}, which "
+                f"this model lacks; layer {r.layer} has {sorted(in_layer)}"
             )
     return {
         full: head_mask(params[full], by_name[rel], q_sel, kv_sel, n_heads, n_kv, head_dim)
@@ -261,14 +332,63 @@ def _resolve(
     }
 
 
+def embedding_masks(
+    model: torch.nn.Module, structure: ModelStructure, params: dict[str, torch.nn.Parameter], kind: str
+) -> ParamMasks:
+    """ "embed" / "unembed": the listed parameters under whatever name a tied one is reported.
+
+    `unembed` never selects the token embedding itself (a tied LM head), so it is empty when tied.
+    """
+    canonical = canonical_names(model)
+    embed = {canonical[n] for n in structure.embed if n in canonical}
+    if kind == "embed":
+        wanted = embed
+    else:
+        wanted = {canonical[n] for n in structure.unembed if n in canonical} - embed
+    return {name: None for name in params if name in wanted}
+
+
+def canonical_names(model: torch.nn.Module) -> dict[str, str]:
+    """Every name of every parameter (tied ones have several) -> the name named_parameters() reports."""
+    first: dict[int, str] = {}
+    return {name: first.setdefault(id(p), name) for name, p in model.named_parameters(remove_duplicate=False)}
+
+
+def _layer_pattern(structure: ModelStructure) -> re.Pattern[str]:
+    """Matches a parameter of some layer: group 1 is the layer index, group 2 the name inside the layer."""
+    base = re.escape(structure.layers)
+    if not structure.layer_lists:
+        return re.compile(base + r"\.(\d+)\.(.+)")
+    lists = "|".join(re.escape(name) for name in structure.layer_lists)
+    return re.compile(base + rf"\.({lists})\.(\d+)\.(.+)")
+
+
+def layer_params(
+    params: dict[str, torch.nn.Parameter], structure: ModelStructure, layer: int
+) -> dict[str, str]:
+    """Layer-relative name -> full name of layer `layer`'s parameters, in model order."""
+    pattern = _layer_pattern(structure)
+    out = {}
+    for name in params:
+        m = pattern.fullmatch(name)
+        if m is None:
+            continue
+        if structure.layer_lists:
+            if int(m[2]) == layer:
+                out[f"{m[1]}.{m[3]}"] = name
+        elif int(m[1]) == layer:
+            out[m[2]] = name
+    return out
+
+
 def count_layers(params: dict[str, torch.nn.Parameter], structure: ModelStructure) -> int:
     """Number of consecutive layers 0, 1, ... that have parameters under the entry's layer path."""
+    pattern = _layer_pattern(structure)
     present = set()
-    pattern = re.compile(re.escape(structure.layers) + r"\.(\d+)\.")
     for name in params:
-        m = pattern.match(name)
+        m = pattern.fullmatch(name)
         if m:
-            present.add(int(m[1]))
+            present.add(int(m[2] if structure.layer_lists else m[1]))
     n = 0
     while n in present:
         n += 1

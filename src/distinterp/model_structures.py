@@ -30,8 +30,22 @@ Conventions used by every entry:
   left out where softmax makes it a no-op (absolute or no position encoding, separate K projection:
   OPT, XGLM, BioGPT, CTRL), as devinterp does, since it has no effect on the head's output.
 * "attn" and "mlp" are regexes matched at the start of layer-relative names; parameters of
-  normalization modules (the owning module's name contains "norm") are never part of attn/mlp, only
-  of "l<N>", as in devinterp.
+  normalization modules (the owning module's name contains "norm", any case, or is "ln") are never
+  part of attn/mlp, only of "l<N>", as in devinterp.
+* `embed` / `unembed` names may be aliases of a tied parameter (`named_parameters()` reports a tied
+  tensor under its first name only): they select the parameter whatever name it is reported under, and
+  `unembed` selects nothing that is the token embedding.
+* `layer_lists`: a layer spread over parallel module lists (XLM: `transformer.attentions.<i>`,
+  `transformer.ffns.<i>`, ...): its parameters are `{layers}.{list}.<i>.{rest}`, layer-relative name
+  `{list}.{rest}`.
+* `parts`: other parts of the model that a restriction addresses with a prefix word, each a structure
+  of its own. Encoder-decoder models: "l<N>..." is decoder layer N (devinterp's choice), "enc l<N>..."
+  encoder layer N, and "cross l<N>h<M>" / "cross l<N> attn" the cross-attention of decoder layer N
+  (a part with `whole_layers=False`: "cross l<N>" and "cross l<N> mlp" are refused).
+* `layer_kinds`: structures for the layers whose `config.layer_types[i]` is the key (MiniMax's
+  lightning-attention layers); other layers use the entry itself.
+* `ConfigKeys.per_layer`: a config attribute holding one config per layer (Gemma 4's
+  `per_layer_config`), whose `n_kv_heads` / `head_dim` keys win over the global ones.
 """
 
 from __future__ import annotations
@@ -40,7 +54,7 @@ from dataclasses import dataclass, field, replace
 
 HEAD_ROLES = ("q", "k", "v", "kv", "o", "qkv")
 QKV_LAYOUTS = ("concat", "interleaved", "grouped")
-NORM_MODULE = r"(^|\.)[^.]*norm[^.]*\.[^.]+$"
+NORM_MODULE = r"(?i)(^|\.)([^.]*norm[^.]*|ln)\.[^.]+$"
 """A parameter name matching this is owned by a normalization module (e.g. q_norm): never in attn/mlp."""
 
 
@@ -67,6 +81,7 @@ class ConfigKeys:
     n_kv_heads: tuple[str, ...] | int | None = ("num_key_value_heads",)
     hidden: tuple[str, ...] = ("hidden_size",)
     head_dim: tuple[str, ...] = ("head_dim",)
+    per_layer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,10 @@ class ModelStructure:
     config_attr: str = "config"
     when: tuple[tuple[str, object], ...] = ()
     notes: str = ""
+    layer_lists: tuple[str, ...] = ()
+    parts: tuple[tuple[str, ModelStructure], ...] = ()
+    layer_kinds: tuple[tuple[str, ModelStructure], ...] = ()
+    whole_layers: bool = True
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -97,14 +116,21 @@ def separate_heads(
     o: str = "o_proj",
     k_bias: bool = True,
     extra: tuple[HeadParam, ...] = (),
+    o_prefix: str | None = None,
+    optional_kv: bool = False,
 ) -> tuple[HeadParam, ...]:
-    """Head parameters of separate nn.Linear q/k/v/o projections (biases optional, o bias never)."""
+    """Head parameters of separate nn.Linear q/k/v/o projections (biases optional, o bias never).
+
+    `o_prefix` defaults to `prefix`; `optional_kv` for layers that may lack K/V (shared K/V layers)."""
     heads = [HeadParam(f"{prefix}{q}.weight", "q"), HeadParam(f"{prefix}{q}.bias", "q", optional=True)]
-    heads.append(HeadParam(f"{prefix}{k}.weight", "k"))
+    heads.append(HeadParam(f"{prefix}{k}.weight", "k", optional=optional_kv))
     if k_bias:
         heads.append(HeadParam(f"{prefix}{k}.bias", "k", optional=True))
-    heads += [HeadParam(f"{prefix}{v}.weight", "v"), HeadParam(f"{prefix}{v}.bias", "v", optional=True)]
-    heads.append(HeadParam(f"{prefix}{o}.weight", "o", axis=1))
+    heads += [
+        HeadParam(f"{prefix}{v}.weight", "v", optional=optional_kv),
+        HeadParam(f"{prefix}{v}.bias", "v", optional=True),
+    ]
+    heads.append(HeadParam(f"{prefix if o_prefix is None else o_prefix}{o}.weight", "o", axis=1))
     return (*heads, *extra)
 
 
@@ -138,6 +164,77 @@ def decoder(
         mlp=mlp,
         heads=separate_heads() if heads is None else heads,
         **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def bert_like(
+    base: str, head: str = "cls.predictions", k_bias: bool = False, notes: str = ""
+) -> ModelStructure:
+    """A BERT-style encoder stack under `{base}.encoder.layer` with its masked-LM head `head`.
+
+    The same parameter names serve the encoder (...ForMaskedLM) and its `is_decoder` causal-LM form.
+    """
+    return decoder(
+        layers=f"{base}.encoder.layer",
+        embed=(f"{base}.embeddings.word_embeddings.weight",),
+        unembed=(f"{head}.decoder.weight", f"{head}.decoder.bias", f"{head}.bias"),
+        attn=r"attention\.",
+        mlp=r"(intermediate|output)\.",
+        heads=separate_heads(
+            prefix="attention.self.", q="query", k="key", v="value", o="dense", o_prefix="attention.output.",
+            k_bias=k_bias,
+        ),
+        notes=notes
+        or "encoder: attention.self.query/key/value, attention.output.dense; key.bias is a no-op "
+        "(absolute positions) and not selected; the MLM head's transform is in no pattern but full",
+    )  # fmt: skip
+
+
+def seq2seq(
+    embed: tuple[str, ...] = ("model.decoder.embed_tokens.weight", "model.shared.weight"),
+    unembed: tuple[str, ...] = ("lm_head.weight",),
+    enc_heads: tuple[HeadParam, ...] | None = None,
+    dec_heads: tuple[HeadParam, ...] | None = None,
+    encoder: bool = True,
+    notes: str = "",
+) -> ModelStructure:
+    """A BART-style decoder stack under model.decoder.layers, with parts "enc" and "cross".
+
+    "l<N>" is decoder layer N and "l<N> attn" its self-attention, as devinterp; "cross l<N>..." is
+    that layer's cross-attention (encoder_attn) and "enc l<N>..." encoder layer N (where there is one).
+    K biases are left out: a softmax no-op with absolute positions, and in cross-attention.
+    """
+    dec = decoder(
+        layers="model.decoder.layers",
+        embed=embed,
+        unembed=unembed,
+        attn=r"self_attn\.",
+        mlp=r"fc[12]\.",
+        heads=dec_heads or separate_heads(o="out_proj", k_bias=False),
+        config=ConfigKeys(n_heads=("decoder_attention_heads", "num_attention_heads"), n_kv_heads=None),
+    )
+    cross = replace(
+        dec,
+        attn=r"encoder_attn\.",
+        mlp=r"(?!)",
+        heads=separate_heads(prefix="encoder_attn.", o="out_proj", k_bias=False),
+        whole_layers=False,
+        notes="cross-attention of decoder layer N",
+    )
+    enc = replace(
+        dec,
+        layers="model.encoder.layers",
+        heads=enc_heads or dec.heads,
+        config=ConfigKeys(n_heads=("encoder_attention_heads", "num_attention_heads"), n_kv_heads=None),
+        notes="encoder layer N",
+    )
+    parts = (("enc", enc), ("cross", cross)) if encoder else (("cross", cross),)
+    return replace(
+        dec,
+        parts=parts,
+        notes=notes
+        or "encoder-decoder: l<N> is decoder layer N (l<N> attn its self-attention), cross l<N>... its "
+        "cross-attention, enc l<N>... encoder layer N; separate q/k/v/out_proj; k_proj.bias not selected",
     )
 
 
@@ -380,6 +477,129 @@ STRUCTURES: dict[str, ModelStructure | tuple[ModelStructure, ...]] = {
         heads=fused_heads("norm_attn_norm.attn.Wqkv", "norm_attn_norm.attn.out_proj", "concat"),
         notes="Wqkv is [q | k | v]; MoE experts count as mlp",
     ),
+    # Encoders (BERT family): the ...ForMaskedLM encoder and its is_decoder causal-LM form.
+    "bert": bert_like("bert"),
+    "big_bird": bert_like("bert"),
+    "megatron-bert": bert_like("bert"),
+    "ernie": bert_like("ernie"),
+    "rembert": bert_like("rembert"),
+    "roc_bert": bert_like("roc_bert"),
+    "electra": replace(
+        bert_like("electra"),
+        unembed=("generator_lm_head.weight", "generator_lm_head.bias"),
+        notes=bert_like("electra").notes + "; the generator's LM head is generator_lm_head",
+    ),
+    "roformer": bert_like(
+        "roformer",
+        k_bias=True,
+        notes="encoder: attention.self.query/key/value, attention.output.dense; key.bias is selected "
+        "(rotary positions make it matter); the MLM head's transform is in no pattern but full",
+    ),
+    "bert-generation": bert_like("bert", head="lm_head"),
+    **{
+        model_type: bert_like(base, head="lm_head")
+        for model_type, base in (
+            ("roberta", "roberta"),
+            ("camembert", "roberta"),
+            ("xlm-roberta", "roberta"),
+            ("xlm-roberta-xl", "roberta"),
+            ("xmod", "roberta"),
+            ("roberta-prelayernorm", "roberta_prelayernorm"),
+            ("data2vec-text", "data2vec_text"),
+        )
+    },
+    "xlm": decoder(
+        layers="transformer",
+        layer_lists=("attentions", "layer_norm1", "ffns", "layer_norm2"),
+        embed=("transformer.embeddings.weight",),
+        unembed=("pred_layer.proj.weight", "pred_layer.proj.bias"),
+        attn=r"attentions\.",
+        mlp=r"ffns\.",
+        heads=separate_heads(
+            prefix="attentions.", q="q_lin", k="k_lin", v="v_lin", o="out_lin", k_bias=False
+        ),
+        notes="a layer is transformer.{attentions,layer_norm1,ffns,layer_norm2}.<N>; k_lin.bias is a "
+        "no-op (absolute positions) and not selected",
+    ),
+    # Encoder-decoders (and their decoder-only ...ForCausalLM forms, which have no "enc" part).
+    "bart": seq2seq(),
+    "mbart": seq2seq(),
+    "plbart": seq2seq(),
+    "mvp": seq2seq(),
+    "pegasus": seq2seq(),
+    "blenderbot": seq2seq(),
+    "blenderbot-small": seq2seq(),
+    "bigbird_pegasus": seq2seq(
+        enc_heads=separate_heads(
+            prefix="self_attn.self.",
+            q="query",
+            k="key",
+            v="value",
+            o="output",
+            o_prefix="self_attn.",
+            k_bias=False,
+        ),
+        notes="encoder-decoder as BART; the encoder's (block-sparse) attention is "
+        "self_attn.self.query/key/value and self_attn.output",
+    ),
+    "whisper": seq2seq(
+        embed=("model.decoder.embed_tokens.weight",),
+        unembed=("proj_out.weight",),
+        notes="encoder-decoder as BART; the audio encoder's conv1/conv2 are in no layer; proj_out is tied",
+    ),
+    "trocr": seq2seq(
+        embed=("model.decoder.embed_tokens.weight",),
+        unembed=("output_projection.weight",),
+        encoder=False,
+        notes="decoder of a vision encoder-decoder: l<N> is decoder layer N, cross l<N>... its "
+        "cross-attention (the vision encoder is another model)",
+    ),
+    # Other decoders.
+    "cpmant": decoder(
+        layers="cpmant.encoder.layers",
+        embed=("cpmant.input_embedding.weight",),
+        attn=r"self_att\.",
+        mlp=r"ffn\.",
+        heads=separate_heads(
+            prefix="self_att.self_attention.", q="project_q", k="project_k", v="project_v", o="attention_out"
+        ),
+        config=ConfigKeys(head_dim=("dim_head",)),
+        notes="causal LM despite the name 'encoder'; the per-head relative position bias "
+        "(cpmant.position_bias) is shared by all layers and in no head",
+    ),
+    "lfm2": decoder(
+        mlp=r"feed_forward\.",
+        heads=separate_heads(o="out_proj"),
+        notes="hybrid: attention layers as Llama (out_proj); a short-convolution layer has no heads and "
+        "its 'l<N> attn' selects nothing",
+    ),
+    "minimax": replace(
+        MOE,
+        layer_kinds=(
+            (
+                "linear_attention",
+                replace(
+                    MOE,
+                    heads=(
+                        *fused_heads("self_attn.qkv_proj", "self_attn.out_proj", "interleaved"),
+                        HeadParam("self_attn.output_gate.weight", "q"),
+                    ),
+                    config=ConfigKeys(n_kv_heads=None),
+                    notes="lightning attention: qkv_proj per head [q, k, v], output_gate rows, out_proj "
+                    "columns; its norm spans all heads",
+                ),
+            ),
+        ),
+        notes="hybrid: full-attention layers as Llama; lightning-attention layers (layer_types) have a "
+        "per-head [q, k, v] qkv_proj, output_gate and out_proj; MoE experts count as mlp",
+    ),
+    "gemma4_text": decoder(
+        mlp=r"(mlp|router|experts)\.",
+        heads=separate_heads(optional_kv=True),
+        config=ConfigKeys(per_layer="per_layer_config"),
+        notes="head_dim and key/value heads per layer (per_layer_config); layers that reuse another "
+        "layer's K/V have no k/v_proj (a head is its q rows and o columns); MoE router/experts count as mlp",
+    ),
     # TransformerLens HookedTransformer (heads are a separate leading axis; GQA keeps _W_K/_W_V).
     "transformer_lens": decoder(
         layers="blocks",
@@ -439,25 +659,35 @@ def attention_layout(structure: ModelStructure) -> str:
 
 
 def markdown_table() -> str:
-    """The table of supported model types that docs/weight-restrictions.md shows (a test keeps it equal)."""
+    """The table of supported model types that docs/weight-restrictions.md shows (a test keeps it equal).
+
+    One row per entry, then one per part ("enc l<N>...", "cross l<N>...") and per layer kind."""
     rows = [
         "| model type | attention layout | layers | `l<N> attn` | `l<N> mlp` | embed | unembed | notes |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for model_type in supported_model_types():
         for s in variants(model_type):
-            cells = (
-                f"`{model_type}`",
-                attention_layout(s),
-                f"`{s.layers}.<N>`",
-                _code(s.attn),
-                _code(s.mlp),
-                _names(s.embed),
-                _names(s.unembed),
-                s.notes.replace("|", "/"),
-            )
-            rows.append("| " + " | ".join(cells) + " |")
+            rows.append(_row(f"`{model_type}`", s))
+            rows += [_row(f"`{model_type}` `{name} l<N>`", part) for name, part in s.parts]
+            rows += [_row(f"`{model_type}` {kind} layers", ks) for kind, ks in s.layer_kinds]
     return "\n".join(rows) + "\n"
+
+
+def _row(label: str, s: ModelStructure) -> str:
+    """One table row for an entry, part or layer kind."""
+    layers = f"{s.layers}.{{{','.join(s.layer_lists)}}}" if s.layer_lists else s.layers
+    cells = (
+        label,
+        attention_layout(s),
+        f"`{layers}.<N>`",
+        _code(s.attn),
+        _code(s.mlp) if s.whole_layers else "(none)",
+        _names(s.embed),
+        _names(s.unembed),
+        s.notes.replace("|", "/"),
+    )
+    return "| " + " | ".join(cells) + " |"
 
 
 def _code(regex: str) -> str:
