@@ -37,7 +37,7 @@ def test_inspect_and_strict(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     out = capsys.readouterr().out
     assert "2/2 chains complete" in out and "diagnosis UNHEALTHY" in out and "d/2 = 4.5" in out
     store = str(tmp_path / "run.zarr")
-    (tmp_path / "run.zarr.bif.zarr").mkdir()
+    (tmp_path / "run.bif.zarr").mkdir()
     assert main(["inspect", store]) == 0
     out = capsys.readouterr().out
     for text in [
@@ -47,7 +47,7 @@ def test_inspect_and_strict(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
         "sampling_loss_micro",
         "(chain=2, step=5, batch_sampling=4, token_pos=8) float32  chunks (1, 5, 4, 8)",
         "2/2 chains complete, 0 diverged, 0 unfinished (completed)",
-        "beside    run.zarr.bif.zarr",
+        "beside    run.bif.zarr",
         "bounds: chains 0, 1: LLC",
     ]:
         assert text in out, text

@@ -44,9 +44,19 @@ __all__ = [
     "lm_cross_entropy_loss",
     "lm_forward_logits",
     "preview_weight_restriction",
+    "report",
     "sample",
     "sgld_step",
     "susceptibilities",
     "xr_corrcoef_with_torch_backend",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """`distinterp.report` is imported on first use: it brings matplotlib, which sampling never needs."""
+    if name == "report":
+        from distinterp.jobs.report import report
+
+        return report
+    raise AttributeError(f"module 'distinterp' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The `distinterp` command: demo, sample, trajectory, aggregate, status, inspect."""
+"""The `distinterp` command: demo, sample, trajectory, aggregate, status, inspect, report."""
 
 from __future__ import annotations
 
@@ -318,6 +318,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if args.strict and not diagnosis.healthy else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """PNG figures and one self-contained HTML page for a store (live or complete)."""
+    from distinterp.jobs.report import report
+
+    rep = report(
+        args.store,
+        out=args.out,
+        storage_options=_storage_options(args.storage_options),
+        tokenizer=args.tokenizer,
+    )
+    print(f"diagnosis {rep.diagnosis.summary()}")
+    print(f"wrote {rep.path} ({len(rep.figures)} figures: {', '.join(f.name for f in rep.figures)})")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Per-chain progress of a store: steps done, diverged chains, completion."""
     from distinterp.analyses.llc import chain_status
@@ -381,12 +396,16 @@ def parser() -> argparse.ArgumentParser:
         ("aggregate", "analyses of a complete store (LLC, BIF, susceptibilities)", cmd_aggregate),
         ("status", "per-chain progress of a store", cmd_status),
         ("inspect", "what a store holds, and whether its chains can be trusted", cmd_inspect),
+        ("report", "PNG figures and one HTML page of a store", cmd_report),
     ]:
         a = sub.add_parser(name, help=helptext)
         a.add_argument("store", help="store path or URL")
         a.add_argument(
             "--storage-options", help="fsspec options as JSON (credentials: prefer AWS_* variables)"
         )
+        if name == "report":
+            a.add_argument("--out", help="directory for the PNGs and index.html (default: <store>.report)")
+            a.add_argument("--tokenizer", help="HF tokenizer name/path to decode tokens (local or cached)")
         if name == "inspect":
             a.add_argument("--strict", action="store_true", help="exit 1 when the diagnosis is not healthy")
         if name == "aggregate":

@@ -28,7 +28,8 @@ def _sizes(location: Location, names: list[str]) -> tuple[dict[str, int], list[s
         siblings = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(parent or ".", detail=False))
     except FileNotFoundError:
         siblings = []
-    beside = [s for s in siblings if s.startswith(base + ".") and s != base]
+    stem = base.removesuffix(".zarr")
+    beside = [s for s in siblings if s.startswith(stem + ".") and s != base]
     return sizes, beside
 
 
