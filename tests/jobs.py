@@ -16,6 +16,8 @@ def run(output_path: str, **overrides: Any) -> None:
     model = tiny_gpt2(dropout=float(overrides.pop("dropout", 0.0)))
     ds = token_dataset()
     kwargs = {**SMALL, **overrides}
+    if "restriction" in kwargs:  # a create_param_masks pattern
+        kwargs["param_masks"] = distinterp.create_param_masks(model, kwargs.pop("restriction"))
     distinterp.sample(
         model, ds, {"train": ds, "probe": (token_dataset(seed=2), 2)}, output_path=output_path, **kwargs
     )

@@ -19,6 +19,7 @@ from distinterp.checkpoint import ChainCheckpoint, CheckpointStore
 from distinterp.config import SamplerConfig
 from distinterp.data import BatchFeed, Observable
 from distinterp.loss import LossFn, NonFiniteLogitsError, deferred_finite_check
+from distinterp.noise import DEFAULT_BLOCK, NoiseStream
 from distinterp.parallel.engine import ChainEngine
 from distinterp.store import ChainRecorder
 
@@ -46,6 +47,8 @@ class ChainSetup:
     observables: list[Observable]
     loss_fn: LossFn
     device: torch.device
+    noise: NoiseStream = "devinterp"  # noise.py: devinterp's global stream, or the layout-invariant one
+    noise_block: int = DEFAULT_BLOCK
 
     def __post_init__(self) -> None:
         for name, p in self.model.named_parameters():

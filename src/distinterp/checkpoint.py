@@ -66,22 +66,41 @@ class ChainCheckpoint:
 
 
 class CheckpointStore:
-    """Reads and writes the chain checkpoints that belong to one store."""
+    """Reads and writes the chain checkpoints that belong to one store.
 
-    def __init__(self, location: Location):
+    With `shard=(r, k)` (a chain sharded over k ranks) each rank saves only its shard, as
+    `chain_<c>/step_<s>.shard_<r>_of_<k>.pt`; a step counts once all k shards of it exist, and a rank
+    deletes its own shards older than the newest step that counts, so one complete step always remains.
+    """
+
+    def __init__(self, location: Location, shard: tuple[int, int] | None = None):
         self.url = location.url.rstrip("/") + ".checkpoints"
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **location.fsspec_options())
+        self.shard = shard
 
     def _path(self, chain: int) -> str:
         return f"{self.root}/chain_{chain}.pt"
 
+    def _shard_path(self, chain: int, step: int, rank: int) -> str:
+        assert self.shard is not None
+        return f"{self.root}/chain_{chain}/step_{step:09d}.shard_{rank}_of_{self.shard[1]}.pt"
+
     def save(self, chain: int, ckpt: ChainCheckpoint) -> None:
         buf = io.BytesIO()
         torch.save(ckpt.__dict__, buf)
-        data = buf.getvalue()
-        path = self._path(chain)
+        if self.shard is None:
+            self._write(self._path(chain), buf.getvalue())
+            return
+        rank = self.shard[0]
+        self._write(self._shard_path(chain, ckpt.step, rank), buf.getvalue())
+        complete = self._complete_steps(chain)
+        for step in self._shard_steps(chain).get(rank, []):
+            if complete and step < complete[-1]:
+                self.fs.rm(self._shard_path(chain, step, rank))
+
+    def _write(self, path: str, data: bytes) -> None:
         if isinstance(self.fs, LocalFileSystem):
-            os.makedirs(self.root, exist_ok=True)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.{uuid.uuid4().hex}.partial"
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -91,8 +110,37 @@ class CheckpointStore:
         else:
             self.fs.pipe_file(path, data)  # one PUT: atomic on object stores
 
+    def _shard_steps(self, chain: int) -> dict[int, list[int]]:
+        """{shard rank: steps it has saved} for this layout's shards of `chain`."""
+        assert self.shard is not None
+        try:
+            names = [n.rsplit("/", 1)[-1] for n in self.fs.ls(f"{self.root}/chain_{chain}", detail=False)]
+        except FileNotFoundError:
+            return {}
+        out: dict[int, list[int]] = {}
+        suffix = f"_of_{self.shard[1]}.pt"
+        for name in names:
+            if name.startswith("step_") and name.endswith(suffix):
+                step, rank = name[len("step_") : -len(suffix)].split(".shard_")
+                out.setdefault(int(rank), []).append(int(step))
+        return out
+
+    def _complete_steps(self, chain: int) -> list[int]:
+        """Steps of `chain` for which every shard is durable, ascending."""
+        assert self.shard is not None
+        per_rank = self._shard_steps(chain)
+        sets = [set(per_rank.get(r, [])) for r in range(self.shard[1])]
+        return sorted(set.intersection(*sets)) if sets else []
+
     def load(self, chain: int) -> ChainCheckpoint | None:
-        path = self._path(chain)
+        """The chain's checkpoint (this rank's shard of its newest complete step), or None."""
+        if self.shard is None:
+            path = self._path(chain)
+        else:
+            complete = self._complete_steps(chain)
+            if not complete:
+                return None
+            path = self._shard_path(chain, complete[-1], self.shard[0])
         try:
             with self.fs.open(path, "rb") as f:
                 state = torch.load(io.BytesIO(f.read()), weights_only=False)

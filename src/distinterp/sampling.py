@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 import difflib
 import hashlib
 import json
@@ -28,7 +27,8 @@ from distinterp.config import (
     sampling_method_name,
 )
 from distinterp.data import Observable, build_observables, fingerprint, input_ids_tensor
-from distinterp.loss import LossFn, NonFiniteLogitsError, is_transformer_lens_model, resolve_loss_fn
+from distinterp.loss import LossFn, NonFiniteLogitsError, resolve_loss_fn
+from distinterp.noise import DEFAULT_BLOCK, NoiseStream, resolve_noise
 from distinterp.parallel.distributed import Runtime, runtime
 from distinterp.parallel.engine import EngineFactory, engine_for
 from distinterp.parallel.plan import Plan
@@ -94,6 +94,7 @@ def sample(
     run_settings: dict[str, Any] | None = None,
     fsdp_size: int = 1,
     chains_per_batch: int = 1,
+    noise: NoiseStream | None = None,
 ) -> xr.DataTree:
     """Run SGLD chains and stream per-token losses into a zarr store; return it as a lazy DataTree.
 
@@ -106,7 +107,9 @@ def sample(
     `checkpoint_every` = save each chain's state every this many steps (rounded up to the store's
     chunk of 50) so a preempted chain continues mid-way; None restarts unfinished chains.
     `fsdp_size` = ranks that shard one chain's model (world size = chain groups x fsdp_size);
-    `chains_per_batch` = chains a rank advances together as one batched computation. Under torchrun, every
+    `chains_per_batch` = chains a rank advances together as one batched computation;
+    `noise` = "devinterp" (its global-RNG stream, bitwise devinterp; the default for fsdp_size=1) or
+    "blocked" (layout-invariant, noise.py; the default and required for fsdp_size > 1). Under torchrun, every
     rank calls this with the same arguments; chains are sharded over ranks and every rank gets the tree.
     """
     start = time.perf_counter()
@@ -151,6 +154,7 @@ def sample(
     dev = resolve_device(device, rt)
     plan = Plan.build(rt, config.num_chains, chains, fsdp_size=fsdp_size, chains_per_batch=chains_per_batch)
     engine = engine_for(plan)
+    stream = resolve_noise(noise, plan.fsdp_size, plan.chains_per_batch)
     vocab = vocab_size(model)
     ids = input_ids_tensor(dataset, "dataset", vocab)
     obs_list = build_observables(
@@ -164,14 +168,11 @@ def sample(
     masks = resolve_param_masks(model, param_masks)
     fn = resolve_loss_fn(loss_fn)
 
-    working = copy.deepcopy(model)
-    if is_transformer_lens_model(working):
-        working = working.to(dev, print_details=False)  # type: ignore[call-arg]
-    else:
-        working = working.to(dev)
+    working = engine.working_model(model, masks, config, dev, plan)
     _probe(working, fn, ids[: min(config.batch_size, len(ids))].to(dev))
 
-    schema = _schema(config, model, ids, obs_list, masks, loss_fn, batches_per_draw, obs_seed)
+    layout = {"noise": stream, "noise_block": DEFAULT_BLOCK, "fsdp_size": plan.fsdp_size}
+    schema = _schema(config, model, ids, obs_list, masks, loss_fn, batches_per_draw, obs_seed, layout)
     if run_settings is not None:
         schema.attrs["distinterp"]["run_settings"] = json.loads(json.dumps(run_settings))
     location = _location(output_path, storage_options, config, rt)
@@ -200,6 +201,7 @@ def sample(
         observables=obs_list,
         loss_fn=fn,
         device=dev,
+        noise=stream,
     )
     _run_my_chains(plan, engine, setup, schema, location, checkpoint_every)
     rt.barrier()
@@ -226,7 +228,7 @@ def _run_my_chains(
     c = setup.config
     steps_done, _ = read_progress(location)
     todo = [ch for ch in plan.my_chains if steps_done[ch] < schema.num_steps]
-    checkpoints = CheckpointStore(location) if checkpoint_every else None
+    checkpoints = CheckpointStore(location, plan.shard) if checkpoint_every else None
     every = -(-checkpoint_every // schema.step_chunk) * schema.step_chunk if checkpoint_every else None
     resume = resume_points(checkpoints, todo, {ch: int(steps_done[ch]) for ch in todo})
     starts = {ch: r.step if r is not None else 0 for ch, r in resume.items()}
@@ -267,8 +269,10 @@ def _schema(
     loss_fn: LossFn | None,
     batches_per_draw: int,
     obs_seed: int,
+    layout: dict[str, Any],
 ) -> Schema:
-    """The store's schema and identity: everything that makes two runs the same run."""
+    """The store's schema and identity: everything that makes two runs the same run. A run off devinterp's
+    noise stream records it and its fsdp_size (`layout`): stores of another stream or layout are refused."""
     named = dict(model.named_parameters())
     numel = sum(int(m.count_nonzero()) if m is not None else named[n].numel() for n, m in masks.items())
     identity = {
@@ -290,6 +294,8 @@ def _schema(
         "param_masks": masks_fingerprint(masks),
         "loss_fn": None if loss_fn is None else getattr(loss_fn, "__qualname__", repr(loss_fn)),
     }
+    if layout["noise"] != "devinterp":
+        identity["layout"] = layout
     schema = build_schema(
         sampler=config.reference_dump(),
         num_chains=config.num_chains,

@@ -119,18 +119,22 @@ def sgld_step(
     noise: NoiseFn | None = None,
     with_metrics: bool = False,
     stacked: bool = False,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> StepMetrics | None:
     """Apply one SGLD update in place to every slot whose parameter has a gradient.
 
     Noise is one full-shape normal draw per parameter, in slot order, from `generator` (the global
     torch RNG when None, as devinterp), or `noise(slot, size, noise_level)` when given. Parameters
     without a gradient draw nothing and stay put. `stacked`: dim 0 of every parameter indexes chains
-    (masks and centers broadcast), and the metrics are per chain, shape (chains,).
+    (masks and centers broadcast), and the metrics are per chain, shape (chains,). When slots hold
+    shards of parameters, `reduce` sums the per-parameter partial sums, a (params, 9, 1) tensor, over the
+    shards (one collective) before each parameter's norm is taken.
     """
     totals = None
     if with_metrics:
         dev = slots[0].param.device if slots else None
         totals = StepMetrics({k: torch.zeros(1, dtype=torch.float32, device=dev) for k in METRIC_FIELDS})
+    partials: list[torch.Tensor] = []
     half_lr = 0.5 * hyper.lr
     sqrt_lr = hyper.lr**0.5
     for slot in slots:
@@ -173,17 +177,23 @@ def sgld_step(
             )
 
         if totals is not None:
-            _accumulate_metrics(
-                totals, grad, precond, noise_coef, overall, wd, loc, draw, distance, hyper, stacked
+            partials.append(
+                _partial_sums(grad, precond, noise_coef, overall, wd, loc, draw, distance, hyper, stacked)
             )
     if totals is not None:
+        if reduce is not None and partials:
+            partials = list(reduce(torch.stack(partials)))
+        for sums in partials:  # each parameter's norms, re-squared (as devinterp), and its dots
+            for i, k in enumerate(METRIC_FIELDS):
+                totals.values[k] = totals.values[k] + (
+                    sums[i].sqrt().square() if k in NORM_FIELDS else sums[i]
+                )
         for k in NORM_FIELDS:
             totals.values[k] = totals.values[k].sqrt()
     return totals
 
 
-def _accumulate_metrics(
-    totals: StepMetrics,
+def _partial_sums(
     grad: torch.Tensor,
     precond: torch.Tensor | float,
     noise_coef: torch.Tensor | float,
@@ -194,9 +204,9 @@ def _accumulate_metrics(
     distance: torch.Tensor,
     hyper: SGLDHyper,
     stacked: bool = False,
-) -> None:
-    """Add one parameter's component norms (re-squared after a per-parameter sqrt, as devinterp) and dots,
-    summed over the whole parameter, or over all but dim 0 (chains) when stacked."""
+) -> torch.Tensor:
+    """One parameter's sums of squares of the update's components and their dots, in METRIC_FIELDS order
+    (9, 1), summed over the whole parameter (or shard), or (9, chains) over all but dim 0 when stacked."""
 
     def total(x: torch.Tensor) -> torch.Tensor:
         if stacked:
@@ -218,12 +228,7 @@ def _accumulate_metrics(
         "noise": noise_c,
         "distance": distance,
     }
-    for k, v in parts.items():
-        totals.values[k] = totals.values[k] + total(v.float().square()).sqrt().square()
+    sums = [total(v.float().square()) for v in parts.values()]
     sg, pr, nz = scaled_grad.float(), (loc_c + wd_c).float(), noise_c.float()
-    for k, (a, b) in {
-        "dot_grad_prior": (sg, pr),
-        "dot_grad_noise": (sg, nz),
-        "dot_prior_noise": (pr, nz),
-    }.items():
-        totals.values[k] = totals.values[k] + total(a * b)
+    sums += [total(sg * pr), total(sg * nz), total(pr * nz)]
+    return torch.stack(sums)

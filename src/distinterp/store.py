@@ -678,6 +678,10 @@ class ChainRecorder:
     def _submit(self, writes: list[Any]) -> None:
         if self.writer is not None:
             self.writer.submit(writes)
+            return
+        for op in writes:  # a non-writer rank records nothing but saves its own checkpoint shard
+            if callable(op):
+                op()
 
 
 def _np(value: torch.Tensor | np.ndarray, dtype: Any) -> np.ndarray:

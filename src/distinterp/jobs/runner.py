@@ -150,6 +150,8 @@ def run_sample(settings: SampleSettings) -> tuple[xr.DataTree, dict[str, xr.Data
         run_settings=recorded_settings(settings),
         param_masks=masks,
         chains_per_batch=settings.parallel.chains_per_batch,
+        fsdp_size=settings.parallel.fsdp_size,
+        noise=settings.parallel.noise,
         **sampler,
     )
     results: dict[str, xr.Dataset] = {}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -82,19 +82,13 @@ class ObservableSettings(DatasetSettings):
 
 
 class ParallelSettings(_Part):
-    """Parallel layout: world size = chain groups x fsdp_size."""
+    """Parallel layout: world size = chain groups x fsdp_size; `noise` as sample()'s (None: by layout)."""
 
-    fsdp_size: PositiveInt = 1
+    fsdp_size: PositiveInt = Field(1, description="ranks that shard one chain's model (FSDP2)")
+    noise: Literal["devinterp", "blocked"] | None = Field(
+        None, description="SGLD noise stream: devinterp's (fsdp_size=1 only) or layout-invariant 'blocked'"
+    )
     chains_per_batch: PositiveInt = Field(1, description="chains a rank advances together, batched (GPU)")
-
-    @field_validator("fsdp_size")
-    @classmethod
-    def _one_shard(cls, v: int) -> int:
-        if v != 1:
-            raise ValueError(
-                f"fsdp_size={v}: sharding a chain's model over ranks is not supported yet; use 1"
-            )
-        return v
 
 
 class ArrayTaskSettings(_Part):

@@ -32,6 +32,7 @@ from distinterp.checkpoint import ChainCheckpoint
 from distinterp.data import BatchFeed, Observable
 from distinterp.loss import LossFn
 from distinterp.parallel.engine import StepOutput
+from distinterp.parallel.serial import SerialEngine
 from distinterp.sgld import METRIC_FIELDS, ParamSlot, SGLDHyper, sgld_step
 
 
@@ -61,6 +62,8 @@ class _LossModule(torch.nn.Module):
 
 class BatchedEngine:
     """Advances K chains of this rank together as one batched computation on its device."""
+
+    working_model = SerialEngine.working_model  # the whole model on this rank's device
 
     def __init__(self, setup: ChainSetup, chains: tuple[int, ...]):
         self.setup = setup

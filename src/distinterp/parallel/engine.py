@@ -17,6 +17,7 @@ import torch
 if TYPE_CHECKING:
     from distinterp.chain import ChainSetup
     from distinterp.checkpoint import ChainCheckpoint
+    from distinterp.config import SamplerConfig
     from distinterp.parallel.plan import Plan
 
 
@@ -64,7 +65,21 @@ class ChainEngine(Protocol):
 
 
 class EngineFactory(Protocol):
+    """An engine class: builds this rank's working model once, then one engine per group of chains."""
+
     def __call__(self, setup: ChainSetup, chains: tuple[int, ...]) -> ChainEngine: ...
+
+    def working_model(
+        self,
+        model: torch.nn.Module,
+        masks: dict[str, torch.Tensor | None],
+        config: SamplerConfig,
+        device: torch.device,
+        plan: Plan,
+    ) -> torch.nn.Module:
+        """This rank's working copy of the user's model on `device` (whole, or its shard); bad layouts for
+        this engine fail here, before any work."""
+        ...
 
 
 def engine_for(plan: Plan) -> EngineFactory:
@@ -73,8 +88,13 @@ def engine_for(plan: Plan) -> EngineFactory:
     from distinterp.parallel.batched import BatchedEngine
     from distinterp.parallel.plan import PlanError
     from distinterp.parallel.serial import SerialEngine
+    from distinterp.parallel.sharded import ShardedEngine
 
-    engines: dict[str, EngineFactory] = {"serial": SerialEngine, "batched": BatchedEngine}
+    engines: dict[str, EngineFactory] = {
+        "serial": SerialEngine,
+        "batched": BatchedEngine,
+        "sharded": ShardedEngine,
+    }
     if plan.way not in engines:
         raise PlanError(
             f"fsdp_size={plan.fsdp_size}, chains_per_batch={plan.chains_per_batch}: running chains "

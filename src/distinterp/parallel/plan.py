@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from distinterp.parallel.distributed import Runtime
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
 
 
 class PlanError(ValueError):
@@ -100,6 +103,14 @@ class Plan:
         k = self.chains_per_batch
         return [tuple(cs[i : i + k]) for _, cs in sorted(by_start.items()) for i in range(0, len(cs), k)]
 
+    def device_mesh(self, device_type: str) -> DeviceMesh:
+        """The job's 2-D DeviceMesh, axes ("chain", "fsdp"): row g holds chain group g's fsdp_size ranks.
+        Collective: every rank calls it once."""
+        from torch.distributed.device_mesh import init_device_mesh
+
+        shape = (self.num_chain_groups, self.fsdp_size)
+        return init_device_mesh(device_type, shape, mesh_dim_names=("chain", "fsdp"))
+
     @property
     def num_chain_groups(self) -> int:
         return self.runtime.world_size // self.fsdp_size
@@ -116,6 +127,11 @@ class Plan:
     @property
     def is_coordinator(self) -> bool:
         return self.runtime.is_coordinator
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        """(this rank's place in its chain group, fsdp_size) when chains are sharded, else None."""
+        return (self.runtime.rank % self.fsdp_size, self.fsdp_size) if self.fsdp_size > 1 else None
 
     def chains_of_group(self, group: int) -> tuple[int, ...]:
         """Round-robin: chain chains[i] runs in group i % num_chain_groups."""
