@@ -111,7 +111,7 @@ def test_bad_config_fails_naming_the_field(tmp_path, config):
     "argv, message",
     [
         (["sample", "{tmp}/missing.yaml"], "missing.yaml does not exist"),
-        (["sample", "{config}", "--set", "parallel.fsdp_size=2"], "fsdp_size=2 must divide the world size 1"),
+        (["sample", "{config}", "--fsdp-size", "2"], "fsdp_size=2 must divide the world size 1"),
         (["sample", "{config}", "--set", "sampler.lr"], "expected key=value"),
         (["sample", "{config}", "--set", "model.name=gpt5"], "built-in models"),
         (["sample", "{config}", "--set", "chains=[5]"], "chains=[5]"),

@@ -140,10 +140,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
-    """--set values plus --chains-per-batch and the --array-task-id/--array-task-count pair as settings."""
+    """--set values plus --chains-per-batch, --fsdp-size and the --array-task-id/--array-task-count pair as
+    settings."""
     overrides = list(args.set or [])
     if getattr(args, "chains_per_batch", None) is not None:
         overrides.append(f"parallel.chains_per_batch={args.chains_per_batch}")
+    if getattr(args, "fsdp_size", None) is not None:
+        overrides.append(f"parallel.fsdp_size={args.fsdp_size}")
     if args.array_task_id is not None:
         overrides += [
             f"array_task.task_id={args.array_task_id}",
@@ -371,6 +374,11 @@ def parser() -> argparse.ArgumentParser:
         "--chains-per-batch",
         type=int,
         help="chains each rank advances together, batched (parallel.chains_per_batch)",
+    )
+    s.add_argument(
+        "--fsdp-size",
+        type=int,
+        help="ranks that shard each chain's model with FSDP (parallel.fsdp_size; divides the world size)",
     )
     s.add_argument("--array-task-id", type=int)
     s.add_argument("--array-task-count", type=int)
