@@ -133,9 +133,17 @@ CASES.update(
         # l0 sliding (head_dim 8), l1 full attention (its own head_dim and key/value heads)
         "gemma4_text": ("gemma4_text", {"layer_types": ["sliding_attention", "full_attention"]}),
         "xmod": ("xmod", {"languages": ["en_XX"], "default_language": "en_XX"}),
+
         "whisper": ("whisper", {"encoder_attention_heads": 2}),  # encoder and decoder head counts differ
     }
 )  # fmt: skip
+
+# Models for dedicated tests only (not in the per-type tests).
+SPECIAL_CASES: dict[str, tuple[str, dict]] = {
+    # l1 full attention with K as V (no v_proj), l2 reuses l1's K/V (no k/v_proj)
+    "gemma4_text-kv": ("gemma4_text", {"num_hidden_layers": 3, "num_kv_shared_layers": 1, "attention_k_eq_v": True,
+                                       "layer_types": ["sliding_attention", "full_attention", "full_attention"]}),
+}  # fmt: skip
 
 # Which q/k/v biases a head selects ("" for none; a fused bias counts as all three). OPT-style models
 # have all three, but their K bias is a softmax no-op and is left out, as devinterp does.
@@ -169,7 +177,7 @@ def tiny_model(case: str) -> torch.nn.Module:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    model_type, extra = CASES[case]
+    model_type, extra = CASES[case] if case in CASES else SPECIAL_CASES[case]
     defaults = AutoConfig.for_model(model_type)
     kwargs = {}
     aliases = getattr(defaults, "attribute_map", {})
@@ -877,6 +885,33 @@ def test_layers_without_heads_and_missing_parts_say_what_is_valid() -> None:
     assert set(create_param_masks(bart, "l1 attn")) == {  # decoder self-attention only, as devinterp
         f"model.decoder.layers.1.self_attn.{m}.{p}" for m in ("q_proj", "k_proj", "v_proj", "out_proj") for p in ("weight", "bias")
     }  # fmt: skip
+
+
+def test_gemma4_heads_of_layers_without_their_own_k_or_v() -> None:
+    """Gemma 4: a layer using K as V has no v_proj, a layer reusing an earlier layer's K/V has neither
+    k_proj nor v_proj. Their heads are what they own (q rows, o columns, and K rows where there is a
+    k_proj), and still move only that head (or, through the shared K, its group)."""
+    model = tiny_model("gemma4_text-kv")
+    params = dict(model.named_parameters())
+    q, k, o = (params[f"model.layers.1.self_attn.{n}_proj.weight"] for n in "qko")
+    assert "model.layers.1.self_attn.v_proj.weight" not in params
+    assert not any(n.startswith("model.layers.2.self_attn.k_proj") for n in params)
+    n_heads, n_kv = head_counts(model, structure_for(model), 1)
+    hd = q.shape[0] // n_heads
+    for layer, owned in ((1, {"q", "k", "o"}), (2, {"q", "o"})):
+        masks = create_param_masks(model, f"l{layer}h0")
+        assert {n.rsplit(".", 2)[-2][0] for n in masks} == owned
+        assert n_selected(masks, model) == (2 + ("k" in owned)) * hd * q.shape[1]
+    ids = torch.randint(4, 96, (2, 7), generator=torch.Generator().manual_seed(0))
+    for layer in (1, 2):
+        base = head_contributions(model, layer, ids)
+        masks = create_param_masks(model, f"l{layer}h0")
+        moved = changed_heads(base, head_contributions(perturbed(model, masks, inside=True), layer, ids))
+        assert 0 in moved and moved <= {h for h in range(n_heads) if h * n_kv // n_heads == 0}, moved
+        assert 0 not in changed_heads(
+            base, head_contributions(perturbed(model, masks, inside=False), layer, ids)
+        )
+    assert k.shape[0] == n_kv * hd and o.shape[1] == n_heads * hd
 
 
 def test_minimax_lightning_attention_heads() -> None:
