@@ -88,9 +88,9 @@ _GENERIC: list[tuple[object, tuple[str, ...]]] = [
 # Which auto class builds a model type's tiny model (default: causal LM).
 ENCODERS = {"bert", "big_bird", "camembert", "data2vec-text", "electra", "ernie", "megatron-bert", "rembert",
             "roberta", "roberta-prelayernorm", "roc_bert", "roformer", "xlm-roberta", "xlm-roberta-xl", "xmod",
-            "xlm"}  # fmt: skip
+            "xlm", "esm", "mpnet", "deberta-v2", "distilbert", "modernbert"}  # fmt: skip
 SEQ2SEQ = {"bart", "bigbird_pegasus", "blenderbot", "blenderbot-small", "mbart", "mvp", "pegasus", "plbart",
-           "whisper"}  # fmt: skip
+           "whisper", "t5", "mt5", "umt5"}  # fmt: skip
 
 
 def auto_kind(model_type: str) -> str:
@@ -135,6 +135,15 @@ CASES.update(
         "xmod": ("xmod", {"languages": ["en_XX"], "default_language": "en_XX"}),
 
         "whisper": ("whisper", {"encoder_attention_heads": 2}),  # encoder and decoder head counts differ
+        "esm": ("esm", {"position_embedding_type": "rotary"}),
+        "esm-absolute": ("esm", {}),
+        "deberta-v2": ("deberta-v2", {"relative_attention": True, "pos_att_type": ["p2c", "c2p"],
+                                      "share_att_key": True, "position_buckets": 8, "max_relative_positions": 16}),
+        "deberta-v2-unshared": ("deberta-v2", {"relative_attention": True, "pos_att_type": ["p2c", "c2p"],
+                                               "share_att_key": False, "position_buckets": 8}),
+        "t5": ("t5", {"d_kv": 8, "d_ff": 64, "num_decoder_layers": 2}),
+        "mt5": ("mt5", {"d_kv": 8, "d_ff": 64, "num_decoder_layers": 2, "tie_word_embeddings": False}),
+        "umt5": ("umt5", {"d_kv": 8, "d_ff": 64, "num_decoder_layers": 2}),
     }
 )  # fmt: skip
 
@@ -147,17 +156,19 @@ SPECIAL_CASES: dict[str, tuple[str, dict]] = {
 
 # Which q/k/v biases a head selects ("" for none; a fused bias counts as all three). OPT-style models
 # have all three, but their K bias is a softmax no-op and is left out, as devinterp does.
-QKV_BIASES = {"gpt2": "qkv", "gpt-sw3": "qkv", "openai-gpt": "qkv", "gpt_bigcode": "qkv",
+QKV_BIASES = {**dict.fromkeys(ENCODERS | SEQ2SEQ | {"trocr", "bert-generation"}, "qv"),
+              "gpt2": "qkv", "gpt-sw3": "qkv", "openai-gpt": "qkv", "gpt_bigcode": "qkv",
               "gpt_bigcode-mha": "qkv", "gpt_neox": "qkv", "persimmon": "qkv", "bloom": "qkv", "qwen2": "qkv",
               "qwen2_moe": "qkv", "starcoder2": "qkv", "phi": "qkv", "gpt_oss": "qkv", "seed_oss": "qkv",
               "glm": "qkv", "glm4": "qkv", "jais2": "qkv", "opt": "qv", "xglm": "qv", "biogpt": "qv",
               "ctrl": "qv", "roformer": "qkv", "bigbird_pegasus": "", "bigbird_pegasus:enc": "",
-              "cpmant": "", "lfm2": "", "minimax": "", "gemma4_text": "",
-              **{mt: "qv" for mt in (ENCODERS | SEQ2SEQ | {"trocr", "bert-generation"}) - {"roformer", "bigbird_pegasus"}}}  # fmt: skip
+              "cpmant": "", "lfm2": "", "minimax": "", "gemma4_text": "", "esm": "qkv", "esm-absolute": "qv", "deberta-v2": "qkv",
+              "deberta-v2-unshared": "qkv", "modernbert": "", "t5": "", "mt5": "", "umt5": ""}  # fmt: skip
 MLA = {"deepseek_v2", "deepseek_v3", "glm4_moe_lite"}
 # Per-head extra parameters of one element per head (gpt_oss attention sinks) or head_dim rows (afmoe's
 # output gate): counted on top of q/k/v/o.
-EXTRA_PER_HEAD = {"gpt_oss": 1, "afmoe": 8 * 32}
+EXTRA_PER_HEAD = {"gpt_oss": 1, "afmoe": 8 * 32, "umt5": 32, "umt5:enc": 32, "umt5:cross": 0,
+                  "deberta-v2-unshared": 2 * 8 * 32 + 2 * 8}  # fmt: skip
 # Models whose heads interact inside attention (a norm over all heads' concatenated q, k, or output, as
 # BitNet's attn_sub_norm), so one head's parameters move every head's output; the masks are still each
 # head's own slices.
@@ -410,7 +421,7 @@ def test_patterns_resolve_with_right_shapes_and_counts(case_id: str) -> None:
         hd = params[o_name(model, 1, part)].numel() // hidden // n_heads
         biases = QKV_BIASES.get(case_id, QKV_BIASES.get(case, ""))
         ratio = n_heads // n_kv
-        extra = EXTRA_PER_HEAD.get(case, 0)
+        extra = EXTRA_PER_HEAD.get(case_id, EXTRA_PER_HEAD.get(case, 0))
         assert [n_selected(h, model) for h in heads] == [(4 * hidden + len(biases)) * hd + extra] * n_heads
         group_biases = ratio * ("q" in biases) + ("k" in biases) + ("v" in biases)
         expected_group = (2 * ratio + 2) * hd * hidden + group_biases * hd + ratio * extra

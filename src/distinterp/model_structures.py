@@ -50,6 +50,7 @@ Conventions used by every entry:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 HEAD_ROLES = ("q", "k", "v", "kv", "o", "qkv")
@@ -235,6 +236,51 @@ def seq2seq(
         notes=notes
         or "encoder-decoder: l<N> is decoder layer N (l<N> attn its self-attention), cross l<N>... its "
         "cross-attention, enc l<N>... encoder layer N; separate q/k/v/out_proj; k_proj.bias not selected",
+    )
+
+
+def t5_like(every_layer_bias: bool = False) -> ModelStructure:
+    """A T5-style encoder-decoder (decoder.block / encoder.block, parts "enc" and "cross").
+
+    The per-head relative position bias (an Embedding(num_buckets, n_heads): head M is column M) lives in
+    layer 0's self-attention and serves every layer (UMT5: one per layer); it is part of that layer's heads.
+    """
+
+    def heads(module: str, bias: bool) -> tuple[HeadParam, ...]:
+        rel = (
+            (HeadParam(f"{module}relative_attention_bias.weight", "q", axis=1, optional=True),)
+            if bias
+            else ()
+        )
+        return separate_heads(prefix=module, q="q", k="k", v="v", o="o", extra=rel)
+
+    self_attn = "layer.0.SelfAttention."
+    config = ConfigKeys(n_heads=("num_heads",), n_kv_heads=None, hidden=("d_model",), head_dim=("d_kv",))
+    dec = decoder(
+        layers="decoder.block",
+        embed=("shared.weight", "decoder.embed_tokens.weight", "encoder.embed_tokens.weight"),
+        unembed=("lm_head.weight",),
+        attn=re.escape(self_attn),
+        mlp=r"layer\.\d+\.DenseReluDense\.",
+        heads=heads(self_attn, True),
+        config=config,
+    )
+    cross = replace(
+        dec,
+        attn=r"layer\.1\.EncDecAttention\.",
+        mlp=r"(?!)",
+        heads=heads("layer.1.EncDecAttention.", False),
+        whole_layers=False,
+        notes="cross-attention of decoder layer N",
+    )
+    enc = replace(dec, layers="encoder.block", notes="encoder layer N")
+    where = "every layer's" if every_layer_bias else "layer 0's (shared by all layers)"
+    return replace(
+        dec,
+        parts=(("enc", enc), ("cross", cross)),
+        notes="encoder-decoder: l<N> is decoder block N (l<N> attn its self-attention), cross l<N>... its "
+        f"EncDecAttention, enc l<N>... encoder block N; q/k/v/o without biases; {where} per-head relative "
+        "position bias columns are in the heads",
     )
 
 
@@ -521,6 +567,61 @@ STRUCTURES: dict[str, ModelStructure | tuple[ModelStructure, ...]] = {
         notes="a layer is transformer.{attentions,layer_norm1,ffns,layer_norm2}.<N>; k_lin.bias is a "
         "no-op (absolute positions) and not selected",
     ),
+    "esm": (
+        replace(
+            bert_like("esm", head="lm_head", k_bias=True),
+            when=(("position_embedding_type", "rotary"),),
+            notes="protein encoder as BERT; rotary positions: key.bias is selected; contact_head is in no pattern",
+        ),
+        replace(
+            bert_like("esm", head="lm_head"), notes="protein encoder as BERT; contact_head is in no pattern"
+        ),
+    ),
+    "mpnet": replace(
+        bert_like("mpnet", head="lm_head"),
+        heads=separate_heads(prefix="attention.attn.", q="q", k="k", v="v", o="o", k_bias=False),
+        notes="encoder: attention.attn.q/k/v/o; k.bias is a no-op and not selected; the relative position "
+        "bias (mpnet.encoder.relative_attention_bias) is shared by all layers and in no head",
+    ),
+    "deberta-v2": replace(
+        bert_like("deberta", k_bias=True),
+        heads=separate_heads(
+            prefix="attention.self.",
+            q="query_proj",
+            k="key_proj",
+            v="value_proj",
+            o="dense",
+            o_prefix="attention.output.",
+            extra=(
+                HeadParam("attention.self.pos_query_proj.weight", "q", optional=True),
+                HeadParam("attention.self.pos_query_proj.bias", "q", optional=True),
+                HeadParam("attention.self.pos_key_proj.weight", "k", optional=True),
+                HeadParam("attention.self.pos_key_proj.bias", "k", optional=True),
+            ),
+        ),
+        notes="disentangled attention: query/key/value_proj (and pos_query/pos_key_proj when not shared) "
+        "rows, attention.output.dense columns; key_proj.bias is selected (position-to-content scores use it)",
+    ),
+    "distilbert": decoder(
+        layers="distilbert.transformer.layer",
+        embed=("distilbert.embeddings.word_embeddings.weight",),
+        unembed=("vocab_projector.weight", "vocab_projector.bias"),
+        attn=r"attention\.",
+        mlp=r"ffn\.",
+        heads=separate_heads(prefix="attention.", q="q_lin", k="k_lin", v="v_lin", o="out_lin", k_bias=False),
+        notes="encoder: attention.q_lin/k_lin/v_lin/out_lin; k_lin.bias is a no-op (absolute positions)",
+    ),
+    "modernbert": decoder(
+        embed=("model.embeddings.tok_embeddings.weight",),
+        unembed=("decoder.weight", "decoder.bias"),
+        attn=r"attn\.",
+        heads=fused_heads("attn.Wqkv", "attn.Wo", "concat"),
+        config=ConfigKeys(n_kv_heads=None),
+        notes="encoder: Wqkv is [q / k / v], Wo; the MLM head's transform (head.*) is in no pattern but full",
+    ),
+    "t5": t5_like(),
+    "mt5": t5_like(),
+    "umt5": t5_like(every_layer_bias=True),
     # Encoder-decoders (and their decoder-only ...ForCausalLM forms, which have no "enc" part).
     "bart": seq2seq(),
     "mbart": seq2seq(),
