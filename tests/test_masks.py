@@ -804,8 +804,10 @@ DEVINTERP_TINY_UNBUILDABLE = {"gemma4_text": "per-layer head_dim: make_tiny read
 @pytest.mark.parametrize("model_type", devinterp_tiny_types() or ["devinterp-missing"])
 def test_devinterp_tiny_models_work(model_type: str) -> None:
     """devinterp's own tiny model of each type it supports (make_tiny: 1 layer, its ...ForCausalLM form, MHA
-    and GQA): every pattern resolves, the heads split the output projection, and the masks equal
-    devinterp's wherever its are right (DEVINTERP_DIFFERS of our cases of that type)."""
+    and GQA; the list devinterp's tests/slt/test_model_structures.py tests): every pattern resolves, the
+    heads split the output projection, zeroing a head's (group's) output columns kills the gradient of its
+    other elements (devinterp's dead-head test, on our masks), and the masks equal devinterp's wherever its
+    are right (DEVINTERP_DIFFERS of our cases of that type)."""
     wr = pytest.importorskip("devinterp.slt.weight_restrictions")
     from devinterp.slt._tiny_configs import make_tiny
     from transformers import AutoModelForCausalLM
@@ -830,6 +832,32 @@ def test_devinterp_tiny_models_work(model_type: str) -> None:
         restrictions = ["full", "l0", "l0 attn", "l0 mlp", "embed", "unembed", ["l0h1", "l0 mlp"]]
         restrictions += [f"l0h{h}" for h in range(n_heads)] + [f"l0g{g}" for g in range(n_kv)]
         assert compare_with_devinterp(wr, model, restrictions, differs) >= 3
+        if model_type not in CROSS_HEAD_NORM:
+            assert_dead_head_has_no_gradient(model, f"l0h{n_heads - 1}", f"l0h{n_heads - 2}")
+            assert_dead_head_has_no_gradient(model, f"l0g{n_kv - 1}", f"l0g{n_kv - 2}" if n_kv > 1 else None)
+
+
+def assert_dead_head_has_no_gradient(model: torch.nn.Module, restriction: str, other: str | None) -> None:
+    """With the output columns of `restriction`'s heads zeroed, its other elements (those not shared with
+    `other`) get no gradient; with them intact they do."""
+    masks = create_param_masks(model, restriction)
+    o = o_name(model, 0)
+    shared = create_param_masks(model, other) if other else {}
+    unique = {n: m & ~shared[n] if n in shared else m for n, m in masks.items() if n != o}
+    ids = torch.randint(4, model.config.vocab_size, (4, 8), generator=torch.Generator().manual_seed(0))
+    for dead in (False, True):
+        copy_ = copy.deepcopy(model)
+        if model.config.model_type == "xmod":
+            copy_.set_default_language("en_XX")
+        params = dict(copy_.named_parameters())
+        if dead:
+            with torch.no_grad():
+                params[o][masks[o]] = 0.0
+        run(copy_, ids).logits.sum().backward()
+        for name, mask in unique.items():
+            grad = params[name].grad
+            moved = grad is not None and bool(grad[mask].abs().sum() > 0)
+            assert moved != dead or not mask.any(), (restriction, name, "dead" if dead else "alive")
 
 
 @pytest.mark.reference
