@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from pydantic import ValidationError
@@ -227,3 +229,8 @@ def test_array_task_from_environment_picks_the_chain_block(config, monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "8")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
     assert job_chains(load_settings(config)) == []  # more tasks than chains: run_sample refuses it
+
+
+def test_fsdp_recipe_is_valid():
+    s = load_settings(Path(__file__).parents[1] / "launch" / "fsdp.yaml")
+    assert s.parallel.fsdp_size == 4 and s.sampler.batch_size >= 4

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
 
 
+_MESHES: dict[tuple[object, ...], DeviceMesh] = {}  # one mesh (and its process groups) per layout
+
+
 class PlanError(ValueError):
     """The requested chains or parallel layout do not fit the job."""
 
@@ -105,11 +108,15 @@ class Plan:
 
     def device_mesh(self, device_type: str) -> DeviceMesh:
         """The job's 2-D DeviceMesh, axes ("chain", "fsdp"): row g holds chain group g's fsdp_size ranks.
-        Collective: every rank calls it once."""
+        Collective on first use; later sample() calls in the same process group reuse it."""
+        import torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
 
         shape = (self.num_chain_groups, self.fsdp_size)
-        return init_device_mesh(device_type, shape, mesh_dim_names=("chain", "fsdp"))
+        key = (device_type, shape, id(dist.group.WORLD))
+        if key not in _MESHES:
+            _MESHES[key] = init_device_mesh(device_type, shape, mesh_dim_names=("chain", "fsdp"))
+        return _MESHES[key]
 
     @property
     def num_chain_groups(self) -> int:
