@@ -90,7 +90,7 @@ ENCODERS = {"bert", "big_bird", "camembert", "data2vec-text", "electra", "ernie"
             "roberta", "roberta-prelayernorm", "roc_bert", "roformer", "xlm-roberta", "xlm-roberta-xl", "xmod",
             "xlm", "esm", "mpnet", "deberta-v2", "distilbert", "modernbert"}  # fmt: skip
 SEQ2SEQ = {"bart", "bigbird_pegasus", "blenderbot", "blenderbot-small", "mbart", "mvp", "pegasus", "plbart",
-           "whisper", "t5", "mt5", "umt5"}  # fmt: skip
+           "whisper", "t5", "mt5", "umt5", "marian", "m2m_100"}  # fmt: skip
 
 
 def auto_kind(model_type: str) -> str:
@@ -317,7 +317,7 @@ def o_name(model: torch.nn.Module, layer: int, part: str | None = None) -> str:
 
 def test_every_supported_type_has_a_tiny_model_case() -> None:
     assert {mt for mt, _ in CASES.values()} == set(STRUCTURES) - {"transformer_lens"}
-    assert len(STRUCTURES) >= 107  # 106 transformers model types and TransformerLens
+    assert len(STRUCTURES) >= 117  # 116 transformers model types and TransformerLens
 
 
 def test_devinterp_types_are_all_supported() -> None:

@@ -630,6 +630,8 @@ STRUCTURES: dict[str, ModelStructure | tuple[ModelStructure, ...]] = {
     "pegasus": seq2seq(),
     "blenderbot": seq2seq(),
     "blenderbot-small": seq2seq(),
+    "marian": seq2seq(),
+    "m2m_100": seq2seq(),
     "bigbird_pegasus": seq2seq(
         enc_heads=separate_heads(
             prefix="self_attn.self.",
