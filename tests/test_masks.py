@@ -22,6 +22,7 @@ import torch
 
 from distinterp import sample
 from distinterp.masks import (
+    PARTS,
     WeightRestrictionError,
     canonical_names,
     create_param_masks,
@@ -345,7 +346,7 @@ def test_table_entries_are_well_formed(model_type: str) -> None:
         )
         assert all((hp.layout in QKV_LAYOUTS) == (hp.role == "qkv") for hp in s.heads)
         assert all(re.match(s.attn, hp.name) for hp in s.heads), "head parameters are attention parameters"
-        assert all(name in ("enc", "cross") for name, _ in s.parts)
+        assert all(name in PARTS for name, _ in s.parts)
     assert variants(model_type)[-1].when == (), "the last variant is the fallback that always matches"
 
 

@@ -59,7 +59,7 @@ VALID_PATTERNS = (
 )
 PARTS = ("enc", "cross")
 """Prefix words addressing another part of a model (ModelStructure.parts)."""
-_PART = r"(?:(enc|cross)\s+)?"
+_PART = rf"(?:({'|'.join(PARTS)})\s+)?"
 
 _GRAMMAR: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("full", re.compile(r"full")),
@@ -227,18 +227,16 @@ def head_counts(
         )
     keys = structure.config.n_kv_heads
     n_kv = keys if isinstance(keys, int) else None
-    if isinstance(keys, tuple):
-        n_kv = (_config_int(layer_config, keys) if layer_config is not None else None) or _config_int(
-            config, keys
-        )
+    if isinstance(keys, tuple):  # the layer's own value wins
+        n_kv = _config_int(layer_config, keys) or _config_int(config, keys)
     n_kv = n_kv or n_heads
     if n_heads % n_kv:
         raise WeightRestrictionError(f"n_heads={n_heads} is not a multiple of n_kv_heads={n_kv}")
     return n_heads, n_kv
 
 
-def _config_int(config: object, keys: tuple[str, ...]) -> int | None:
-    """The first of `keys` that the config has as an int."""
+def _config_int(config: object | None, keys: tuple[str, ...]) -> int | None:
+    """The first of `keys` that the config (if any) has as an int."""
     for key in keys:
         try:
             value = getattr(config, key, None)
@@ -255,8 +253,8 @@ def _config_head_dim(
     """head_dim (of `layer`) from the config, else hidden // n_heads; None when the config has neither."""
     config = getattr(model, structure.config_attr)
     layer_config = _layer_config(model, structure, layer)
-    head_dim = _config_int(layer_config, structure.config.head_dim) if layer_config is not None else None
-    head_dim = head_dim or _config_int(config, structure.config.head_dim)
+    keys = structure.config.head_dim
+    head_dim = _config_int(layer_config, keys) or _config_int(config, keys)
     if head_dim is not None:
         return head_dim
     hidden = _config_int(config, structure.config.hidden)
