@@ -27,6 +27,8 @@ from distinterp.analyses.covariance import (
     Moments,
     cross_products,
     normalise_block,
+    pair_products,
+    standardise,
     xr_corrcoef_with_torch_backend,
 )
 from distinterp.analyses.llc import usable_chains
@@ -40,6 +42,9 @@ ChainReductionMethod = Literal["stack", "mean"]
 MAX_RESULT_BYTES = 1 << 30
 """Token-wise results larger than this are written to zarr and returned lazily instead of held in memory."""
 _RESULT_CHUNK_BYTES = 16 << 20
+MAX_DENSE_BYTES = 512 << 20
+"""Token-wise BIF inputs up to this size (float32 rows x tokens x observations) are standardised in memory
+and reduced by one batched matmul per block; larger ones stream through a scratch copy block by block."""
 
 
 class AnalysisInputError(ValueError):
@@ -258,6 +263,38 @@ class _Rows:
                 else:
                     x = self.data.get_orthogonal_selection((g, uniq, slice(None), draws))
                 yield torch.as_tensor(x[inverse], device=device) - mean
+
+
+def dense_bytes(obs: ObservableLosses, rows: np.ndarray, mean_chains: bool) -> int:
+    """Bytes of the rows as standardised float32 (rows, token_pos, observations)."""
+    groups = 1 if mean_chains else len(obs.chains)
+    return int(len(rows) * obs.context_length * groups * obs.num_draws * 4)
+
+
+def standardised_rows(
+    obs: ObservableLosses, rows: np.ndarray, mean_chains: bool, covariance: bool
+) -> np.ndarray:
+    """The rows as (rows, token_pos, observations) float32, standardised (see `standardise`) so a token
+    pair's correlation (or covariance) is one dot product; observations are (chain, draw), or draws of the
+    chain mean."""
+    groups = 1 if mean_chains else len(obs.chains)
+    T, D = obs.context_length, obs.num_draws
+    out = np.empty((len(rows), T, groups * D), dtype=np.float32)
+    for key, off, n in zip(obs.keys, obs.offsets, obs.sizes):
+        lo, hi = np.searchsorted(rows, [off, off + n])
+        if lo == hi:
+            continue
+        local = rows[lo:hi] - off
+        x = np.empty((hi - lo, T, groups, D), dtype=np.float64 if mean_chains else np.float32)
+        for draws in obs.draw_slices():
+            if mean_chains:
+                total = sum(obs.read(key, c, draws)[:, local].astype(np.float64) for c in obs.chains)
+                x[:, :, 0, draws] = (total / len(obs.chains)).astype(np.float32).transpose(1, 2, 0)
+            else:
+                for g, c in enumerate(obs.chains):
+                    x[:, :, g, draws] = obs.read(key, c, draws)[:, local].transpose(1, 2, 0)
+        out[lo:hi] = standardise(x.reshape(hi - lo, T, groups * D), covariance)
+    return out
 
 
 # ─── Results ─────────────────────────────────────────────────────────────────
@@ -546,9 +583,98 @@ def _token_bif(
     elif rt.is_coordinator:
         sink = np.empty((n1, n2) if average else (n1, n2, T, T), dtype=np.float32)
     kept: list[tuple[int, int, np.ndarray]] = []  # blocks of an in-memory result computed off rank 0
-    pairs = [(i, j) for i in range(0, n1, block) for j in range(0, n2, block)]
-    mine = pairs[rt.rank :: rt.world_size]
     rows = np.unique(np.concatenate([rows_1, rows_2]))
+    dense = dense_bytes(obs, rows, mean_chains) <= MAX_DENSE_BYTES
+    # an in-memory dense result is made a whole row block at a time, straight into its place in the result
+    j_block = n2 if dense and sink is not None and not isinstance(sink, _ZarrResult) else block
+    if rt.is_distributed:
+        j_block = rt.broadcast(j_block)
+    pairs = [(i, j) for i in range(0, n1, block) for j in range(0, n2, j_block)]
+    mine = pairs[rt.rank :: rt.world_size]
+    if dense:
+        _dense_token_bif(
+            obs,
+            rows,
+            rows_1,
+            rows_2,
+            mean_chains,
+            covariance,
+            average,
+            (block, j_block),
+            mine,
+            sink,
+            kept,
+            device,
+        )
+    else:
+        _streamed_token_bif(
+            obs, rows, rows_1, rows_2, mean_chains, covariance, average, block, mine, sink, kept, device
+        )
+    if rt.is_distributed:
+        logger.info("compute_bif: rank %d computed %d of %d pairs of blocks", rt.rank, len(mine), len(pairs))
+    gathered = rt.gather((len(mine), kept))  # to rank 0 only; also waits for every rank's zarr writes
+    if gathered is None:
+        return None
+    for _, blocks in gathered:
+        for i, j, values in blocks:
+            sink[i : i + len(values), j : j + values.shape[1]] = values
+    result = _token_result(sink, obs, rows_1, rows_2, coords, average)
+    if rt.is_distributed:
+        result.attrs["blocks_per_rank"] = [count for count, _ in gathered]
+    return result
+
+
+def _dense_token_bif(
+    obs: ObservableLosses,
+    rows: np.ndarray,
+    rows_1: np.ndarray,
+    rows_2: np.ndarray,
+    mean_chains: bool,
+    covariance: bool,
+    average: bool,
+    blocks: tuple[int, int],
+    mine: list[tuple[int, int]],
+    sink: Any,
+    kept: list[tuple[int, int, np.ndarray]],
+    device: torch.device,
+) -> None:
+    """Each of my blocks as one batched matmul of standardised rows, written straight into the sink."""
+    z = torch.as_tensor(standardised_rows(obs, rows, mean_chains, covariance), device=device)
+    pos_1, pos_2 = np.searchsorted(rows, rows_1), np.searchsorted(rows, rows_2)
+    z1 = z if np.array_equal(pos_1, np.arange(len(rows))) else z[torch.as_tensor(pos_1, device=device)]
+    z2_t = z[torch.as_tensor(pos_2, device=device)].transpose(1, 2).contiguous()
+    in_place = isinstance(sink, np.ndarray) and device.type == "cpu" and not average
+    for i, j in mine:
+        a, b_t = z1[i : i + blocks[0]], z2_t[j : j + blocks[1]]
+        if average:  # mean over (s, t) of a_s . b_t = (mean_s a_s) . (mean_t b_t), in float64
+            out = (a.double().mean(dim=1) @ b_t.double().mean(dim=2).T).float()
+        elif in_place and blocks[1] == len(rows_2):
+            pair_products(a, b_t, out=torch.from_numpy(sink[i : i + len(a)]))
+            continue
+        else:
+            out = pair_products(a, b_t)
+        if sink is None:
+            kept.append((i, j, out.cpu().numpy()))
+        else:
+            sink[i : i + len(a), j : j + b_t.shape[0]] = out.cpu().numpy()
+
+
+def _streamed_token_bif(
+    obs: ObservableLosses,
+    rows: np.ndarray,
+    rows_1: np.ndarray,
+    rows_2: np.ndarray,
+    mean_chains: bool,
+    covariance: bool,
+    average: bool,
+    block: int,
+    mine: list[tuple[int, int]],
+    sink: Any,
+    kept: list[tuple[int, int, np.ndarray]],
+    device: torch.device,
+) -> None:
+    """Each of my blocks from a scratch copy of the rows: sums of centred cross products over its chunks."""
+    T = obs.context_length
     with tempfile.TemporaryDirectory(prefix="distinterp-bif-") as scratch:
         work = _Rows(obs, rows, mean_chains=mean_chains, block=block, scratch=Path(scratch) / "rows.zarr")
         pos_1, pos_2 = np.searchsorted(rows, rows_1), np.searchsorted(rows, rows_2)
@@ -566,18 +692,6 @@ def _token_bif(
                 kept.append((i, j, out.cpu().numpy()))
             else:
                 sink[i : i + block, j : j + block] = out.cpu().numpy()
-    if rt.is_distributed:
-        logger.info("compute_bif: rank %d computed %d of %d pairs of blocks", rt.rank, len(mine), len(pairs))
-    gathered = rt.gather((len(mine), kept))  # to rank 0 only; also waits for every rank's zarr writes
-    if gathered is None:
-        return None
-    for _, blocks in gathered:
-        for i, j, values in blocks:
-            sink[i : i + block, j : j + block] = values
-    result = _token_result(sink, obs, rows_1, rows_2, coords, average)
-    if rt.is_distributed:
-        result.attrs["blocks_per_rank"] = [count for count, _ in gathered]
-    return result
 
 
 def _token_result(

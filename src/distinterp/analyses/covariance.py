@@ -119,6 +119,26 @@ def cross_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out.reshape(n_a, s_a, n_b, s_b).permute(0, 2, 1, 3)
 
 
+def standardise(x: np.ndarray, covariance: bool = False) -> np.ndarray:
+    """Series (..., obs) as float32 z such that sum_k z_a[k] z_b[k] is their Pearson correlation, or with
+    `covariance` their covariance: z = (x - mean) / sqrt(sum (x - mean)^2), or / sqrt(n_obs - 1). Moments
+    in float64, so the only float32 rounding left is in the products' sum."""
+    xc = x.astype(np.float64)
+    xc -= xc.mean(axis=-1, keepdims=True)
+    if covariance:
+        xc /= np.sqrt(x.shape[-1] - 1)
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xc /= np.sqrt(np.einsum("...k,...k->...", xc, xc))[..., None]
+    return xc.astype(np.float32)
+
+
+def pair_products(a: torch.Tensor, b_t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_k a[i, s, k] * b_t[j, k, t] as (n_a, n_b, s, t), the BIF's own layout, written by one batched
+    matmul straight into `out` (no permuted copy). b_t is b with its last two dims swapped."""
+    return torch.matmul(a[:, None], b_t[None], out=out)
+
+
 def normalise_block(
     sums: torch.Tensor,
     n_obs: int,
