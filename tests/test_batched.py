@@ -11,6 +11,7 @@ import xarray as xr
 
 import distinterp
 from distinterp.data import BatchFeed, input_ids_tensor
+from distinterp.store import StoreConfigMismatch
 from tests.conftest import SMALL, tiny_gpt2, token_dataset
 from tests.test_sampling import assert_same_data
 
@@ -232,3 +233,34 @@ def test_llc_and_the_runner_pass_chains_per_batch_on(tmp_path: Path) -> None:
     overrides = ["output_path=x.zarr", "sampler.lr=1e-3", "sampler.n_beta=2", "parallel.chains_per_batch=4"]
     settings = load_settings(None, overrides)
     assert settings.parallel.chains_per_batch == 4
+
+
+@pytest.mark.slow
+def test_speed_options_change_numerics_only_as_documented(tmp_path: Path) -> None:
+    """autocast_dtype='bfloat16': losses within ~1e-2 relative of float32, and a store of its own identity;
+    compile (the aot_eager backend here: no C++ compiler needed) of the batched step: float rounding."""
+    model, ds = tiny_gpt2(), token_dataset()
+    opts = {**SMALL, "num_draws": 3, "chains_per_batch": 3}
+    obs = {"train": ds}
+    ref = distinterp.sample(model, ds, obs, output_path=tmp_path / "f32.zarr", **opts).dataset
+    bf16 = distinterp.sample(
+        model, ds, obs, output_path=tmp_path / "bf16.zarr", autocast_dtype="bfloat16", **opts
+    )
+    np.testing.assert_allclose(
+        bf16.dataset.sampling_loss_micro.values, ref.sampling_loss_micro.values, rtol=3e-2
+    )
+    assert bf16.dataset.sampling_loss_micro.dtype == np.float32
+    with pytest.raises(
+        StoreConfigMismatch, match="autocast_dtype: stored=None"
+    ):  # a float32 store is not continued in bfloat16
+        distinterp.sample(
+            model, ds, obs, output_path=tmp_path / "f32.zarr", autocast_dtype="bfloat16", **opts
+        )
+    comp = distinterp.sample(
+        model, ds, obs, output_path=tmp_path / "c.zarr", compile="aot_eager", **opts
+    ).dataset
+    assert_close(comp, ref)
+    with pytest.raises(ValueError, match="autocast_dtype: expected None or one of"):
+        distinterp.sample(model, ds, obs, autocast_dtype="int8", **opts)
+    with pytest.raises(TypeError, match="compile: expected a bool"):
+        distinterp.sample(model, ds, obs, compile=1, **opts)

@@ -68,6 +68,27 @@ def compute_per_token_loss(model: torch.nn.Module, input_ids: torch.Tensor) -> t
     return loss
 
 
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast_loss(fn: LossFn, dtype: str) -> LossFn:
+    """`fn` under torch.autocast(dtype) on the input's device, its loss returned as float32.
+
+    Numerics: the model's matmuls run in `dtype` (bfloat16: 8 mantissa bits, so losses and gradients move
+    by ~1e-2 relative), while softmax/log-softmax, the per-token loss and everything downstream (gradient
+    accumulation, the SGLD update, the recorded losses) stay float32. Chains are no longer bitwise devinterp.
+    """
+    torch_dtype = AUTOCAST_DTYPES[dtype]
+
+    def loss(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=input_ids.device.type, dtype=torch_dtype):
+            out = fn(model, input_ids)
+        return out.float()
+
+    loss.__qualname__ = f"autocast_{dtype}({getattr(fn, '__qualname__', repr(fn))})"
+    return loss
+
+
 def resolve_loss_fn(loss_fn: LossFn | None) -> LossFn:
     """The user's loss_fn, or next-token cross-entropy."""
     return loss_fn if loss_fn is not None else compute_per_token_loss

@@ -27,7 +27,7 @@ from distinterp.config import (
     sampling_method_name,
 )
 from distinterp.data import Observable, build_observables, fingerprint, input_ids_tensor
-from distinterp.loss import LossFn, NonFiniteLogitsError, resolve_loss_fn
+from distinterp.loss import AUTOCAST_DTYPES, LossFn, NonFiniteLogitsError, autocast_loss, resolve_loss_fn
 from distinterp.noise import DEFAULT_BLOCK, NoiseStream, resolve_noise
 from distinterp.parallel.distributed import Runtime, runtime
 from distinterp.parallel.engine import EngineFactory, engine_for
@@ -95,6 +95,8 @@ def sample(
     fsdp_size: int = 1,
     chains_per_batch: int = 1,
     noise: NoiseStream | None = None,
+    compile: bool | str = False,
+    autocast_dtype: str | None = None,
 ) -> xr.DataTree:
     """Run SGLD chains and stream per-token losses into a zarr store; return it as a lazy DataTree.
 
@@ -107,9 +109,13 @@ def sample(
     `checkpoint_every` = save each chain's state every this many steps (rounded up to the store's
     chunk of 50) so a preempted chain continues mid-way; None restarts unfinished chains.
     `fsdp_size` = ranks that shard one chain's model (world size = chain groups x fsdp_size);
-    `chains_per_batch` = chains a rank advances together as one batched computation;
+    `chains_per_batch` = chains a rank advances together as one batched computation (vmap; equal to one at
+    a time to float rounding without dropout);
     `noise` = "devinterp" (its global-RNG stream, bitwise devinterp; the default for fsdp_size=1) or
-    "blocked" (layout-invariant, noise.py; the default and required for fsdp_size > 1). Under torchrun, every
+    "blocked" (layout-invariant, noise.py; the default and required for fsdp_size > 1). Off by default, for
+    speed on devices: `compile` = torch.compile the step's forward (True, or a backend name; float rounding
+    only), `autocast_dtype` = "bfloat16" (or "float16") matmuls with float32 losses and updates (~1e-2
+    relative; part of the store's identity). Under torchrun, every
     rank calls this with the same arguments; chains are sharded over ranks and every rank gets the tree.
     """
     start = time.perf_counter()
@@ -166,13 +172,15 @@ def sample(
         vocab_size=vocab,
     )
     masks = resolve_param_masks(model, param_masks)
-    fn = resolve_loss_fn(loss_fn)
+    fn = _with_speed_options(resolve_loss_fn(loss_fn), compile, autocast_dtype)
 
     working = engine.working_model(model, masks, config, dev, plan)
     _probe(working, fn, ids[: min(config.batch_size, len(ids))].to(dev))
 
     layout = {"noise": stream, "noise_block": DEFAULT_BLOCK, "fsdp_size": plan.fsdp_size}
-    schema = _schema(config, model, ids, obs_list, masks, loss_fn, batches_per_draw, obs_seed, layout)
+    schema = _schema(
+        config, model, ids, obs_list, masks, loss_fn, batches_per_draw, obs_seed, layout, autocast_dtype
+    )
     if run_settings is not None:
         schema.attrs["distinterp"]["run_settings"] = json.loads(json.dumps(run_settings))
     location = _location(output_path, storage_options, config, rt)
@@ -202,6 +210,7 @@ def sample(
         loss_fn=fn,
         device=dev,
         noise=stream,
+        compile=compile,
     )
     _run_my_chains(plan, engine, setup, schema, location, checkpoint_every)
     rt.barrier()
@@ -270,6 +279,7 @@ def _schema(
     batches_per_draw: int,
     obs_seed: int,
     layout: dict[str, Any],
+    autocast_dtype: str | None = None,
 ) -> Schema:
     """The store's schema and identity: everything that makes two runs the same run. A run off devinterp's
     noise stream records it and its fsdp_size (`layout`): stores of another stream or layout are refused."""
@@ -296,6 +306,8 @@ def _schema(
     }
     if layout["noise"] != "devinterp":
         identity["layout"] = layout
+    if autocast_dtype is not None:  # another computation: its rows must not mix with float32 ones
+        identity["autocast_dtype"] = autocast_dtype
     schema = build_schema(
         sampler=config.reference_dump(),
         num_chains=config.num_chains,
@@ -311,6 +323,19 @@ def _schema(
     )
     schema.attrs["distinterp"]["num_sampled_params"] = numel  # d, for diagnose's bound LLC <= d/2
     return schema
+
+
+def _with_speed_options(fn: LossFn, compile: Any, autocast_dtype: Any) -> LossFn:
+    """Check `compile` and `autocast_dtype`; the loss function under autocast when asked."""
+    if not isinstance(compile, (bool, str)):
+        raise TypeError(f"compile: expected a bool or a torch.compile backend name, got {compile!r}")
+    if autocast_dtype is None:
+        return fn
+    if autocast_dtype not in AUTOCAST_DTYPES:
+        raise ValueError(
+            f"autocast_dtype: expected None or one of {sorted(AUTOCAST_DTYPES)}, got {autocast_dtype!r}"
+        )
+    return autocast_loss(fn, autocast_dtype)
 
 
 def _check_int(name: str, value: Any, minimum: int | None) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, vmap
 
-from distinterp.chain import ChainSetup, seed_everything
+from distinterp.chain import ChainSetup, compiled, seed_everything
 from distinterp.checkpoint import ChainCheckpoint
 from distinterp.data import BatchFeed, Observable
 from distinterp.loss import LossFn
@@ -74,7 +74,7 @@ class BatchedEngine:
         self.stacked: dict[str, torch.Tensor] = {}  # sampled name -> (K, *shape) leaf
         self.slots: list[ParamSlot] = []
         self.feeds: list[BatchFeed] = []
-        self._loss = vmap(self._per_token, in_dims=(0, 0), randomness="different")
+        self._loss = compiled(vmap(self._per_token, in_dims=(0, 0), randomness="different"), setup.compile)
         self._shared_loss = vmap(self._per_token, in_dims=(0, None), randomness="different")
 
     @property

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from distinterp.chain import ChainSetup, observable_loss, seed_everything
+from distinterp.chain import ChainSetup, compiled, observable_loss, seed_everything
 from distinterp.checkpoint import ChainCheckpoint
 from distinterp.data import BatchFeed
 from distinterp.loss import is_transformer_lens_model
@@ -51,6 +51,7 @@ class SerialEngine:
         self.slots: list[ParamSlot] = []
         self.feed: BatchFeed | None = None
         self.step = 0
+        self.loss_fn = compiled(setup.loss_fn, setup.compile)
 
     @classmethod
     def working_model(
@@ -78,7 +79,7 @@ class SerialEngine:
 
     def _loss(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-token loss this rank backpropagates, the batch's whole per-token loss)."""
-        per_token = self.setup.loss_fn(self.setup.model, input_ids.to(self.setup.device))
+        per_token = self.loss_fn(self.setup.model, input_ids.to(self.setup.device))
         return per_token, per_token
 
     def _objective(self, mine: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
