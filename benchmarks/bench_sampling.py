@@ -1,9 +1,20 @@
-"""SGLD sampling throughput: steps/s per chain and in total, 1 rank vs 2 ranks (torchrun), and devinterp 2.x.
+"""SGLD sampling speed: each target of issue #10 as a ratio measured side by side in one run.
 
-    python benchmarks/bench_sampling.py [--json out.json] [--configs tiny,wide] [--draws N]
+    python benchmarks/bench_sampling.py [--targets cpu_limit,cpu_overhead,cpu_ranks] [--device cpu]
+        [--draws N] [--json out.json] [--smoke]
 
-Each measurement is a fresh process (torchrun for 2 ranks) that times its own sample() call with
-time.perf_counter, so interpreter start-up and imports are excluded; compare ratios from one run.
+Targets (each a table; two observables, one step between draws, burn-in 0):
+  cpu_limit     distinterp's whole sample() per chain-step against the physical limit: a bare PyTorch loop
+                doing the same forward + backward + SGLD update + observable forwards (mid: GPT-2 4x128, ctx 64)
+  cpu_overhead  whole sample() of devinterp 2.0.1 / distinterp, store creation and start-up included (tiny 2x64)
+  cpu_ranks     2 ranks x 1 thread against 1 rank x 1 thread: chain-parallel efficiency (mid)
+  batched       8 chains with chains_per_batch=8 against the same 8 chains one at a time (small: 2x256, ctx 128)
+  devinterp     devinterp 2.0.1 against distinterp with the best options (pythia14m-sized, 8 chains)
+  options       compile=True and autocast_dtype="bfloat16" each against plain, K=8 (small)
+  equal         not a speed: 3 chains with chains_per_batch=3 against one at a time on --device, the largest
+                |difference| of the recorded losses (fails above 1e-3: the per-chain generators' streams)
+Each measurement is a fresh process timing its own sample() call (imports excluded). --smoke runs every
+target in this process on a 1-layer model for a few steps (seconds; checks the scripts, not the speed).
 """
 
 from __future__ import annotations
@@ -11,157 +22,273 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-CONFIGS = {
-    "tiny": dict(n_layer=1, n_embd=16, n_head=2, vocab=32, ctx=16, batch_size=8),
-    "wide": dict(n_layer=4, n_embd=256, n_head=4, vocab=512, ctx=128, batch_size=8),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness
+
+CPU_TARGETS = ("cpu_limit", "cpu_overhead", "cpu_ranks")
+GPU_TARGETS = ("equal", "batched", "devinterp", "options")
+SMOKE_SPEC = dict(model="smoke", chains=2, draws=3)
 
 
-def child(cfg_name: str, engine: str, out: str, num_chains: int, num_draws: int) -> None:
-    """Runs inside the measured process: build the model/data, time sample(), print one JSON line."""
-    import warnings
-
-    import torch
-    from datasets import Dataset
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    c = CONFIGS[cfg_name]
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        n_layer=c["n_layer"],
-        n_embd=c["n_embd"],
-        n_head=c["n_head"],
-        vocab_size=c["vocab"],
-        n_positions=c["ctx"] + 1,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = GPT2LMHeadModel(cfg)
-    ids = torch.randint(0, c["vocab"], (256, c["ctx"] + 1), generator=torch.Generator().manual_seed(1))
-    ds = Dataset.from_dict({"input_ids": ids.tolist()})
-    kwargs = dict(
+def sample_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
+    c = harness.MODELS[spec["model"]]
+    return dict(
         lr=1e-4,
         n_beta=10.0,
-        num_chains=num_chains,
-        num_draws=num_draws,
+        num_chains=spec["chains"],
+        num_draws=spec["draws"],
         batch_size=c["batch_size"],
         num_init_loss_batches=2,
         batches_per_draw=1,
     )
-    if engine == "devinterp":
+
+
+def child(spec: dict[str, Any]) -> dict[str, Any]:
+    """One measurement: build model and data, time sample() (or the bare loop), return seconds."""
+    import warnings
+
+    import torch
+    from datasets import Dataset
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    model = harness.build_model(spec["model"])
+    ids = harness.token_rows(spec["model"], 256, seed=1)
+    probe = harness.token_rows(spec["model"], 64, seed=2)
+    device = spec.get("device", "cpu")
+    kwargs = sample_kwargs(spec)
+    if spec["engine"] == "limit":
+        return {"seconds": bare_loop(model, ids, probe, kwargs, device)}
+    ds = Dataset.from_dict({"input_ids": ids.tolist()})
+    pr = Dataset.from_dict({"input_ids": probe.tolist()})
+    if spec["engine"] == "devinterp":
         from devinterp.slt.sampling import sample
 
-        ds = ds.with_format("torch")
-        kwargs["device"] = "cpu"
+        ds, pr = ds.with_format("torch"), pr.with_format("torch")
     else:
         from distinterp import sample
-    start = time.perf_counter()
-    with warnings.catch_warnings():
+
+        kwargs.update(
+            chains_per_batch=spec.get("k", 1),
+            compile=spec.get("compile", False),
+            autocast_dtype=spec.get("autocast"),
+        )
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sample(model, ds, {"train": ds}, output_path=out, **kwargs)
-    elapsed = time.perf_counter() - start
-    if int(os.environ.get("RANK", "0")) == 0:
-        print("RESULT " + json.dumps({"seconds": elapsed}), flush=True)
+        harness.synchronize(device)
+        start = time.perf_counter()
+        sample(model, ds, {"train": ds, "probe": pr}, output_path=f"{tmp}/s.zarr", device=device, **kwargs)
+        harness.synchronize(device)
+        return {"seconds": time.perf_counter() - start}
 
 
-def measure(cfg_name: str, engine: str, nproc: int, threads: int, num_chains: int, num_draws: int) -> float:
-    """Seconds of one sample() call in a fresh process (or torchrun job), `threads` torch threads per rank."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = str(Path(tmp) / "s.zarr")
-        script = [
-            str(Path(__file__).resolve()),
-            "--child",
-            cfg_name,
-            engine,
-            out,
-            str(num_chains),
-            str(num_draws),
-        ]
-        if nproc > 1:
-            cmd = [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                f"--nproc-per-node={nproc}",
-                *script,
-            ]
-        else:
-            cmd = [sys.executable, *script]
-        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-        env["OMP_NUM_THREADS"] = str(threads)
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-        lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
-        if res.returncode != 0 or not lines:
-            raise RuntimeError(
-                f"{engine} {cfg_name} x{nproc} failed:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+def bare_loop(model: Any, ids: Any, probe: Any, kwargs: dict[str, Any], device: str) -> float:
+    """The physical limit: the same forwards, backwards, updates and observable forwards, nothing else."""
+    import torch
+    import torch.nn.functional as F
+
+    model = model.to(device).train()
+    params = list(model.parameters())
+    start_state = [p.detach().clone() for p in params]
+    B, lr, n_beta = kwargs["batch_size"], kwargs["lr"], kwargs["n_beta"]
+    train_obs, probe_obs = ids[:B].to(device), probe[:B].to(device)
+
+    def loss(batch: torch.Tensor) -> torch.Tensor:
+        logits = model(batch, use_cache=False).logits
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+
+    harness.synchronize(device)
+    start = time.perf_counter()
+    for chain in range(kwargs["num_chains"]):
+        torch.manual_seed(chain)
+        with torch.no_grad():
+            for p, s in zip(params, start_state):
+                p.copy_(s)
+            for k in range(kwargs["num_init_loss_batches"]):
+                loss(ids[k * B : (k + 1) * B].to(device))
+        for step in range(kwargs["num_draws"]):
+            k = step % (len(ids) // B)
+            loss(ids[k * B : (k + 1) * B].to(device)).backward()
+            with torch.no_grad():
+                grads = [p.grad for p in params]
+                torch._foreach_add_(params, grads, alpha=-0.5 * lr * n_beta)
+                torch._foreach_add_(params, [torch.randn_like(p) for p in params], alpha=lr**0.5)
+                for p in params:
+                    p.grad = None
+                loss(train_obs)
+                loss(probe_obs)
+    harness.synchronize(device)
+    return time.perf_counter() - start
+
+
+def batched_vs_serial(spec: dict[str, Any]) -> float:
+    """Largest |difference| between the losses batched and serial chains record on spec's device."""
+    import warnings
+
+    import numpy as np
+    from datasets import Dataset
+
+    from distinterp import sample
+
+    model = harness.build_model(spec["model"])
+    ds = Dataset.from_dict({"input_ids": harness.token_rows(spec["model"], 64, seed=1).tolist()})
+    kwargs = {**sample_kwargs(spec), "init_noise": 0.01, "save_metrics": True}
+    out = []
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for k in (1, spec["chains"]):
+            tree = sample(
+                model,
+                ds,
+                {"train": ds},
+                output_path=f"{tmp}/{k}.zarr",
+                device=spec["device"],
+                chains_per_batch=k,
+                **kwargs,
             )
-        return float(json.loads(lines[0][7:])["seconds"])
+            out.append(tree.dataset.sampling_loss_micro.values)
+    return float(np.abs(out[0] - out[1]).max())
+
+
+def measure(spec: dict[str, Any], smoke: bool, nproc: int = 1, threads: int | None = None) -> float:
+    if smoke:
+        return child(spec)["seconds"]
+    return harness.run_child(__file__, spec, nproc=nproc, threads=threads)["seconds"]
+
+
+def per_chain_step(seconds: float, spec: dict[str, Any]) -> float:
+    return seconds / (spec["chains"] * spec["draws"])
+
+
+def run_target(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Rows of one target and its ratio."""
+    smoke, dev = args.smoke, args.device
+    cores = os.cpu_count() or 1
+
+    def spec(model: str, chains: int, **kw: Any) -> dict[str, Any]:
+        base = dict(SMOKE_SPEC) if smoke else dict(model=model, chains=chains, draws=args.draws)
+        return {**base, "device": dev, **kw}
+
+    rows: list[dict[str, Any]] = []
+
+    def row(label: str, s: dict[str, Any], seconds: float, **extra: Any) -> None:
+        rows.append(
+            dict(
+                run=label,
+                model=s["model"],
+                chains=s["chains"],
+                draws=s["draws"],
+                seconds=round(seconds, 3),
+                ms_per_chain_step=round(1e3 * per_chain_step(seconds, s), 3),
+                **extra,
+            )
+        )
+
+    if name == "cpu_limit":
+        s = spec("mid", 2, threads=cores)
+        ours = measure({**s, "engine": "distinterp"}, smoke)
+        limit = measure({**s, "engine": "limit"}, smoke)
+        row("distinterp sample()", s, ours)
+        row("bare PyTorch loop (limit)", s, limit)
+        return {
+            "rows": rows,
+            "ratio": round(ours / limit, 3),
+            "ratio_meaning": "distinterp / limit (goal <= 1.05)",
+        }
+    if name == "cpu_overhead":
+        s = spec("tiny", 4, threads=cores)
+        ours = measure({**s, "engine": "distinterp"}, smoke)
+        theirs = measure({**s, "engine": "devinterp"}, smoke)
+        row("distinterp", s, ours)
+        row("devinterp 2.0.1", s, theirs)
+        return {
+            "rows": rows,
+            "ratio": round(theirs / ours, 3),
+            "ratio_meaning": "devinterp / distinterp (goal >= 2)",
+        }
+    if name == "cpu_ranks":
+        s = spec("mid", 4, threads=1)
+        one = measure({**s, "engine": "distinterp"}, smoke, threads=1)
+        two = one if smoke else measure({**s, "engine": "distinterp"}, smoke, nproc=2, threads=1)
+        row("1 rank x 1 thread", s, one)
+        row("2 ranks x 1 thread", s, two, ranks=2)
+        return {
+            "rows": rows,
+            "ratio": round(one / (2 * two), 3),
+            "ratio_meaning": "efficiency T1 / (2 T2) (goal >= 0.9)",
+        }
+    if name == "batched":
+        s = spec("small", 8)
+        serial = measure({**s, "engine": "distinterp"}, smoke)
+        batched = measure({**s, "engine": "distinterp", "k": 8}, smoke)
+        row("one chain at a time", s, serial)
+        row("chains_per_batch=8", s, batched, k=8)
+        return {
+            "rows": rows,
+            "ratio": round(serial / batched, 3),
+            "ratio_meaning": "serial / batched (goal >= 3)",
+        }
+    if name == "devinterp":
+        s = spec("pythia14m", 8)
+        best = dict(k=8, autocast="bfloat16" if dev.startswith("cuda") else None, compile=args.compile_best)
+        theirs = measure({**s, "engine": "devinterp"}, smoke)
+        ours = measure({**s, "engine": "distinterp", **best}, smoke)
+        row("devinterp 2.0.1", s, theirs)
+        row(f"distinterp {best}", s, ours)
+        return {
+            "rows": rows,
+            "ratio": round(theirs / ours, 3),
+            "ratio_meaning": "devinterp / distinterp best (goal >= 3)",
+        }
+    if name == "equal":
+        s = spec("tiny", 3, draws=20)
+        diff = batched_vs_serial(s)
+        rows.append(dict(run="K=3 vs one at a time", model=s["model"], device=dev, max_abs_diff=diff))
+        if not diff < 1e-3:
+            raise SystemExit(f"equal: batched chains differ from serial ones by {diff} on {dev}")
+        return {"rows": rows, "ratio": diff, "ratio_meaning": "max |batched - serial| of recorded losses"}
+    if name == "options":
+        s = spec("small", 8, engine="distinterp", k=8)
+        plain = measure(s, smoke)
+        row("K=8", s, plain)
+        out: dict[str, Any] = {"rows": rows, "ratio_meaning": "plain / with option"}
+        # (the smoke skips compile: its first-call compilation takes many seconds; tests/test_batched covers it)
+        for label, extra in [("compile=True", {"compile": True}), ("bf16", {"autocast": "bfloat16"})][smoke:]:
+            t = measure({**s, **extra}, smoke)
+            row(f"K=8 {label}", s, t)
+            out[f"gain_{label}"] = round(plain / t, 3)
+        return out
+    raise ValueError(f"--targets: unknown target {name!r}; choose from {CPU_TARGETS + GPU_TARGETS}")
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        harness.report(child(json.loads(sys.argv[2])))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", default="tiny,wide")
-    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--targets", default=",".join(CPU_TARGETS))
+    p.add_argument("--device", default="cpu")
     p.add_argument("--draws", type=int, default=50)
-    p.add_argument("--json", help="write the rows as JSON here")
+    p.add_argument("--compile-best", action="store_true", help="include compile=True in the devinterp target")
+    p.add_argument("--json", help="write the tables as JSON here")
+    p.add_argument("--smoke", action="store_true", help="every target, tiny, in-process: seconds")
     args = p.parse_args()
-    try:
-        import devinterp  # noqa: F401
-
-        has_devinterp = True
-    except ImportError:
-        has_devinterp = False
-    rows = []
-    for cfg_name in args.configs.split(","):
-        # Every rank gets cores // ranks threads; the 1-thread single rank shows per-core chain scaling.
-        cores = os.cpu_count() or 1
-        runs = [("distinterp", 1, cores), ("distinterp", 1, 1), ("distinterp", 2, max(1, cores // 2))]
-        runs += [("devinterp", 1, cores)] if has_devinterp else []
-        times = {}
-        for engine, nproc, threads in runs:
-            seconds = measure(cfg_name, engine, nproc, threads, args.chains, args.draws)
-            if (engine, nproc) not in times or threads > 1:
-                times[(engine, nproc)] = seconds
-            steps = args.chains * args.draws  # burn-in 0, one step between draws
-            per_chain = steps / args.chains / (seconds / args.chains * nproc)
-            rows.append(
-                dict(
-                    config=cfg_name,
-                    engine=engine,
-                    ranks=nproc,
-                    threads_per_rank=threads,
-                    seconds=round(seconds, 3),
-                    steps_per_s_total=round(steps / seconds, 2),
-                    steps_per_s_per_chain=round(per_chain, 2),
-                )
-            )
-        base = times[("distinterp", 1)]
-        for r in rows:
-            if r["config"] == cfg_name:
-                r["speedup_vs_distinterp_1rank"] = round(base / r["seconds"], 2)
-                if has_devinterp:
-                    r["speedup_vs_devinterp"] = round(times[("devinterp", 1)] / r["seconds"], 2)
-    cols = list(rows[0])
-    print(" | ".join(f"{c:>14}" for c in cols))
-    for r in rows:
-        print(" | ".join(f"{r.get(c, ''):>14}" for c in cols))
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps({"chains": args.chains, "draws": args.draws, "rows": rows}, indent=2)
-        )
+    targets = {}
+    for name in args.targets.split(","):
+        res = run_target(name, args)
+        harness.print_table(f"{name}: {res['ratio_meaning']}: {res.get('ratio', '')}", res["rows"])
+        for k, v in res.items():
+            if k.startswith("gain_"):
+                print(f"   {k} = {v}")
+        targets[name] = res
+    harness.write_json(args.json, targets)
 
 
 if __name__ == "__main__":

@@ -215,7 +215,10 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=129, help="tokens per row (context + 1)")
     p.add_argument("--vocab", type=int, default=64)
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--smoke", action="store_true", help="local store, 2 chains x 4 draws: seconds")
     args = p.parse_args()
+    if args.smoke:
+        args.backends, args.draws, args.batch_size, args.seq_len = "local", 4, 2, 9
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 

@@ -27,7 +27,6 @@ from distinterp.analyses.covariance import (
     Moments,
     cross_products,
     normalise_block,
-    pair_products,
     standardise,
     xr_corrcoef_with_torch_backend,
 )
@@ -581,7 +580,12 @@ def _token_bif(
         if sink is None:
             sink = _ZarrResult.open(path)
     elif rt.is_coordinator:
-        sink = np.empty((n1, n2) if average else (n1, n2, T, T), dtype=np.float32)
+        # the token-wise result is held as (n1, T, n2, T), the layout its matmuls write, viewed as (n1, n2, T, T)
+        sink = (
+            np.empty((n1, n2), np.float32)
+            if average
+            else np.empty((n1, T, n2, T), np.float32).transpose(0, 2, 1, 3)
+        )
     kept: list[tuple[int, int, np.ndarray]] = []  # blocks of an in-memory result computed off rank 0
     rows = np.unique(np.concatenate([rows_1, rows_2]))
     dense = dense_bytes(obs, rows, mean_chains) <= MAX_DENSE_BYTES
@@ -638,25 +642,48 @@ def _dense_token_bif(
     kept: list[tuple[int, int, np.ndarray]],
     device: torch.device,
 ) -> None:
-    """Each of my blocks as one batched matmul of standardised rows, written straight into the sink."""
+    """Each of my blocks as one matmul of standardised rows; a whole row block of an in-memory result is
+    written straight into its place (the result's own (n1, T, n2, T) buffer)."""
     z = torch.as_tensor(standardised_rows(obs, rows, mean_chains, covariance), device=device)
     pos_1, pos_2 = np.searchsorted(rows, rows_1), np.searchsorted(rows, rows_2)
     z1 = z if np.array_equal(pos_1, np.arange(len(rows))) else z[torch.as_tensor(pos_1, device=device)]
-    z2_t = z[torch.as_tensor(pos_2, device=device)].transpose(1, 2).contiguous()
-    in_place = isinstance(sink, np.ndarray) and device.type == "cpu" and not average
+    z2 = z if np.array_equal(pos_2, np.arange(len(rows))) else z[torch.as_tensor(pos_2, device=device)]
+    whole_rows = isinstance(sink, np.ndarray) and not average and blocks[1] == len(rows_2)
+    buffer = sink.transpose(0, 2, 1, 3) if whole_rows else None  # C-contiguous (n1, T, n2, T)
+
+    def self_pairs_exact(res: torch.Tensor, i: int, j: int) -> torch.Tensor:
+        """A series' correlation with itself is 1 exactly (not a float32 sum of squares), as devinterp's
+        batch_corrcoef sets its diagonal."""
+        ia, jb = np.nonzero(rows_1[i : i + res.shape[0], None] == rows_2[None, j : j + res.shape[1]])
+        if covariance or not len(ia):
+            return res
+        t = torch.arange(res.shape[-1], device=res.device)
+        idx = (
+            torch.as_tensor(ia, device=res.device)[:, None],
+            torch.as_tensor(jb, device=res.device)[:, None],
+            t,
+            t,
+        )
+        res[idx] = torch.where(torch.isfinite(res[idx]), 1.0, res[idx])
+        return res
+
     for i, j in mine:
-        a, b_t = z1[i : i + blocks[0]], z2_t[j : j + blocks[1]]
+        a, b = z1[i : i + blocks[0]], z2[j : j + blocks[1]]
         if average:  # mean over (s, t) of a_s . b_t = (mean_s a_s) . (mean_t b_t), in float64
-            out = (a.double().mean(dim=1) @ b_t.double().mean(dim=2).T).float()
-        elif in_place and blocks[1] == len(rows_2):
-            pair_products(a, b_t, out=torch.from_numpy(sink[i : i + len(a)]))
+            out = (a.double().mean(dim=1) @ b.double().mean(dim=1).T).float()
+        elif buffer is not None:
+            part = buffer[i : i + len(a)]
+            if device.type == "cpu":
+                self_pairs_exact(cross_products(a, b, out=torch.from_numpy(part)), i, j)
+            else:
+                part[...] = self_pairs_exact(cross_products(a, b), i, j).permute(0, 2, 1, 3).cpu().numpy()
             continue
         else:
-            out = pair_products(a, b_t)
+            out = self_pairs_exact(cross_products(a, b), i, j)
         if sink is None:
             kept.append((i, j, out.cpu().numpy()))
         else:
-            sink[i : i + len(a), j : j + b_t.shape[0]] = out.cpu().numpy()
+            sink[i : i + len(a), j : j + len(b)] = out.cpu().numpy()
 
 
 def _streamed_token_bif(

@@ -107,16 +107,18 @@ class Moments:
         return np.sqrt(self.m2 / (self.count - 1))
 
 
-def cross_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def cross_products(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Sum over observations of a[i, s, k] * b[j, t, k]: (n_a, s_a, k), (n_b, s_b, k) -> (n_a, n_b, s_a, s_b).
 
     One matmul; with centred inputs this is (n_obs - 1) times the off-diagonal block [:s_a, s_a:] of
     `batch_cov`, the only block the token-wise BIF keeps, at a quarter of the work and no concatenation.
+    The result is a permuted view of the matmul's (n_a, s_a, n_b, s_b) output, written into `out` if given.
     """
     n_a, s_a, k = a.shape
     n_b, s_b, _ = b.shape
-    out = a.reshape(n_a * s_a, k) @ b.reshape(n_b * s_b, k).T
-    return out.reshape(n_a, s_a, n_b, s_b).permute(0, 2, 1, 3)
+    flat = None if out is None else out.view(n_a * s_a, n_b * s_b)
+    res = torch.matmul(a.reshape(n_a * s_a, k), b.reshape(n_b * s_b, k).T, out=flat)
+    return res.view(n_a, s_a, n_b, s_b).permute(0, 2, 1, 3)
 
 
 def standardise(x: np.ndarray, covariance: bool = False) -> np.ndarray:
@@ -131,12 +133,6 @@ def standardise(x: np.ndarray, covariance: bool = False) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             xc /= np.sqrt(np.einsum("...k,...k->...", xc, xc))[..., None]
     return xc.astype(np.float32)
-
-
-def pair_products(a: torch.Tensor, b_t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """sum_k a[i, s, k] * b_t[j, k, t] as (n_a, n_b, s, t), the BIF's own layout, written by one batched
-    matmul straight into `out` (no permuted copy). b_t is b with its last two dims swapped."""
-    return torch.matmul(a[:, None], b_t[None], out=out)
 
 
 def normalise_block(

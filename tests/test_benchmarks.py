@@ -1,0 +1,49 @@
+"""Benchmarks must not rot: every script's --smoke mode runs (tiny sizes, seconds) and writes its JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKES = {
+    # every code path once: the bare loop, devinterp, batched (equal, options), bf16
+    "bench_sampling.py": ["--targets", "cpu_limit,cpu_overhead,equal,options"],
+    "bench_analyses.py": [],
+    "bench_store.py": [],
+}
+
+
+@pytest.mark.parametrize(
+    "script", [pytest.param(s, marks=pytest.mark.slow) if s == "bench_sampling.py" else s for s in SMOKES]
+)
+def test_benchmark_smoke_mode_runs(script: str, tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--json", str(out), *SMOKES[script]],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    assert json.loads(out.read_text())
+
+
+def test_gpu_script_is_valid_bash(tmp_path: Path) -> None:
+    """benchmarks/gpu.sh parses, and where CUDA is missing says so and exits 3 before running anything."""
+    script = ROOT / "benchmarks" / "gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    import torch
+
+    if not torch.cuda.is_available():
+        env = {**os.environ, "OUT": str(tmp_path / "out")}
+        res = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=120)
+        assert res.returncode == 3 and "CUDA is not available" in res.stderr
