@@ -105,7 +105,7 @@ def resume_points(
     """Each chain's usable checkpoint: at or before the steps its store rows already hold (else None)."""
     out: dict[int, ChainCheckpoint | None] = {}
     for chain in chains:
-        ckpt = checkpoints.load(chain) if checkpoints is not None else None
+        ckpt = checkpoints.load(chain, at_most=durable_steps[chain]) if checkpoints is not None else None
         out[chain] = ckpt if ckpt is not None and 0 < ckpt.step <= durable_steps[chain] else None
     return out
 

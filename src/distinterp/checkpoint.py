@@ -69,8 +69,9 @@ class CheckpointStore:
     """Reads and writes the chain checkpoints that belong to one store.
 
     With `shard=(r, k)` (a chain sharded over k ranks) each rank saves only its shard, as
-    `chain_<c>/step_<s>.shard_<r>_of_<k>.pt`; a step counts once all k shards of it exist, and a rank
-    deletes its own shards older than the newest step that counts, so one complete step always remains.
+    `chain_<c>/step_<s>.shard_<r>_of_<k>.pt`; a step counts once all k shards of it exist. A rank deletes
+    its own shards older than the two newest steps that count, so a complete step that the store's
+    progress covers always remains (the newest may be saved just before the progress that covers it).
     """
 
     def __init__(self, location: Location, shard: tuple[int, int] | None = None):
@@ -93,9 +94,9 @@ class CheckpointStore:
             return
         rank = self.shard[0]
         self._write(self._shard_path(chain, ckpt.step, rank), buf.getvalue())
-        complete = self._complete_steps(chain)
+        keep = self._complete_steps(chain)[-2:]
         for step in self._shard_steps(chain).get(rank, []):
-            if complete and step < complete[-1]:
+            if len(keep) == 2 and step < keep[0]:
                 self.fs.rm(self._shard_path(chain, step, rank))
 
     def _write(self, path: str, data: bytes) -> None:
@@ -132,12 +133,13 @@ class CheckpointStore:
         sets = [set(per_rank.get(r, [])) for r in range(self.shard[1])]
         return sorted(set.intersection(*sets)) if sets else []
 
-    def load(self, chain: int) -> ChainCheckpoint | None:
-        """The chain's checkpoint (this rank's shard of its newest complete step), or None."""
+    def load(self, chain: int, at_most: int | None = None) -> ChainCheckpoint | None:
+        """The chain's checkpoint, or None; sharded: this rank's shard of the newest complete step (at or
+        before `at_most`, the steps the store holds)."""
         if self.shard is None:
             path = self._path(chain)
         else:
-            complete = self._complete_steps(chain)
+            complete = [s for s in self._complete_steps(chain) if at_most is None or s <= at_most]
             if not complete:
                 return None
             path = self._shard_path(chain, complete[-1], self.shard[0])
