@@ -1,9 +1,9 @@
 """FSDP memory and speed: per-rank bytes of parameters + gradients + sampler state, and SGLD steps/s, for one
 chain unsharded (fsdp_size=1) and sharded over 2 / 4 ranks (torchrun, gloo on CPU, nccl on GPU).
 
-    python benchmarks/bench_fsdp.py [--ranks 1,2,4] [--config wide] [--steps 20] [--json out.json]
-    python benchmarks/bench_fsdp.py --smoke          # a 2-rank run of the tiny config (a test runs it)
-    python benchmarks/bench_fsdp.py --largest        # GPU: widest GPT-2 that steps at fsdp_size=1 vs all GPUs
+    python benchmarks/bench_fsdp.py [--ranks 1,2,4] [--model small] [--steps 20] [--json out.json]
+    python benchmarks/bench_fsdp.py --smoke          # one 2-rank job of the smoke model (a test runs it)
+    python benchmarks/bench_fsdp.py --largest        # GPUs: widest GPT-2 that steps at fsdp_size=1 vs all GPUs
 
 Each layout runs in fresh processes that build the engine as sample() does (working_model, then one chain
 of RMSprop-SGLD with localization, so the sampler state is a centre and a square average per parameter)
@@ -15,41 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-CONFIGS = {
-    "tiny": dict(n_layer=2, n_embd=32, n_head=2, vocab=64, ctx=16, batch_size=4),
-    "wide": dict(n_layer=4, n_embd=256, n_head=4, vocab=2048, ctx=64, batch_size=8),
-    "gpt2": dict(n_layer=12, n_embd=768, n_head=12, vocab=50257, ctx=256, batch_size=8),
-}
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _model(c: dict[str, int]) -> Any:
-    import warnings
-
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        n_layer=c["n_layer"],
-        n_embd=c["n_embd"],
-        n_head=c["n_head"],
-        vocab_size=c["vocab"],
-        n_positions=c["ctx"] + 1,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return GPT2LMHeadModel(cfg)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness
 
 
 def _nbytes(t: Any) -> int:
@@ -61,7 +33,7 @@ def _nbytes(t: Any) -> int:
     return local.numel() * local.element_size()
 
 
-def measure(c: dict[str, int], fsdp_size: int, steps: int) -> dict[str, Any]:
+def measure(name: str, fsdp_size: int, steps: int) -> dict[str, Any]:
     """One chain at fsdp_size on this job's ranks: bytes this rank holds and steps/s (all ranks call it)."""
     import torch
     import torch.distributed as dist
@@ -75,7 +47,8 @@ def measure(c: dict[str, int], fsdp_size: int, steps: int) -> dict[str, Any]:
 
     rt = runtime()
     dev = rt.default_device()
-    model = _model(c)
+    c = harness.MODELS[name]
+    model = harness.build_model(name)
     config = SamplerConfig(
         lr=1e-5,
         n_beta=10.0,
@@ -122,16 +95,15 @@ def measure(c: dict[str, int], fsdp_size: int, steps: int) -> dict[str, Any]:
     for step in range(3, 3 + steps):
         eng.gradient_step(step)
         eng.update()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize(dev)
+    harness.synchronize(dev.type)
     elapsed = time.perf_counter() - start
     out = {
-        "params": params,
-        "grads": grads,
-        "sampler_state": state,
-        "total": params + grads + state,
+        "param_bytes": params,
+        "grad_bytes": grads,
+        "sampler_state_bytes": state,
+        "total_bytes": params + grads + state,
         "steps_per_s": steps / elapsed,
-        "peak_cuda": torch.cuda.max_memory_allocated(dev) if torch.cuda.is_available() else None,
+        "peak_cuda_bytes": torch.cuda.max_memory_allocated(dev) if torch.cuda.is_available() else None,
     }
     worst = rt.all_gather(out)  # the largest rank's figures (shards can be uneven)
     return {k: max(w[k] for w in worst) if out[k] is not None else None for k in out} | {
@@ -140,87 +112,52 @@ def measure(c: dict[str, int], fsdp_size: int, steps: int) -> dict[str, Any]:
 
 
 def largest(fsdp_size: int, steps: int) -> dict[str, Any]:
-    """GPU: the widest GPT-2 (12 layers, growing n_embd) that runs a few steps at fsdp_size; best effort
+    """GPUs: the widest 12-layer GPT-2 (growing n_embd) that runs a few steps at fsdp_size; best effort
     (an out-of-memory error on one rank can stall the others in a collective)."""
     import torch
 
     best: dict[str, Any] = {}
     for width in (768, 1024, 1536, 2048, 3072, 4096, 5120, 6144, 8192):
-        c = {**CONFIGS["gpt2"], "n_embd": width, "n_head": width // 64}
+        name = f"gpt2-12x{width}"
+        harness.MODELS[name] = dict(
+            kind="gpt2", n_layer=12, n_embd=width, n_head=width // 64, vocab=50257, ctx=256, batch_size=8
+        )
         try:
-            r = measure(c, fsdp_size, steps)
+            r = measure(name, fsdp_size, steps)
         except torch.cuda.OutOfMemoryError:
             break
-        n_params = 12 * 12 * width * width + c["vocab"] * width
-        best = {"n_embd": width, "approx_params": n_params, **r}
+        best = {"model": name, "approx_params": 12 * 12 * width * width + 50257 * width, **r}
         torch.cuda.empty_cache()
     return best
 
 
-def worker(args: argparse.Namespace) -> None:
-    """Inside the measured processes: each requested layout, one JSON line from rank 0."""
-    from distinterp.parallel.distributed import runtime
-
-    rt = runtime()
-    results = []
-    for size in args.sizes:
-        if args.largest:
-            results.append({"fsdp_size": size, **largest(size, args.steps)})
+def child(spec: dict[str, Any]) -> None:
+    """Inside the measured processes: each requested fsdp_size in turn; rank 0 reports."""
+    rows = []
+    for size in spec["sizes"]:
+        if spec["largest"]:
+            rows.append({"fsdp_size": size, **largest(size, spec["steps"])})
         else:
-            results.append({"fsdp_size": size, **measure(CONFIGS[args.config], size, args.steps)})
-    if rt.is_coordinator:
-        print("RESULT " + json.dumps({"ranks": rt.world_size, "results": results}), flush=True)
-
-
-def launch(nproc: int, sizes: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Run the worker on nproc ranks (a plain process for 1) and return its results."""
-    cmd = [sys.executable]
-    if nproc > 1:
-        cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    cmd += [__file__, "--worker", "--config", args.config, "--steps", str(args.steps)]
-    cmd += ["--sizes", ",".join(map(str, sizes))] + (["--largest"] if args.largest else [])
-    path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    env.pop("WORLD_SIZE", None)
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
-    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
-    if res.returncode != 0 or not lines:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}")
-    return [{"ranks": nproc, **r} for r in json.loads(lines[-1][len("RESULT ") :])["results"]]
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    mib = 2**20
-    out = [
-        "| ranks | fsdp_size | n_embd | params MiB | grads MiB | sampler state MiB | total MiB/rank "
-        "| peak CUDA MiB | steps/s |"
-    ]
-    out.append("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        peak = f"{r['peak_cuda'] / mib:.0f}" if r.get("peak_cuda") else "-"
-        out.append(
-            f"| {r['ranks']} | {r['fsdp_size']} | {r.get('n_embd', '-')} | {r['params'] / mib:.2f} | "
-            f"{r['grads'] / mib:.2f} | {r['sampler_state'] / mib:.2f} | {r['total'] / mib:.2f} | {peak} | "
-            f"{r['steps_per_s']:.1f} |"
-        )
-    return "\n".join(out)
+            rows.append(
+                {"fsdp_size": size, "model": spec["model"], **measure(spec["model"], size, spec["steps"])}
+            )
+    harness.report({"rows": rows})
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ranks", default="1,2,4", help="comma-separated rank counts; fsdp_size = ranks")
-    p.add_argument("--config", default="wide", choices=list(CONFIGS))
+    p.add_argument("--model", default="small", choices=list(harness.MODELS))
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--json", help="write the rows here")
-    p.add_argument("--smoke", action="store_true", help="tiny config, 3 steps, one 2-rank job (fsdp 1 and 2)")
-    p.add_argument("--largest", action="store_true", help="GPU only: widest model per layout")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--sizes", default="1", help=argparse.SUPPRESS)
+    p.add_argument("--smoke", action="store_true", help="smoke model, 3 steps, one 2-rank job (fsdp 1 and 2)")
+    p.add_argument("--largest", action="store_true", help="GPUs only: the widest model per layout")
+    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.sizes = [int(s) for s in str(args.sizes).split(",")]
-    if args.worker:
-        worker(args)
+    if args.child:
+        child(json.loads(args.child))
         return
+    spec = {"model": args.model, "steps": args.steps, "largest": args.largest}
     if args.largest:
         import torch
 
@@ -228,15 +165,17 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("--largest needs CUDA GPUs")
         args.ranks = ",".join(map(str, sorted({1, torch.cuda.device_count()})))
     if args.smoke:
-        args.config, args.steps = "tiny", 3
-        rows = launch(2, [1, 2], args)
+        spec.update(model="smoke", steps=3, sizes=[1, 2])
+        rows = [{"ranks": 2, **r} for r in harness.run_child(__file__, spec, nproc=2, threads=1)["rows"]]
         unsharded, sharded = rows
-        assert sharded["total"] < unsharded["total"], rows
+        assert sharded["total_bytes"] < unsharded["total_bytes"], rows
     else:
-        rows = [row for n in map(int, args.ranks.split(",")) for row in launch(n, [n], args)]
-    print(table(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        rows = []
+        for n in map(int, args.ranks.split(",")):
+            result = harness.run_child(__file__, {**spec, "sizes": [n]}, nproc=n)
+            rows += [{"ranks": n, **r} for r in result["rows"]]
+    harness.print_table("one chain: per-rank bytes (largest shard) and steps/s", rows)
+    harness.write_json(args.json, {"fsdp": rows})
 
 
 if __name__ == "__main__":

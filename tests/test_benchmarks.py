@@ -16,11 +16,13 @@ SMOKES = {
     "bench_sampling.py": ["--targets", "cpu_limit,equal,options"],
     "bench_analyses.py": [],
     "bench_store.py": [],
+    "bench_fsdp.py": [],  # one 2-rank torchrun job: fsdp_size 1 and 2, sharded holds less
 }
+SLOW = {"bench_sampling.py", "bench_fsdp.py"}
 
 
 @pytest.mark.parametrize(
-    "script", [pytest.param(s, marks=pytest.mark.slow) if s == "bench_sampling.py" else s for s in SMOKES]
+    "script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s for s in SMOKES]
 )
 def test_benchmark_smoke_mode_runs(script: str, tmp_path: Path) -> None:
     out = tmp_path / "out.json"

@@ -182,19 +182,3 @@ def test_one_shard_killed_mid_chain_resumes_bitwise(stores: Path, tmp_path: Path
     assert not (tmp_path / "long.error").exists()
     assert tree_hash(tmp_path / "long.zarr") == tree_hash(stores / "two" / "long.zarr")
     assert not ckpts.exists()
-
-
-@pytest.mark.slow
-def test_bench_fsdp_smoke() -> None:
-    """benchmarks/bench_fsdp.py --smoke: one 2-rank job measures fsdp_size 1 and 2; sharded holds less."""
-    path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_fsdp.py"), "--smoke"],
-        env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
-    rows = [ln for ln in res.stdout.splitlines() if ln.startswith("| 2 |")]
-    assert len(rows) == 2, res.stdout

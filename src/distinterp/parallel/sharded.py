@@ -119,7 +119,7 @@ class ShardedEngine(SerialEngine):
         parts = torch.tensor_split(input_ids, self.size)
         mine: torch.Tensor | None = None
         with contextlib.suppress(NonFiniteLogitsError):  # raised below on every rank, not just this one
-            mine = self.setup.loss_fn(self.setup.model, parts[self.rank].to(self.setup.device))
+            mine = self.loss_fn(self.setup.model, parts[self.rank].to(self.setup.device))
         self._agree(mine is not None)
         assert mine is not None
         return mine, self._gather(mine.detach(), [len(p) for p in parts])
