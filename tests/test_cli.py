@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -9,10 +10,11 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 import xarray as xr
 import yaml
 
-from distinterp.jobs.cli import main
+from distinterp.jobs.cli import main, parser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,16 +33,18 @@ TINY = {
 """The built-in bigram on 32 rows of 3-symbol Markov text: 2 chains x 5 draws, about a second of sampling."""
 
 
-def cli(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
-    """`python -m distinterp ARGS` in a fresh process (no torchrun variables inherited)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTINTERP_", "SLURM_ARRAY_"))}
+def cli(
+    *args: str, cwd: Path, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m distinterp ARGS` in a fresh process (no torchrun variables inherited), with `env` added."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DISTINTERP_", "SLURM_ARRAY_"))}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+        environ.pop(name, None)
+    environ.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"), **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "distinterp", *args],
         cwd=cwd,
-        env=env,
+        env=environ,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -153,6 +157,51 @@ def test_demo_on_two_ranks(tmp_path):
     tree = xr.open_datatree(store, engine="zarr", consolidated=False)
     assert tree.dataset.attrs["completed"] == 1 and tree.dataset.sizes["chain"] == 4
 
+    # defect 5: an error every rank hits (the store holds V=3) is printed once, without torchrun's report
+    res = cli("demo", "--vocab", "4", "--output", str(store), cwd=tmp_path, timeout=400)
+    assert res.returncode == 2
+    assert (
+        res.stderr.count("distinterp demo: ") == 1
+        and "holds a run with a different configuration" in res.stderr
+    )
+    assert "Traceback" not in res.stderr and "ChildFailedError" not in res.stderr, res.stderr
+
+
+@pytest.mark.distributed
+def test_ctrl_c_under_torchrun_is_one_line(tmp_path):
+    """Defect 5: Ctrl-C (SIGINT to the terminal's process group) while 2 ranks sample: one line, exit 130,
+    no tracebacks (was 75-200 lines from every process)."""
+    import signal
+    import time
+
+    store = tmp_path / "demo.zarr"
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distinterp", "demo", "--output", str(store)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (store / "chain_steps_done" / "zarr.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)  # sampling
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = [line for line in err.splitlines() if line.strip() and "SGLD steps" not in line]
+    assert proc.returncode == 130, err
+    assert lines == [
+        "distinterp demo: interrupted; rerun the same command to continue (complete chains are kept)"
+    ], err
+
 
 def test_aggregate_bif_and_susceptibilities(tmp_path, capsys):
     """`aggregate --bif --susceptibilities` on stores from susceptibilities(): same numbers as the Python API."""
@@ -243,3 +292,245 @@ def test_weight_restriction_jobs_feed_susceptibilities(tmp_path, capsys):
     assert main(["sample", str(path), *bad]) == 2
     assert "weight_restriction='l7h0': Layer 7 is out of range" in capsys.readouterr().err
     assert not (tmp_path / "bad.zarr").exists()
+
+
+# ─── issue 12: jobs from local sources, and every rough edge a new user hit ────────────────────────────
+
+
+def test_set_takes_several_pairs_and_verbose_goes_anywhere(tmp_path, config, capsys):
+    """Defects 1, 3 and 8 (`sample STORE`): the README's `--set a=… b=…`, then -v after it; the store alone
+    continues the run."""
+    argv = ["sample", str(config), "--set", "array_task.task_id=0", "array_task.task_count=2", "-v"]
+    assert main(argv) == 0
+    assert "1/2 chains complete" in capsys.readouterr().out
+    assert main(["sample", str(tmp_path / "run.zarr")]) == 0  # a store given as CONFIG: --from-store
+    assert "2/2 chains complete" in capsys.readouterr().out
+    for argv in (["-v", "status", "x"], ["status", "x", "-v"], ["status", "-v", "x"]):
+        assert parser().parse_args(argv).verbose is True
+    assert parser().parse_args(["status", "x"]).verbose is False
+    assert main(["sample", "--set", "sampler.lr=1", str(config)]) == 2
+    assert "give CONFIG before --set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("/proc/x.zarr", "cannot create it under /proc"),
+        ("/sys/x.zarr", "cannot create it under /sys"),
+        ("{config}/x.zarr", "is a file, not a directory"),
+    ],
+)
+def test_unwritable_output_paths_are_one_line(tmp_path, config, capsys, output, message):
+    """Defect 2: checked before any work; one line naming output_path and the fix."""
+    output = output.format(config=config)
+    assert main(["sample", str(config), "--set", f"output_path={output}"]) == 2
+    err = capsys.readouterr().err
+    assert f"output_path={output!r}: " in err and message in err and "choose" in err, err
+    assert len(err.splitlines()) == 2 and "Traceback" not in err
+
+
+def test_unloadable_models_name_the_setting(tmp_path, config, capsys):
+    """Defect 2: a missing directory, an uncached hub id: one line naming model.name and the fix."""
+    assert main(["sample", str(config), "--set", "model={source: hf, name: /no/model}"]) == 2
+    assert "model.name='/no/model': no such directory" in capsys.readouterr().err
+    assert main(["sample", str(config), "--set", "model={source: hf, name: nobody/uncached}"]) == 2
+    err = capsys.readouterr().err
+    assert "model.name='nobody/uncached': cannot load it" in err and "local cache" in err
+    assert len(err.splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--vocab", "1"], "--vocab: need at least 2 symbols, got 1"),
+        (["--nproc", "0"], "--nproc: need at least 1 rank, got 0"),
+        (["--output", "/proc/y.zarr"], "--output='/proc/y.zarr': cannot create it under /proc"),
+    ],
+)
+def test_demo_validates_before_launching_workers(capsys, argv, message):
+    """Defect 4: one message, exit 2, no torchrun."""
+    assert main(["demo", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"distinterp demo: {message}") and len(err.splitlines()) == 2, err
+
+
+def test_version_help_texts_and_status_exit_codes(capsys):
+    """Defect 8: --version; every option of every command has a help text; status documents its exit codes."""
+    from distinterp import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"distinterp {__version__}"
+    p = parser()
+    commands = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"demo", "sample", "llc", "bif", "susceptibilities", "aggregate", "status"} <= set(commands)
+    for name, sub in commands.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
+    assert "0 every chain is complete; 1 chains are still to run" in commands["status"].format_help()
+
+
+def test_aggregate_writes_beside_the_store_and_checks_the_sampling_task(tmp_path, capsys):
+    """Defect 6: --bif without --output goes beside the store (and says so); .nc works (scipy); no zarr
+    FixedLengthUTF32 warning; --sampling-task must be an observable, defaults to the sampled data, and a
+    probe instead is said."""
+    import distinterp
+    from tests.conftest import SMALL, tiny_gpt2, token_dataset
+
+    ds, probe = token_dataset(), token_dataset(rows=16, seed=2)
+    distinterp.susceptibilities(
+        tiny_gpt2(),
+        ds,
+        {"train": ds, "probe": probe},
+        {"full": None, "l0h0": "l0h0"},
+        sampling_task="train",
+        output_path=str(tmp_path / "s.zarr"),
+        **{**SMALL, "num_chains": 2, "num_draws": 3},
+    )
+    full, head = str(tmp_path / "s_full.zarr"), f"l0h0={tmp_path / 's_l0h0.zarr'}"
+    assert main(["aggregate", full, "--bif", "sequence"]) == 0
+    assert f"-> {tmp_path / 's_full.bif.zarr'}" in capsys.readouterr().out
+    assert xr.open_zarr(tmp_path / "s_full.bif.zarr", consolidated=False)["influences"].size > 0
+
+    assert main(["aggregate", full, "--output", str(tmp_path / "llc.nc"), "--susceptibilities", head]) == 0
+    err = capsys.readouterr().err
+    assert "warning" not in err, err  # no FixedLengthUTF32, and the default sampling task is 'train'
+    assert float(xr.open_dataset(tmp_path / "llc.nc").llc_mean) == pytest.approx(
+        float(distinterp.compute_llc(xr.open_datatree(full, engine="zarr", consolidated=False)).llc_mean)
+    )
+    sus = xr.open_datatree(tmp_path / "llc.susceptibilities.zarr", engine="zarr", consolidated=False)
+    assert list(sus["susceptibilities"]["wr"].values) == ["l0h0"]
+
+    assert main(["aggregate", full, "--susceptibilities", head, "--sampling-task", "code"]) == 2
+    assert "--sampling-task 'code': not an observable of this store; its observables: ['train', 'probe']" in (
+        capsys.readouterr().err
+    )
+    with warnings.catch_warnings():  # as a user sees it: main() prints each warning on one line
+        warnings.simplefilter("default")
+        assert main(["aggregate", full, "--susceptibilities", head, "--sampling-task", "probe"]) == 0
+    assert (
+        "warning: --sampling-task 'probe': the chains sampled on the data of ['train']"
+        in capsys.readouterr().err
+    )
+    assert main(["aggregate", full, "--susceptibilities", "l0h0"]) == 2
+    assert "expected NAME=STORE" in capsys.readouterr().err
+
+
+def test_bad_s3_endpoint_fails_fast_in_one_line(tmp_path, config):
+    """Defect 7: a loopback port where nothing listens: one line naming the store and endpoint, in seconds
+    (was 64 s of silence, then ~95 lines of 'Exception ignored in <coroutine ...>')."""
+    import time
+
+    from tests.fixtures import free_ports
+
+    endpoint = f"http://127.0.0.1:{free_ports(1)[0]}"
+    options = f"storage_options={{key: k, secret: s, client_kwargs: {{endpoint_url: '{endpoint}'}}}}"
+    start = time.perf_counter()
+    res = cli("sample", str(config), "--set", "output_path=s3://bucket/run.zarr", options, cwd=tmp_path)
+    elapsed = time.perf_counter() - start
+    assert res.returncode == 2, res.stderr
+    assert f"s3://bucket/run.zarr: cannot reach it at {endpoint}" in res.stderr
+    assert len(res.stderr.splitlines()) == 2 and "Exception ignored" not in res.stderr, res.stderr
+    assert elapsed < 30  # the process's imports included; the check itself is ~1 s
+
+
+def test_docs_license_and_restriction_paths():
+    """Defects 9 and 10: susceptibilities' files and the (dataset, batches_per_draw) form are documented;
+    LICENSE is MIT as pyproject says; the README says the docker image is untested."""
+    from distinterp.analyses.susceptibilities import restriction_path, susceptibilities
+
+    assert restriction_path("sus.zarr", "l0h1") == Path("sus_l0h1.zarr")
+    assert "sus_full.zarr" in susceptibilities.__doc__ and "sus_l0h1.zarr" in susceptibilities.__doc__
+    readme = (ROOT / "README.md").read_text()
+    assert "sus_l0h1.zarr" in readme and "(dataset, batches_per_draw)" in readme
+    assert "untested" in readme[readme.index("docker compose") - 400 :][:1200]
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    assert 'license = { text = "MIT" }' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_bif_and_susceptibilities_jobs(tmp_path, capsys):
+    """`distinterp bif CONFIG` and `distinterp susceptibilities CONFIG`: sample, then the analysis; the
+    results equal the analyses run on the stores they wrote."""
+    import numpy as np
+
+    from distinterp.analyses.bif import compute_bif
+    from distinterp.analyses.susceptibilities import compute_susceptibilities
+
+    cfg = {
+        **TINY,
+        "model": {"source": "builtin", "name": "tiny-gpt2"},
+        "observables": {
+            "train": {"source": "builtin", "name": "markov", "vocab_size": 3, "seq_len": 9, "num_rows": 32},
+            "probe": {"source": "builtin", "vocab_size": 3, "seq_len": 9, "seed": 5, "num_rows": 8},
+        },
+        "bif": {"correlation_method": "sequence"},
+        "susceptibilities": {"restrictions": {"l0h1": "l0h1"}},
+        "output_path": str(tmp_path / "run.zarr"),
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["bif", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "BIF {" in out and "2/2 chains complete" in out
+    assert f"-> {tmp_path / 'run.bif.zarr'}" in out
+    tree = xr.open_datatree(tmp_path / "run.zarr", engine="zarr", consolidated=False)
+    got = xr.open_zarr(tmp_path / "run.bif.zarr", consolidated=False)["influences"].values
+    np.testing.assert_array_equal(got, compute_bif(tree, correlation_method="sequence")["influences"].values)
+
+    assert main(["susceptibilities", str(path)]) == 0
+    assert f"-> {tmp_path / 'run.susceptibilities.zarr'}" in capsys.readouterr().out
+    stores = {
+        n: xr.open_datatree(tmp_path / f"run_{n}.zarr", engine="zarr", consolidated=False)
+        for n in ("full", "l0h1")
+    }
+    expected = compute_susceptibilities(stores, "train")
+    got = xr.open_datatree(tmp_path / "run.susceptibilities.zarr", engine="zarr", consolidated=False)
+    np.testing.assert_array_equal(
+        got["susceptibilities"]["sus"].values, expected["susceptibilities"]["sus"].values
+    )
+
+    assert main(["susceptibilities", str(path), "--set", "susceptibilities.sampling_task=code"]) == 2
+    assert "susceptibilities.sampling_task='code': not one of the observables ['probe', 'train']" in (
+        capsys.readouterr().err
+    )
+
+
+def _hub_cache(root: Path, repo: str, revisions: dict[str, torch.nn.Module], tokenizer) -> Path:
+    """A HuggingFace hub cache holding `repo` at each revision (refs/<rev> -> a snapshot), built locally."""
+    cache = root / "hub"
+    repo_dir = cache / f"models--{repo.replace('/', '--')}"
+    for i, (rev, model) in enumerate(revisions.items()):
+        commit = f"{i + 1:040x}"
+        snapshot = repo_dir / "snapshots" / commit
+        model.save_pretrained(snapshot)
+        tokenizer.save_pretrained(snapshot)
+        (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+        (repo_dir / "refs" / rev).write_text(commit)
+    return cache
+
+
+def test_llc_job_from_a_cached_hub_revision_and_a_text_file(tmp_path):
+    """`distinterp llc CONFIG` in a fresh process: model = a hub id at a revision from the local cache (no
+    network), data = a text file tokenized with the model's tokenizer to a fixed context."""
+    from distinterp import toy
+    from distinterp.sampling import model_fingerprint
+    from tests.conftest import TEXTS, word_tokenizer
+
+    tok = word_tokenizer()
+    old, new = (toy.tiny_gpt2(vocab_size=len(tok), n_positions=16, seed=s) for s in (1, 2))
+    cache = _hub_cache(tmp_path, "lab/tiny", {"step1": old, "main": new}, tok)
+    (tmp_path / "corpus.txt").write_text("\n".join(TEXTS * 3) + "\n")
+    cfg = {
+        **TINY,
+        "model": {"source": "hf", "name": "lab/tiny", "revision": "step1"},
+        "dataset": {"source": "text", "name": str(tmp_path / "corpus.txt"), "context_length": 8},
+        "output_path": str(tmp_path / "run.zarr"),
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(cfg))
+    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "ds")}
+    res = cli("llc", "job.yaml", cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "LLC mean" in res.stdout and "2/2 chains complete" in res.stdout
+    tree = xr.open_datatree(tmp_path / "run.zarr", engine="zarr", consolidated=False)
+    assert tree.attrs["distinterp"]["identity"]["model"] == model_fingerprint(old) != model_fingerprint(new)
+    assert tree.dataset.sizes["token_pos"] == 7  # context 8: 7 next-token losses

@@ -331,3 +331,32 @@ def test_golden_loss_trace(tmp_path: Path) -> None:
     expected = json.loads(GOLDEN.read_text())
     for name, values in expected.items():  # float tolerance: other CPUs may sum in another order
         np.testing.assert_allclose(got[name], values, rtol=2e-5, atol=1e-6, err_msg=name)
+
+
+class _PooledLogits(torch.nn.Module):
+    """A model whose forward returns (batch, vocab): one logit vector per sequence, not per position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(32, 32)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(input_ids).mean(dim=1)
+
+
+def test_logits_of_the_wrong_rank_are_named_before_sampling(tmp_path):
+    """Defect 12: the start-up probe names the logits' shape and the fix, instead of a raw RuntimeError."""
+    ds = token_dataset()
+    with pytest.raises(ValueError, match=r"logits of shape \(4, 32\).*\(batch, seq, vocab\).*loss_fn"):
+        distinterp.sample(_PooledLogits(), ds, {"train": ds}, output_path=tmp_path / "r.zarr", **SMALL)
+    assert not (tmp_path / "r.zarr").exists()
+
+
+def test_rows_longer_than_the_models_context_are_named(tmp_path):
+    """Rows of 40 tokens for a GPT-2 of context 32: one message naming both and the fix (was an IndexError)."""
+    ds = token_dataset(seq=40)
+    with pytest.raises(
+        ValueError, match=r"rows have 40 tokens but the model takes at most 32 \(config.n_positions\)"
+    ):
+        distinterp.sample(tiny_gpt2(), ds, {"train": ds}, output_path=tmp_path / "r.zarr", **SMALL)
+    assert not (tmp_path / "r.zarr").exists()

@@ -36,6 +36,21 @@ def is_transformer_lens_model(model: torch.nn.Module) -> bool:
     return hasattr(model, "cfg") and hasattr(model.cfg, "n_heads")
 
 
+CONTEXT_ATTRS = ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len")
+"""Config attributes that give a model's longest input (HF configs; TransformerLens cfg.n_ctx)."""
+
+
+def context_limit(model: torch.nn.Module) -> tuple[int, str] | None:
+    """(the longest input the model takes, the config attribute saying so), or None when it does not say."""
+    for cfg_name in ("config", "cfg"):
+        cfg = getattr(model, cfg_name, None)
+        for attr in CONTEXT_ATTRS:
+            v = getattr(cfg, attr, None)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v, f"{cfg_name}.{attr}"
+    return None
+
+
 def lm_forward_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """Run a forward pass and return logits (batch, seq, vocab)."""
     if is_transformer_lens_model(model):

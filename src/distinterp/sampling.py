@@ -27,7 +27,16 @@ from distinterp.config import (
     sampling_method_name,
 )
 from distinterp.data import Observable, build_observables, fingerprint, input_ids_tensor
-from distinterp.loss import AUTOCAST_DTYPES, LossFn, NonFiniteLogitsError, autocast_loss, resolve_loss_fn
+from distinterp.loss import (
+    AUTOCAST_DTYPES,
+    LossFn,
+    NonFiniteLogitsError,
+    autocast_loss,
+    compute_per_token_loss,
+    context_limit,
+    lm_forward_logits,
+    resolve_loss_fn,
+)
 from distinterp.noise import DEFAULT_BLOCK, NoiseStream, resolve_noise
 from distinterp.parallel.distributed import Runtime, runtime
 from distinterp.parallel.engine import EngineFactory, engine_for
@@ -423,8 +432,25 @@ def resolve_param_masks(
 
 
 def _probe(model: torch.nn.Module, fn: LossFn, input_ids: torch.Tensor) -> None:
-    """One no-grad forward before anything is written: right output shape, finite logits."""
+    """One no-grad forward before anything is written: rows within the model's context, logits (batch,
+    seq, vocab) for the default loss, per-token loss of the right shape, finite."""
+    limit = context_limit(model)
+    if limit is not None and input_ids.shape[1] > limit[0]:
+        raise ValueError(
+            f"dataset: rows have {input_ids.shape[1]} tokens but the model takes at most {limit[0]} "
+            f"({limit[1]}); cut the rows to at most {limit[0]} tokens, e.g. "
+            f"tokenize_and_concatenate(..., max_length={limit[0]})"
+        )
     with torch.no_grad():
+        if fn is compute_per_token_loss:
+            shape = tuple(lm_forward_logits(model, input_ids).shape)
+            if len(shape) != 3 or shape[:2] != tuple(input_ids.shape):
+                raise ValueError(
+                    f"model: its forward returned logits of shape {shape} for input_ids of shape "
+                    f"{tuple(input_ids.shape)}; the default loss needs logits (batch, seq, vocab) = "
+                    f"({input_ids.shape[0]}, {input_ids.shape[1]}, vocab). Return per-position logits from forward, or pass "
+                    "loss_fn(model, input_ids) -> per-token loss (batch, seq-1)"
+                )
         try:
             loss = fn(model, input_ids)
         except NonFiniteLogitsError as e:

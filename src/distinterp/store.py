@@ -332,8 +332,36 @@ def mismatch_message(location: Location, diffs: list[str]) -> str:
     )
 
 
+def check_reachable(location: Location) -> None:
+    """Fail fast, in one line, when a remote store's endpoint does not answer (a wrong endpoint_url, a server
+    that is down): one quick request, where botocore's standard retries would take a minute in silence."""
+    if location.is_local:
+        return
+    import fsspec
+
+    protocol, _, path = location.url.partition("://")
+    options = location.fsspec_options()
+    if protocol in ("s3", "s3a"):
+        config = dict(options.get("config_kwargs", {}))
+        config.update(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=20)
+        options["config_kwargs"] = config
+    try:
+        fs = fsspec.filesystem(protocol, skip_instance_cache=True, **options)
+        fs.info(f"{path.rstrip('/')}/zarr.json")
+    except FileNotFoundError:
+        return  # reachable; no store there yet
+    except Exception as e:  # botocore, aiohttp and OSError types: the endpoint, credentials or bucket
+        endpoint = options.get("client_kwargs", {}).get("endpoint_url", "the default endpoint")
+        raise StoreError(
+            f"{location}: cannot reach it at {endpoint} ({type(e).__name__}: {redact(str(e))}); check "
+            "output_path and storage_options (client_kwargs.endpoint_url, bucket; credentials: prefer AWS_* "
+            "variables) and that the server is up"
+        ) from e
+
+
 def read_root_attrs(location: Location) -> dict[str, Any] | None:
     """The root group's attributes, or None when no store exists there yet."""
+    check_reachable(location)
     try:
         group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):

@@ -37,7 +37,9 @@ def susceptibilities(
     **kwargs: Any,
 ) -> xr.DataTree | None:
     """Sample every weight restriction (all ranks, one after another) and compute susceptibilities on
-    rank 0; other ranks return None. With output_path, restriction `w` goes to `<stem>_<w><suffix>`."""
+    rank 0; other ranks return None. `output_path` names no single store: restriction `w` is sampled into
+    `<stem>_<w><suffix>` beside it, as devinterp does (output_path="sus.zarr" writes sus_full.zarr,
+    sus_l0h1.zarr, ...). Observables are name -> dataset, or name -> (dataset, batches_per_draw)."""
     from distinterp.masks import create_param_masks
     from distinterp.parallel.distributed import runtime
     from distinterp.sampling import sample

@@ -1,4 +1,5 @@
-"""The `distinterp` command: demo, sample, trajectory, aggregate, status, inspect, report."""
+"""The `distinterp` command: demo; the jobs sample, llc, bif, susceptibilities, trajectory; aggregate, status,
+inspect, report."""
 
 from __future__ import annotations
 
@@ -67,19 +68,23 @@ def _print_trace(tree: Any, width: int = 48) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """LLC of the built-in bigram model at its MLE, whose true learning coefficient is V(V-1)/2."""
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        torchrun = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={args.nproc}",
-        ]
-        rest = ["-m", "distinterp", *(["-v"] if args.verbose else []), "demo", "--output", args.output]
-        rest += ["--vocab", str(args.vocab)] + (["--fresh"] if args.fresh else [])
-        return subprocess.call([*torchrun, *rest])
+    from distinterp.jobs.runner import check_output_path
+
+    if args.nproc < 1:
+        raise ValueError(f"--nproc: need at least 1 rank, got {args.nproc}")
     if args.vocab < 2:
         raise ValueError(f"--vocab: need at least 2 symbols, got {args.vocab}")
+    check_output_path(args.output, "--output")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from distinterp.jobs.launch import command
+
+        rest = [*(["-v"] if args.verbose else []), "demo", "--output", args.output]
+        rest += ["--vocab", str(args.vocab)] + (["--fresh"] if args.fresh else [])
+        child = subprocess.Popen(command(args.nproc, rest))
+        try:
+            return child.wait()
+        except KeyboardInterrupt:  # the workers got it too; rank 0 says so
+            return child.wait()
     from distinterp import toy
     from distinterp.analyses.llc import llc
     from distinterp.parallel.distributed import runtime
@@ -104,38 +109,98 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    from distinterp.jobs.runner import run_sample
+def _job_settings(args: argparse.Namespace) -> Any:
+    """The job's settings: CONFIG (a YAML file, or a store to rerun from what it recorded) or --from-store,
+    then the environment, then --set (and the flags that stand for settings)."""
     from distinterp.jobs.settings import load_settings
-    from distinterp.parallel.distributed import runtime
 
     overrides = _overrides(args)
-    if args.from_store:
-        if args.config:
-            raise ValueError("sample: give a CONFIG file or --from-store STORE, not both")
-        settings = load_settings(
-            None, overrides, base=_stored_settings(args.from_store, args.storage_options)
-        )
-    else:
-        settings = load_settings(args.config, overrides)
+    store = args.from_store
+    if args.config and _is_store(args.config):
+        if store:
+            raise ValueError(f"{args.command}: give a CONFIG file or a STORE, not both")
+        store = args.config
+    elif args.from_store and args.config:
+        raise ValueError(f"{args.command}: give a CONFIG file or --from-store STORE, not both")
+    if store:
+        return load_settings(None, overrides, base=_stored_settings(store, args.storage_options))
+    return load_settings(args.config, overrides)
+
+
+def _is_store(path: str) -> bool:
+    """A store rather than a settings file: a URL, a directory, or a name ending in .zarr."""
+    return "://" in path or os.path.isdir(path) or path.rstrip("/").endswith(".zarr")
+
+
+def _print_store(tree: Any, url: str) -> int:
+    """'store URL: k/n chains complete[, d diverged]'; 1 when every complete chain diverged, else 0."""
+    from distinterp.analyses.llc import chain_status
+
+    complete, _, diverged = chain_status(tree.dataset)
+    finished = len([c for c in complete if c not in diverged])
+    print(
+        f"store {url}: {finished}/{tree.dataset.sizes['chain']} chains complete"
+        + (f", {len(diverged)} diverged" if diverged else "")
+    )
+    if len(complete) < tree.dataset.sizes["chain"]:
+        print(f"(the other chains are other tasks'; `distinterp aggregate {url}` once all are done)")
+    return 1 if complete and not finished else 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """`sample` and `llc`: a sampling job, then its analyses (`llc` adds the LLC)."""
+    from distinterp.jobs.runner import run_sample
+    from distinterp.parallel.distributed import runtime
+
+    settings = _job_settings(args)
+    if args.command == "llc" and "llc" not in settings.analyses:
+        settings = settings.model_copy(update={"analyses": [*settings.analyses, "llc"]})
     tree, results = run_sample(settings)
     if runtime().is_coordinator:
         from distinterp.analyses.diagnostics import diagnose
-        from distinterp.analyses.llc import chain_status
 
-        complete, _, diverged = chain_status(tree.dataset)
-        finished = len([c for c in complete if c not in diverged])
-        print(
-            f"store {settings.output_path}: {finished}/{tree.dataset.sizes['chain']} chains complete"
-            + (f", {len(diverged)} diverged" if diverged else "")
-        )
+        status = _print_store(tree, settings.output_path)
         if "llc" in results:
             _print_llc(results["llc"])
         elif tree.dataset.attrs.get("completed") == 1:  # no finite chain for the LLC: say why
             d = diagnose(tree)
             _print_diagnosis(d.summary(), d.problems)
-        if complete and not finished:
-            return 1
+        return status
+    return 0
+
+
+def cmd_bif(args: argparse.Namespace) -> int:
+    from distinterp.jobs.runner import bif_output_path, run_bif
+    from distinterp.parallel.distributed import runtime
+
+    settings = _job_settings(args)
+    tree, result = run_bif(settings)
+    if runtime().is_coordinator:
+        _print_store(tree, settings.output_path)
+        if result is not None:
+            out = bif_output_path(settings)
+            if not _written(result):
+                _write(result, out)
+            print(f"BIF {dict(result['influences'].sizes)} -> {out}")
+    return 0
+
+
+def cmd_susceptibilities(args: argparse.Namespace) -> int:
+    from distinterp.analyses.susceptibilities import restriction_path
+    from distinterp.jobs.runner import result_path, run_susceptibilities
+    from distinterp.parallel.distributed import runtime
+
+    settings = _job_settings(args)
+    trees, result = run_susceptibilities(settings)
+    if runtime().is_coordinator:
+        for name, tree in trees.items():
+            print(f"{name}: ", end="")
+            _print_store(tree, str(restriction_path(settings.output_path, name)))
+        if result is not None:
+            out = settings.susceptibilities.output_path or result_path(
+                settings.output_path, "susceptibilities"
+            )
+            print(f"susceptibilities {dict(result['susceptibilities'].dataset.sizes)} -> {out}")
     return 0
 
 
@@ -143,6 +208,12 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     """--set values plus --chains-per-batch, --fsdp-size and the --array-task-id/--array-task-count pair as
     settings."""
     overrides = list(args.set or [])
+    for text in overrides:
+        if "=" not in text:
+            raise ValueError(
+                f"--set {text!r}: expected key=value; give CONFIG before --set (--set takes every "
+                "KEY=VALUE after it)"
+            )
     if getattr(args, "chains_per_batch", None) is not None:
         overrides.append(f"parallel.chains_per_batch={args.chains_per_batch}")
     if getattr(args, "fsdp_size", None) is not None:
@@ -218,10 +289,68 @@ def _open(url: str, storage_options: dict[str, Any]) -> Any:
     return open_tree(location)
 
 
-def _netcdf_available() -> bool:
-    import importlib.util
+def sampling_tasks(tree: Any) -> list[str] | None:
+    """The observables that are the data the chains sampled on (same content fingerprint), from the store's
+    recorded identity; None when the store does not record it (written by devinterp)."""
+    identity = tree.attrs.get("distinterp", {}).get("identity")
+    if not identity:
+        return None
+    return [o["name"] for o in identity.get("observables", []) if o.get("data") == identity.get("dataset")]
 
-    return any(importlib.util.find_spec(m) is not None for m in ("scipy", "netCDF4", "h5netcdf"))
+
+def _sampling_task(tree: Any, given: str | None) -> str:
+    """--sampling-task, checked against the store's observables; default: the observable whose data is the
+    sampling dataset (as the store records it). Another observable is allowed (e.g. held-out rows of the
+    same distribution) but said, since it changes the result."""
+    identity = tree.attrs.get("distinterp", {}).get("identity") or {}
+    names = [o["name"] for o in identity.get("observables", [])] or None
+    tasks = sampling_tasks(tree)
+    if given is None:
+        if tasks and len(tasks) == 1:
+            return tasks[0]
+        raise ValueError(
+            "--sampling-task: give the observable whose loss the chains sampled"
+            + (f" (the store's observables: {names})" if names else "")
+        )
+    if names is not None and given not in names:
+        raise ValueError(
+            f"--sampling-task {given!r}: not an observable of this store; its observables: {names}"
+        )
+    if tasks and given not in tasks:
+        warnings.warn(
+            f"--sampling-task {given!r}: the chains sampled on the data of {tasks}, not on {given!r}'s; the "
+            f"susceptibilities use {given!r}'s losses as the sampling loss (omit --sampling-task for {tasks[0]!r})",
+            stacklevel=2,
+        )
+    return given
+
+
+def _write(result: Any, path: str) -> None:
+    """Write a result Dataset/DataTree as zarr (or netCDF for .nc); fixed-width strings become
+    variable-length ones (zarr v3 has no spec for the former)."""
+    import xarray as xr
+
+    if path.endswith(".nc"):
+        result.to_netcdf(path)
+        return
+
+    def variable_strings(ds: Any) -> Any:
+        fixed = {k: v.astype(object) for k, v in ds.variables.items() if v.dtype.kind == "U"}
+        return ds.assign_coords({k: v for k, v in fixed.items() if k in ds.coords}).assign(
+            {k: v for k, v in fixed.items() if k not in ds.coords}
+        )
+
+    out = (
+        result.map_over_datasets(variable_strings)
+        if isinstance(result, xr.DataTree)
+        else variable_strings(result)
+    )
+    out.to_zarr(path, mode="w", consolidated=False)
+
+
+def _written(result: Any) -> bool:
+    """A lazy result compute_bif already wrote to its output_path."""
+    return bool(getattr(result, "encoding", {}).get("source"))
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
@@ -229,32 +358,28 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     from distinterp.analyses.bif import compute_bif
     from distinterp.analyses.llc import compute_llc
     from distinterp.analyses.susceptibilities import compute_susceptibilities
+    from distinterp.jobs.runner import check_output_path, result_path
     from distinterp.store import IncompleteStoreError
 
     options = _storage_options(args.storage_options)
-    if args.susceptibilities and not args.sampling_task:
-        print("distinterp aggregate: --susceptibilities needs --sampling-task OBSERVABLE", file=sys.stderr)
-        return 2
-    if args.output and args.output.endswith(".nc") and not _netcdf_available():
-        raise ValueError(
-            "--output: writing .nc needs scipy, netCDF4 or h5netcdf (pip install scipy); or write .zarr"
-        )
+    if args.output:
+        check_output_path(args.output, "--output")
     if _is_sweep_root(args.store, options):
         return _aggregate_sweep(args, options)
     tree = _open(args.store, options)
-    stem = args.output.rsplit(".", 1)[0] if args.output else None
+    sampling_task = _sampling_task(tree, args.sampling_task) if args.susceptibilities else None
+    base = args.output or args.store  # other results go beside it (a URL's: into this directory)
     try:
         res = compute_llc(tree, allow_partial=args.allow_partial)
         _print_llc(res)
         _print_trace(tree)
         if args.output:
-            res.to_netcdf(args.output) if args.output.endswith(".nc") else res.to_zarr(
-                args.output, mode="w", consolidated=False
-            )
+            _write(res, args.output)
             print(f"wrote {args.output}")
         if args.bif:
+            out = result_path(base, "bif")
+            check_output_path(out, "--output")
             lazy = args.bif == "token" and not args.bif_average
-            out = f"{stem}.bif.zarr" if stem else None
             bif = compute_bif(
                 tree,
                 correlation_method=args.bif,
@@ -263,17 +388,21 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
                 allow_partial=args.allow_partial,
                 output_path=out if lazy else None,
             )
-            if out and not lazy:
-                bif.to_zarr(out, mode="w", consolidated=False)
-            print(f"BIF {dict(bif['influences'].sizes)}" + (f" -> {out}" if out else ""))
+            if not lazy:
+                _write(bif, out)
+            print(f"BIF {dict(bif['influences'].sizes)} -> {out}")
         if args.susceptibilities:
+            bad = [s for s in args.susceptibilities if "=" not in s or s.startswith("=")]
+            if bad:
+                raise ValueError(
+                    f"--susceptibilities {bad[0]!r}: expected NAME=STORE, e.g. l0h1=runs/l0h1.zarr"
+                )
             stores = dict(s.split("=", 1) for s in args.susceptibilities)
             wr_map = {"full": tree, **{name: _open(url, options) for name, url in stores.items()}}
-            sus = compute_susceptibilities(wr_map, args.sampling_task, allow_partial=args.allow_partial)
-            print(f"susceptibilities {dict(sus['susceptibilities'].dataset.sizes)}")
-            if stem:
-                sus.to_zarr(f"{stem}.susceptibilities.zarr", mode="w", consolidated=False)
-                print(f"wrote {stem}.susceptibilities.zarr")
+            sus = compute_susceptibilities(wr_map, sampling_task, allow_partial=args.allow_partial)
+            out = result_path(base, "susceptibilities")
+            _write(sus, out)
+            print(f"susceptibilities {dict(sus['susceptibilities'].dataset.sizes)} -> {out}")
     except IncompleteStoreError as e:
         print(f"distinterp aggregate: {e}\n(--allow-partial uses the complete chains only)", file=sys.stderr)
         return 2
@@ -304,9 +433,7 @@ def _aggregate_sweep(args: argparse.Namespace, options: dict[str, Any]) -> int:
         return 2
     _print_sweep(res)
     if args.output:
-        res.to_netcdf(args.output) if args.output.endswith(".nc") else res.to_zarr(
-            args.output, mode="w", consolidated=False
-        )
+        _write(res, args.output)
         print(f"wrote {args.output}")
     return 0
 
@@ -351,24 +478,36 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if not incomplete else 1
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="distinterp", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
+STATUS_EPILOG = """exit status: 0 every chain is complete; 1 chains are still to run (listed); 2 no store
+there, or it cannot be read"""
 
-    d = sub.add_parser("demo", help="LLC of a tiny built-in model (known answer) into a local store")
-    d.add_argument("--nproc", type=int, default=2, help="ranks to run on (torchrun, gloo on CPU)")
-    d.add_argument("--output", default=DEMO_STORE)
-    d.add_argument("--vocab", type=int, default=6)
-    d.add_argument("--fresh", action="store_true", help="delete an existing demo store first")
-    d.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser(
-        "sample", help="run a sampling job from a YAML config (works under torchrun / Slurm arrays)"
-    )
-    s.add_argument("config", nargs="?", help="YAML settings file")
+def _job_arguments(s: argparse.ArgumentParser) -> None:
+    """The arguments every job command (sample, llc, bif, susceptibilities) takes."""
     s.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. sampler.lr=1e-3"
+        "config",
+        nargs="?",
+        metavar="CONFIG",
+        help="YAML settings file; or a STORE (a directory/URL/*.zarr) to rerun from the settings it recorded",
+    )
+    s.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="override settings (highest priority), e.g. --set sampler.lr=1e-3 array_task.task_id=0",
+    )
+    s.add_argument(
+        "--array-task-id", type=int, help="0-based task index in a job array (with --array-task-count)"
+    )
+    s.add_argument("--array-task-count", type=int, help="number of tasks in the job array")
+    s.add_argument(
+        "--from-store",
+        metavar="STORE",
+        help="rerun (continue) the job that created STORE, from its recorded settings",
+    )
+    s.add_argument(
+        "--storage-options", help="fsspec options of the STORE, as JSON (credentials: prefer AWS_* variables)"
     )
     s.add_argument(
         "--chains-per-batch",
@@ -380,24 +519,70 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         help="ranks that shard each chain's model with FSDP (parallel.fsdp_size; divides the world size)",
     )
-    s.add_argument("--array-task-id", type=int)
-    s.add_argument("--array-task-count", type=int)
-    s.add_argument(
-        "--from-store",
-        metavar="STORE",
-        help="rerun (continue) the job that created STORE, from its recorded settings",
+
+
+def parser() -> argparse.ArgumentParser:
+    from distinterp import __version__
+
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log progress details, and show the full traceback of an error",
     )
-    s.add_argument("--storage-options", help="fsspec options for --from-store, as JSON")
-    s.set_defaults(func=cmd_sample)
+    p = argparse.ArgumentParser(prog="distinterp", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help=verbose._actions[0].help)
+    p.add_argument("--version", action="version", version=f"distinterp {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser(
+        "demo", parents=[verbose], help="LLC of a tiny built-in model (known answer) into a local store"
+    )
+    d.add_argument("--nproc", type=int, default=2, help="ranks to run on (torchrun, gloo on CPU; default 2)")
+    d.add_argument(
+        "--output", default=DEMO_STORE, help=f"the store (default {DEMO_STORE}); reruns continue it"
+    )
+    d.add_argument("--vocab", type=int, default=6, help="symbols V of the bigram model (true LLC V(V-1)/2)")
+    d.add_argument("--fresh", action="store_true", help="delete an existing demo store first")
+    d.set_defaults(func=cmd_demo)
+
+    jobs = [
+        ("sample", "run a sampling job from settings (then the settings' analyses)", cmd_sample),
+        ("llc", "sample, then the LLC", cmd_sample),
+        ("bif", "sample, then the BIF (settings: bif.*)", cmd_bif),
+        (
+            "susceptibilities",
+            "one sampling run per weight restriction (settings: susceptibilities.*), then the susceptibilities",
+            cmd_susceptibilities,
+        ),
+    ]
+    for name, helptext, func in jobs:
+        s = sub.add_parser(
+            name,
+            parents=[verbose],
+            help=helptext + "; works under torchrun and Slurm arrays",
+            description=helptext + ". Settings: YAML < DISTINTERP_* environment < --set.",
+        )
+        _job_arguments(s)
+        s.set_defaults(func=func)
 
     t = sub.add_parser(
         "trajectory",
+        parents=[verbose],
         help="sample every checkpoint of a training run (one store each under output_path) and show the LLC",
     )
     t.add_argument("config", help="YAML settings file (sample's settings plus `checkpoints`)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    t.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="override settings, e.g. sampler.lr=1e-3",
+    )
     t.add_argument("--array-task-id", type=int, help="this task's block of the (checkpoint, chain) list")
-    t.add_argument("--array-task-count", type=int)
+    t.add_argument("--array-task-count", type=int, help="number of tasks in the job array")
     t.set_defaults(func=cmd_trajectory)
 
     for name, helptext, func in [
@@ -406,7 +591,13 @@ def parser() -> argparse.ArgumentParser:
         ("inspect", "what a store holds, and whether its chains can be trusted", cmd_inspect),
         ("report", "PNG figures and one HTML page of a store", cmd_report),
     ]:
-        a = sub.add_parser(name, help=helptext)
+        a = sub.add_parser(
+            name,
+            parents=[verbose],
+            help=helptext,
+            description=helptext,
+            epilog=STATUS_EPILOG if name == "status" else None,
+        )
         a.add_argument("store", help="store path or URL")
         a.add_argument(
             "--storage-options", help="fsspec options as JSON (credentials: prefer AWS_* variables)"
@@ -418,17 +609,29 @@ def parser() -> argparse.ArgumentParser:
             a.add_argument("--strict", action="store_true", help="exit 1 when the diagnosis is not healthy")
         if name == "aggregate":
             a.add_argument("--allow-partial", action="store_true", help="use complete chains only")
-            a.add_argument("--output", help="write the LLC (.nc or .zarr); other results go beside it")
-            a.add_argument("--bif", choices=["token", "sequence"], help="also compute the BIF")
+            a.add_argument(
+                "--output",
+                help="write the LLC (.zarr, or .nc); BIF/susceptibilities go beside it as <stem>.bif.zarr / "
+                "<stem>.susceptibilities.zarr (without --output: beside the store)",
+            )
+            a.add_argument(
+                "--bif", choices=["token", "sequence"], help="also compute the BIF, token- or sequence-wise"
+            )
             a.add_argument("--bif-average", action="store_true", help="average the token-wise BIF per pair")
-            a.add_argument("--bif-batch-size", type=int, default=32, help="sequences per streamed block")
+            a.add_argument(
+                "--bif-batch-size", type=int, default=32, help="sequences per streamed block (default 32)"
+            )
             a.add_argument(
                 "--susceptibilities",
                 nargs="+",
                 metavar="NAME=STORE",
                 help="stores sampled with weight restriction NAME; the positional store is 'full'",
             )
-            a.add_argument("--sampling-task", help="the observable the chains sampled (--susceptibilities)")
+            a.add_argument(
+                "--sampling-task",
+                help="the observable whose loss the chains sampled (--susceptibilities); default: the one "
+                "whose data is the sampling dataset, as the store records it",
+            )
         a.set_defaults(func=func)
     return p
 
@@ -450,18 +653,30 @@ def _show_warning(message: Warning | str, category: type[Warning], *args: Any, *
     print(f"warning: {message}", file=sys.stderr)
 
 
+INTERRUPTED = "interrupted; rerun the same command to continue (complete chains are kept)"
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 outside it)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run a command; a user error (bad settings, data, store) prints one message and exits 2."""
+    """Run a command; a user error (bad settings, data, store) prints one message and exits 2, Ctrl-C one
+    line and 130. Under torchrun rank 0 says it: every rank validates the same inputs and raises the same
+    error, so other ranks print only errors of their own (rank-prefixed)."""
     from distinterp.store import StoreError
 
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    if args.command in ("sample", "trajectory") and (args.array_task_id is None) != (
-        args.array_task_count is None
-    ):
+    if (getattr(args, "array_task_id", None) is None) != (getattr(args, "array_task_count", None) is None):
         parser().error("--array-task-id and --array-task-count go together")
+    rank = _rank()
     try:
         with warnings.catch_warnings():
             if not args.verbose:  # one line per warning, without the source line that raised it
@@ -470,10 +685,22 @@ def main(argv: list[str] | None = None) -> int:
 
             warnings.simplefilter("ignore", UnhealthyRunWarning)  # the commands print the diagnosis
             return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, StoreError) as e:
+    except KeyboardInterrupt:
         if args.verbose:
             raise
-        print(f"distinterp {args.command}: {_describe(e)}\n(run with -v for the traceback)", file=sys.stderr)
+        if rank == 0:
+            print(f"\ndistinterp {args.command}: {INTERRUPTED}", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, StoreError) as e:
+        if args.verbose:
+            raise
+        shared = isinstance(e, (ValueError, TypeError, StoreError))  # the same on every rank
+        if rank == 0 or not shared:
+            prefix = f"rank {rank}: " if rank else ""
+            print(
+                f"{prefix}distinterp {args.command}: {_describe(e)}\n(run with -v for the traceback)",
+                file=sys.stderr,
+            )
         return 2
 
 

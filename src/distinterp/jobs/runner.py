@@ -1,97 +1,26 @@
-"""run_sample(settings): the plain function behind `distinterp sample`: load model and data, sample, analyse."""
+"""The plain functions behind the job commands: run_sample (`distinterp sample` / `llc`), run_bif and
+run_susceptibilities: load model and data (jobs.sources), sample, analyse."""
 
 from __future__ import annotations
 
 import logging
+import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import xarray as xr
 
+from distinterp.analyses.bif import compute_bif
 from distinterp.analyses.llc import chain_status, compute_llc
-from distinterp.jobs.settings import DatasetSettings, ModelSettings, SampleSettings
+from distinterp.jobs import sources
+from distinterp.jobs.settings import SampleSettings
 from distinterp.parallel.distributed import runtime
 from distinterp.parallel.plan import array_task_chains
 from distinterp.sampling import sample
+from distinterp.store import Location, check_reachable
 
 logger = logging.getLogger(__name__)
-
-
-def load_dataset(spec: DatasetSettings) -> Any:
-    """A tokenized HF Dataset from the spec (built-in generator, hub/local dataset, or load_from_disk)."""
-    import datasets
-
-    if spec.source == "builtin":
-        if spec.name != "markov":
-            raise ValueError(f"dataset.name={spec.name!r}: the built-in datasets are ['markov']")
-        from distinterp import toy
-
-        transition = toy.markov_chain(spec.vocab_size, seed=spec.seed)
-        ds = toy.markov_dataset(
-            transition, seq_len=spec.seq_len, n_rows=spec.num_rows or 512, seed=spec.seed + 1
-        )
-    elif spec.source == "disk":
-        ds = datasets.load_from_disk(spec.name)
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[spec.split]
-    else:
-        ds = datasets.load_dataset(spec.name, split=spec.split)
-    if spec.num_rows is not None and spec.source != "builtin":
-        ds = ds.select(range(min(spec.num_rows, len(ds))))
-    return ds
-
-
-def load_model(spec: ModelSettings, sampling_data: Any, data_spec: DatasetSettings) -> torch.nn.Module:
-    """The model to sample around: a built-in toy, or a transformers causal LM (weights or random init),
-    with `spec.state_dict`'s weights loaded into it when given."""
-    model = _architecture(spec, sampling_data, data_spec)
-    if spec.state_dict:
-        load_weights(model, spec.state_dict)
-    return model
-
-
-def _architecture(spec: ModelSettings, sampling_data: Any, data_spec: DatasetSettings) -> torch.nn.Module:
-    dtype = getattr(torch, spec.dtype)
-    if spec.source == "builtin":
-        from distinterp import toy
-
-        if spec.name == "bigram":
-            return toy.bigram_mle(sampling_data, data_spec.vocab_size).to(dtype)
-        if spec.name == "tiny-gpt2":
-            return toy.tiny_gpt2(vocab_size=data_spec.vocab_size, **spec.config).to(dtype)
-        raise ValueError(f"model.name={spec.name!r}: the built-in models are ['bigram', 'tiny-gpt2']")
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if spec.random_init or spec.state_dict:
-        config = AutoConfig.from_pretrained(spec.name, revision=spec.revision, **spec.config)
-        return AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return AutoModelForCausalLM.from_pretrained(spec.name, revision=spec.revision, dtype=dtype)
-
-
-def load_weights(model: torch.nn.Module, path: str) -> torch.nn.Module:
-    """Load a state-dict file (.safetensors, or torch's .pt/.bin) into the model; mismatches name the keys."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"model.state_dict={path!r}: does not fit the model architecture: {e}") from None
-    return model
-
-
-def load_observables(settings: SampleSettings, data: Any) -> dict[str, Any]:
-    """The observables the settings name (each with its batches_per_draw), or the sampling data as 'train'."""
-    if settings.observables is None:
-        return {"train": data}
-    observables: dict[str, Any] = {}
-    for name, spec in settings.observables.items():
-        ds = load_dataset(spec)
-        observables[name] = (ds, spec.batches_per_draw) if spec.batches_per_draw else ds
-    return observables
 
 
 def job_chains(settings: SampleSettings) -> list[int] | None:
@@ -116,17 +45,73 @@ def recorded_settings(settings: SampleSettings) -> dict[str, Any]:
     return settings.model_dump(mode="json", exclude=set(RUN_SPECIFIC))
 
 
-def run_sample(settings: SampleSettings) -> tuple[xr.DataTree, dict[str, xr.Dataset]]:
-    """Sample as the settings say; analyses run on rank 0 once the store is complete."""
-    data = load_dataset(settings.dataset)
-    model = load_model(settings.model, data, settings.dataset)
-    observables = load_observables(settings, data)
+class JobError(ValueError):
+    """A job cannot run as its settings say; the message names the setting and the fix."""
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a job samples: the model, the sampling data and the observables (name -> data or (data, n))."""
+
+    model: torch.nn.Module
+    data: Any
+    observables: dict[str, Any]
+
+
+def check_output_path(
+    url: str, field: str = "output_path", storage_options: dict[str, Any] | None = None
+) -> None:
+    """Before any work: refuse a local output path that cannot be created (a file as a parent, /proc, no
+    permission), or a remote one whose endpoint does not answer."""
+    location = Location(url, storage_options or {})
+    if not location.is_local:
+        check_reachable(location)
+        return
+    path = location.local_path.expanduser().absolute()
+    if path.exists():
+        if not path.is_dir():
+            raise JobError(f"{field}={url!r}: is a file, not a store; choose another {field}")
+        return
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise JobError(f"{field}={url!r}: {parent} is a file, not a directory; choose another {field}")
+    try:  # creating (and removing) a directory where the store's top directory will go is the real test
+        tempfile.TemporaryDirectory(dir=parent, prefix=".distinterp-check-").cleanup()
+    except OSError as e:
+        raise JobError(
+            f"{field}={url!r}: cannot create it under {parent} ({e.strerror or e}); choose a writable {field}"
+        ) from None
+
+
+def load_inputs(settings: SampleSettings) -> Inputs:
+    """Model, data and observables as the settings name them; rows checked against the model's context."""
+    spec = settings.model
+    model = None if sources.needs_data(spec) else sources.load_model(spec, None, settings.dataset)
+    tokenizer = sources.tokenizer_name(spec)
+    data = sources.load_dataset(settings.dataset, "dataset", tokenizer)
+    if model is None:
+        model = sources.load_model(spec, data, settings.dataset)
+    sources.check_context(model, data, settings.dataset)
+    return Inputs(model, data, sources.load_observables(settings, data, tokenizer, model))
+
+
+def run_sample(
+    settings: SampleSettings, inputs: Inputs | None = None
+) -> tuple[xr.DataTree, dict[str, xr.Dataset]]:
+    """Sample as the settings say; analyses run on rank 0 once the store is complete. `inputs`: already
+    loaded (one load for several restrictions' runs)."""
     chains = job_chains(settings)
     if chains == []:
         raise ValueError(
             f"this array task has no chains: {settings.sampler.num_chains} chains over more array tasks; "
             "submit at most num_chains tasks"
         )
+    check_output_path(settings.output_path, storage_options=settings.storage_options)
+    if inputs is None:
+        inputs = load_inputs(settings)
+    model = inputs.model
     sampler = settings.sampler.model_dump()
     masks = None
     if settings.weight_restriction is not None:
@@ -136,27 +121,112 @@ def run_sample(settings: SampleSettings) -> tuple[xr.DataTree, dict[str, xr.Data
             masks = create_param_masks(model, settings.weight_restriction)
         except WeightRestrictionError as e:
             raise WeightRestrictionError(f"weight_restriction={settings.weight_restriction!r}: {e}") from None
-    tree = sample(
-        model,
-        data,
-        observables,
-        batches_per_draw=settings.batches_per_draw,
-        obs_seed=settings.obs_seed,
-        device=settings.device,
-        output_path=settings.output_path,
-        storage_options=settings.storage_options,
-        chains=chains,
-        checkpoint_every=settings.checkpoint_every,
-        run_settings=recorded_settings(settings),
-        param_masks=masks,
-        chains_per_batch=settings.parallel.chains_per_batch,
-        fsdp_size=settings.parallel.fsdp_size,
-        noise=settings.parallel.noise,
-        **sampler,
-    )
+    try:
+        tree = sample(
+            model,
+            inputs.data,
+            inputs.observables,
+            batches_per_draw=settings.batches_per_draw,
+            obs_seed=settings.obs_seed,
+            device=settings.device,
+            output_path=settings.output_path,
+            storage_options=settings.storage_options,
+            chains=chains,
+            checkpoint_every=settings.checkpoint_every,
+            run_settings=recorded_settings(settings),
+            param_masks=masks,
+            chains_per_batch=settings.parallel.chains_per_batch,
+            fsdp_size=settings.parallel.fsdp_size,
+            noise=settings.parallel.noise,
+            **sampler,
+        )
+    except OSError as e:  # a full disk, a directory removed mid-run, permissions changed
+        raise JobError(
+            f"output_path={settings.output_path!r}: {e.strerror or e}"
+            + (f" ({e.filename})" if e.filename else "")
+            + "; free space or choose a writable output_path, then rerun the same command to continue"
+        ) from e
     results: dict[str, xr.Dataset] = {}
-    finished = runtime().is_coordinator and tree.dataset.attrs.get("completed") == 1
     complete, _, diverged = chain_status(tree.dataset)
-    if finished and "llc" in settings.analyses and set(complete) - set(diverged):
+    if is_finished(tree) and "llc" in settings.analyses and set(complete) - set(diverged):
         results["llc"] = compute_llc(tree)  # (with no finite chain, the CLI prints the diagnosis instead)
     return tree, results
+
+
+def is_finished(tree: xr.DataTree) -> bool:
+    """This process analyses: rank 0 of a complete store (an array task's part leaves it to `aggregate`)."""
+    return runtime().is_coordinator and tree.dataset.attrs.get("completed") == 1
+
+
+def run_bif(settings: SampleSettings) -> tuple[xr.DataTree, xr.Dataset | None]:
+    """Sample, then the BIF (token-wise blocks split over the ranks); rank 0 of a complete store gets it."""
+    tree, _ = run_sample(settings.model_copy(update={"analyses": []}))
+    if tree.dataset.attrs.get("completed") != 1:
+        return tree, None
+    opts = settings.bif
+    lazy = opts.correlation_method == "token" and not opts.average_tokenwise_bif  # written block by block
+    result = compute_bif(
+        tree,
+        correlation_method=opts.correlation_method,
+        reduce_chain_dimension_method=opts.reduce_chain_dimension_method,
+        average_tokenwise_bif=opts.average_tokenwise_bif,
+        compute_covariance=opts.compute_covariance,
+        batch_size=opts.batch_size,
+        output_path=bif_output_path(settings) if lazy else None,
+        runtime=runtime(),
+    )
+    return tree, result
+
+
+def bif_output_path(settings: SampleSettings) -> str:
+    """Where `distinterp bif` writes its result: bif.output_path, else `<store>.bif.zarr` (see result_path)."""
+    return settings.bif.output_path or result_path(settings.output_path, "bif")
+
+
+def result_path(base: str, name: str) -> str:
+    """`<stem>.<name>.zarr` beside a local store or output file; in the working directory for a URL (results
+    are written locally)."""
+    if "://" in base:
+        base = base.rstrip("/").rsplit("/", 1)[-1]
+    head, _, tail = base.rstrip("/").rpartition("/")
+    stem = tail.removesuffix(".zarr").removesuffix(".nc")
+    return f"{head}/{stem}.{name}.zarr" if head else f"{stem}.{name}.zarr"
+
+
+def run_susceptibilities(settings: SampleSettings) -> tuple[dict[str, xr.DataTree], xr.DataTree | None]:
+    """One store per weight restriction ('full' first, at `<output stem>_<name>.zarr`, as devinterp's
+    susceptibilities() names them), then compute_susceptibilities on rank 0."""
+    from distinterp.analyses.susceptibilities import compute_susceptibilities, restriction_path
+
+    opts = settings.susceptibilities
+    if not opts.restrictions:
+        raise JobError(
+            "susceptibilities.restrictions: name at least one weight restriction, e.g. {l0h1: l0h1}"
+        )
+    names = ["train"] if settings.observables is None else list(settings.observables)
+    if opts.sampling_task not in names:
+        raise JobError(
+            f"susceptibilities.sampling_task={opts.sampling_task!r}: not one of the observables {names}"
+        )
+    if not opts.include_sampling_task and names == [opts.sampling_task]:
+        raise JobError(
+            "observables: susceptibilities need a probe observable besides "
+            f"susceptibilities.sampling_task={opts.sampling_task!r} (or include_sampling_task: true)"
+        )
+    runs = {"full": None, **opts.restrictions}
+    paths = {name: str(restriction_path(settings.output_path, name)) for name in runs}
+    for path in paths.values():
+        check_output_path(path, storage_options=settings.storage_options)
+    inputs = load_inputs(settings)
+    trees = {}
+    for name, restriction in runs.items():
+        update = {"weight_restriction": restriction, "output_path": paths[name], "analyses": []}
+        trees[name], _ = run_sample(settings.model_copy(update=update), inputs)
+    if not all(is_finished(t) for t in trees.values()):
+        return trees, None
+    result = compute_susceptibilities(
+        trees, opts.sampling_task, include_sampling_task=opts.include_sampling_task
+    )
+    out = opts.output_path or result_path(settings.output_path, "susceptibilities")
+    result.to_zarr(out, mode="w", consolidated=False)
+    return trees, result

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -37,48 +37,116 @@ class _Part(BaseModel):
 
 
 class ModelSettings(_Part):
-    """Which model to sample around."""
+    """Which model to sample around, and where it comes from (loaded by distinterp.jobs.sources)."""
 
-    source: Literal["builtin", "hf"] = "builtin"
+    source: Literal["builtin", "hf", "entry_point", "transformer_lens"] = Field(
+        "builtin",
+        description="builtin: a toy model; hf: a transformers causal LM; entry_point: your own factory; "
+        "transformer_lens: a HookedTransformer",
+    )
     name: str = Field(
         "bigram",
         description="builtin: 'bigram' (at its MLE on the sampling data) or 'tiny-gpt2'; "
-        "hf: a local directory or hub id already in the local cache",
+        "hf: a local directory or a hub id already in the local cache; "
+        "entry_point: 'package.module:factory' (called with `config` as keyword arguments); "
+        "transformer_lens: a model name (from the local cache)",
     )
+    revision: str | None = Field(None, description="hf / transformer_lens: branch, tag or commit")
     random_init: bool = Field(
         False, description="hf: build from the config only (no weights); for tests/benchmarks"
     )
     config: dict[str, Any] = Field(
-        default_factory=dict, description="hf: config overrides (with random_init)"
+        default_factory=dict,
+        description="builtin tiny-gpt2 / entry_point: the factory's keyword arguments; hf: config overrides",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    revision: str | None = None
     state_dict: str | None = Field(
-        None, description="a state-dict file (.pt/.bin/.safetensors) loaded into this architecture"
+        None,
+        description="a state-dict file (.pt/.bin/.safetensors, or a checkpoint with a 'state_dict' key) loaded "
+        "strictly into the model the source builds (hf: from its config, without its weights)",
     )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="parameter dtype")
 
 
 class DatasetSettings(_Part):
-    """A tokenized dataset with an 'input_ids' column of equal-length rows."""
+    """A dataset of equal-length token rows ('input_ids'), given as tokens or as text to tokenize."""
 
-    source: Literal["builtin", "hf", "disk"] = "builtin"
+    source: Literal["builtin", "hf", "disk", "text", "jsonl", "parquet"] = Field(
+        "builtin",
+        description="builtin: generated Markov text; hf: load_dataset (a local directory, or a hub id in "
+        "the local cache); disk: a save_to_disk directory; text / jsonl / parquet: local files",
+    )
     name: str = Field(
         "markov",
-        description="builtin: 'markov' (random Markov chain text); hf: load_dataset name/path; "
-        "disk: a load_from_disk directory",
+        description="builtin: 'markov'; hf: load_dataset path or id; disk: the directory; "
+        "text/jsonl/parquet: a file, a directory of them or a glob (text: one row per line)",
     )
-    split: str = "train"
+    split: str = Field("train", description="hf/disk: the split to use")
     num_rows: PositiveInt | None = Field(None, description="use only the first num_rows rows")
+    tokenizer: str | None = Field(
+        None,
+        description="text without 'input_ids': a tokenizer directory or cached hub id "
+        "(default: the model's, for hf/transformer_lens models)",
+    )
+    context_length: int | None = Field(
+        None,
+        ge=2,
+        description="text: tokens per row (tokenize_and_concatenate's max_length, a BOS included); "
+        "at most the model's context",
+    )
+    text_column: str = Field("text", description="text/jsonl/parquet/hf: the column holding the text")
+    add_bos_token: bool = Field(True, description="text: start every row with the tokenizer's BOS token")
+    num_proc: PositiveInt | None = Field(
+        None, description="text: processes that tokenize (the rows depend on it, as in devinterp)"
+    )
     # builtin generator knobs
-    vocab_size: PositiveInt = 6
-    seq_len: PositiveInt = 65
-    seed: int = 0
+    vocab_size: PositiveInt = Field(6, description="builtin: number of symbols")
+    seq_len: PositiveInt = Field(65, description="builtin: tokens per row")
+    seed: int = Field(0, description="builtin: seed of the Markov chain and its text")
 
 
 class ObservableSettings(DatasetSettings):
-    """A probe dataset evaluated at every draw."""
+    """A probe dataset evaluated at every draw, on the same fixed rows."""
 
-    batches_per_draw: PositiveInt | None = None
+    batches_per_draw: PositiveInt | None = Field(
+        None,
+        description="batches of sampler.batch_size rows evaluated per draw (default: the top-level "
+        "batches_per_draw); sample()'s (dataset, batches_per_draw) form",
+    )
+
+
+class BifSettings(_Part):
+    """`distinterp bif`: compute_bif's options."""
+
+    correlation_method: Literal["token", "sequence"] = "token"
+    reduce_chain_dimension_method: Literal["stack", "mean"] = "stack"
+    average_tokenwise_bif: bool = False
+    compute_covariance: bool = False
+    batch_size: PositiveInt = Field(32, description="sequences per streamed block")
+    output_path: str | None = Field(
+        None, description="where the result goes (zarr; default: <store stem>.bif.zarr beside a local store)"
+    )
+
+
+class SusceptibilitySettings(_Part):
+    """`distinterp susceptibilities`: one store per weight restriction, then compute_susceptibilities."""
+
+    restrictions: dict[str, str | list[str]] = Field(
+        default_factory=dict,
+        description="name -> create_param_masks pattern ('l0h1', ['l1 mlp', 'l1 attn'], ...); the "
+        "unrestricted 'full' run is added; restriction NAME samples into <output stem>_NAME.zarr",
+    )
+    sampling_task: str = Field("train", description="the observable the chains sample (default: 'train')")
+    include_sampling_task: bool = False
+    output_path: str | None = Field(
+        None, description="the result (zarr; default: <output stem>.susceptibilities.zarr)"
+    )
+
+    @field_validator("restrictions")
+    @classmethod
+    def _named(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if "full" in v:
+            raise ValueError("'full' (the unrestricted run) is added for you; name restrictions otherwise")
+        return v
 
 
 class ParallelSettings(_Part):
@@ -95,7 +163,7 @@ class ArrayTaskSettings(_Part):
     """Which slice of the chains this Slurm array task runs (read from SLURM_ARRAY_* when unset)."""
 
     task_id: int | None = Field(None, ge=0, description="0-based position of this task in the array")
-    task_count: PositiveInt | None = None
+    task_count: PositiveInt | None = Field(None, description="number of tasks in the array")
 
     @model_validator(mode="after")
     def _check(self) -> ArrayTaskSettings:
@@ -159,9 +227,11 @@ class SampleSettings(BaseSettings):
         None, description="name -> probe dataset; default: the sampling dataset as 'train'"
     )
     sampler: SamplerConfig
-    batches_per_draw: PositiveInt = 3
-    obs_seed: int = 1337
-    device: str | None = None
+    batches_per_draw: PositiveInt = Field(
+        3, description="batches of sampler.batch_size rows each observable evaluates at every draw"
+    )
+    obs_seed: int = Field(1337, description="seed choosing the observables' fixed rows")
+    device: str | None = Field(None, description="None: cuda:LOCAL_RANK when CUDA is available, else cpu")
     output_path: str = Field(..., description="local path or fsspec URL (s3://bucket/run.zarr)")
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options; never persisted"
@@ -181,6 +251,10 @@ class SampleSettings(BaseSettings):
     parallel: ParallelSettings = Field(default_factory=ParallelSettings)
     analyses: list[Literal["llc"]] = Field(
         default_factory=lambda: ["llc"], description="run after sampling, on rank 0"
+    )
+    bif: BifSettings = Field(default_factory=BifSettings, description="`distinterp bif` only")
+    susceptibilities: SusceptibilitySettings = Field(
+        default_factory=SusceptibilitySettings, description="`distinterp susceptibilities` only"
     )
 
     @model_validator(mode="after")

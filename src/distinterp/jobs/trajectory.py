@@ -15,8 +15,9 @@ from typing import Any
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distinterp.jobs.runner import RUN_SPECIFIC, load_dataset, load_model, load_observables
+from distinterp.jobs.runner import RUN_SPECIFIC
 from distinterp.jobs.settings import ModelSettings, SampleSettings
+from distinterp.jobs.sources import load_dataset, load_model, load_observables, tokenizer_name
 from distinterp.jobs.sweep import ModelOrLoader, Run, aggregate_sweep, check_label, child, run_sweep
 from distinterp.parallel.distributed import runtime
 from distinterp.store import Location, read_root_attrs
@@ -148,8 +149,9 @@ class TrajectorySettings(SampleSettings):
 
 def run_trajectory(settings: TrajectorySettings) -> xr.Dataset | None:
     """The plain function behind `distinterp trajectory`: data once, each checkpoint loaded in its turn."""
-    data = load_dataset(settings.dataset)
-    observables = load_observables(settings, data)
+    tokenizer = tokenizer_name(settings.model)  # text data: tokenized once, with the model's tokenizer
+    data = load_dataset(settings.dataset, "dataset", tokenizer)
+    observables = load_observables(settings, data, tokenizer)
     specs = settings.checkpoints.models(settings.model)
     shared = settings.model_dump(mode="json", exclude=set(RUN_SPECIFIC) | {"checkpoints"})
     runs = [
