@@ -587,7 +587,11 @@ def parser() -> argparse.ArgumentParser:
 
     for name, helptext, func in [
         ("aggregate", "analyses of a complete store (LLC, BIF, susceptibilities)", cmd_aggregate),
-        ("status", "per-chain progress of a store", cmd_status),
+        (
+            "status",
+            "per-chain progress of a store (exit 0: complete, 1: chains to run, 2: no store)",
+            cmd_status,
+        ),
         ("inspect", "what a store holds, and whether its chains can be trusted", cmd_inspect),
         ("report", "PNG figures and one HTML page of a store", cmd_report),
     ]:
