@@ -42,6 +42,7 @@ from distinterp.parallel.distributed import Runtime, runtime
 from distinterp.parallel.engine import EngineFactory, engine_for
 from distinterp.parallel.plan import Plan
 from distinterp.progress import ProgressReporter
+from distinterp.provenance import note_environment, numeric_environment
 from distinterp.sgld import METRIC_FIELDS
 from distinterp.store import (
     ChainRecorder,
@@ -54,6 +55,7 @@ from distinterp.store import (
     mark_completed,
     open_tree,
     read_progress,
+    read_root_attrs,
     write_once,
 )
 
@@ -190,6 +192,7 @@ def sample(
     schema = _schema(
         config, model, ids, obs_list, masks, loss_fn, batches_per_draw, obs_seed, layout, autocast_dtype
     )
+    schema.attrs["distinterp"]["numerics"] = numeric_environment(working, dev, plan.way, compile)
     if run_settings is not None:
         schema.attrs["distinterp"]["run_settings"] = json.loads(json.dumps(run_settings))
     location = _location(output_path, storage_options, config, rt)
@@ -250,6 +253,11 @@ def _run_my_chains(
     every = -(-checkpoint_every // schema.step_chunk) * schema.step_chunk if checkpoint_every else None
     resume = resume_points(checkpoints, todo, {ch: int(steps_done[ch]) for ch in todo})
     starts = {ch: r.step if r is not None else 0 for ch, r in resume.items()}
+    if plan.is_writer:
+        created_under = (read_root_attrs(location) or {}).get("distinterp", {}).get("numerics")
+        note_environment(
+            location, created_under, schema.attrs["distinterp"]["numerics"], todo, starts, plan.runtime.rank
+        )
     reporter = ProgressReporter(location, schema, plan) if plan.is_coordinator else None
     writer = StoreWriter(location, schema) if plan.is_writer else None
     try:
