@@ -126,3 +126,12 @@ def test_unsupported_options_fail_naming_them() -> None:
         SGMCMC.sgld([{"params": p, "mask": torch.ones(3)}], nbeta=2.0)
     with pytest.warns(UserWarning, match="nbeta set to 1"):
         SGMCMC.sgld([p])
+
+
+def test_group_added_later_is_sampled() -> None:
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    opt = SGMCMC.sgld([a], lr=1e-2, nbeta=2.0)
+    opt.add_param_group({"params": [b], "lr": 1e-1})
+    a.grad, b.grad = torch.ones(3), torch.ones(2)
+    opt.step()
+    assert a.abs().sum() > 0 and b.abs().sum() > 0

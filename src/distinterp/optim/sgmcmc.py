@@ -111,6 +111,13 @@ class SGMCMC(torch.optim.Optimizer):
         for i, group in enumerate(self.param_groups):
             self._slots.append(self._make_group_slots(i, group))
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's add_param_group; a group added after construction gets its slots too."""
+        super().add_param_group(param_group)
+        if hasattr(self, "_slots"):
+            index = len(self.param_groups) - 1
+            self._slots.append(self._make_group_slots(index, self.param_groups[index]))
+
     def _resolve_prior(self, group: dict[str, Any]) -> None:
         """Fold devinterp's `prior` argument ("initial" or a float strength) into localization."""
         prior = group.pop("prior", None)
