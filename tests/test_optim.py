@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import distinterp
+import distinterp.optim
 from distinterp.optim import SGLD, SGMCMC
 from distinterp.sgld import SGLDHyper, make_slots, sgld_step
 
@@ -120,6 +121,8 @@ def test_unsupported_options_fail_naming_them() -> None:
         SGMCMC.sgld([p], nbeta=2.0, sketch_dim=8)
     with pytest.raises(NotImplementedError, match="SGNHT"):
         SGMCMC.get_method("sgnht")([p])
+    with pytest.raises(NotImplementedError, match="SGNHT"):
+        distinterp.optim.SGNHT([p])
     with pytest.raises(NotImplementedError, match="Gradient correction"):
         SGMCMC.rmsprop_sgld([p], nbeta=2.0, add_grad_correction=True)
     with pytest.raises(ValueError, match="Mask shape"):

@@ -297,3 +297,13 @@ def _warn_settings(name: str, noise_level: float, nbeta: float) -> None:
             "Use utils.default_nbeta(dataloader) instead",
             stacklevel=3,
         )
+
+
+class SGNHT(torch.optim.Optimizer):
+    """devinterp's SGNHT (Nosé-Hoover thermostat): importable, so scripts that only import it run, but not
+    supported by distinterp."""
+
+    def __init__(self, params: Any, **kwargs: Any):
+        raise NotImplementedError(
+            "SGNHT is not supported by distinterp; use SGMCMC.sgld or SGMCMC.rmsprop_sgld"
+        )
