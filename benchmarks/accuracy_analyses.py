@@ -2,7 +2,7 @@
 float64 evaluation of the same formulas (tests' numpy references), on stores sampled from a tiny GPT-2.
 
     PYTHONPATH=src:. python benchmarks/accuracy_analyses.py [--json out.json] [--chains 4] [--draws 100]
-        [--rows 16] [--ctx 16]
+        [--rows 16] [--ctx 16] [--lr 1e-3] [--smoke]
 
 Prints, per analysis and option, the largest absolute difference of each implementation from float64
 and between the two. Both read the same float32 store; the differences are the analyses' own arithmetic.
@@ -11,12 +11,12 @@ and between the two. Both read the same float32 store; the differences are the a
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
 
 LR = 1e-3
@@ -103,7 +103,7 @@ def measure(trees: dict[str, Any]) -> list[dict[str, Any]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--json", type=Path)
+    p.add_argument("--json")
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--draws", type=int, default=100)
     p.add_argument("--rows", type=int, default=16, help="rows per observable (two observables)")
@@ -111,23 +111,19 @@ def main() -> None:
     p.add_argument(
         "--lr", type=float, default=LR, help="SGLD step: smaller means less loss variance per mean"
     )
+    p.add_argument("--smoke", action="store_true", help="tiny stores (seconds; checks the script)")
     args = p.parse_args()
+    if args.smoke:
+        args.chains, args.draws, args.rows, args.ctx = 2, 4, 4, 4
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory() as tmp:
         trees = sample_stores(Path(tmp), args.chains, args.draws, args.rows, args.ctx, args.lr)
         rows = measure(trees)
-    print(
-        f"{'analysis':34} {'|ours-f64|':>11} {'|devinterp-f64|':>16} {'|ours-devinterp|':>17} {'max|f64|':>9}"
+    title = (
+        f"{args.chains} chains x {args.draws} draws, 2 x {args.rows} rows x {args.ctx} tokens, lr {args.lr}"
     )
-    for r in rows:
-        print(
-            f"{r['analysis']:34} {r['ours_vs_float64']:11.2g} {r['devinterp_vs_float64']:16.2g} "
-            f"{r['ours_vs_devinterp']:17.2g} {r['scale']:9.3g}"
-        )
-    if args.json:
-        args.json.write_text(
-            json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=1)
-        )
+    harness.print_table(f"largest |difference| ({title})", rows)
+    harness.write_json(args.json, {"accuracy": {"args": vars(args), "rows": rows}})
 
 
 if __name__ == "__main__":

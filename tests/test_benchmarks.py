@@ -17,8 +17,9 @@ SMOKES = {
     "bench_analyses.py": [],
     "bench_store.py": [],
     "bench_fsdp.py": [],  # one 2-rank torchrun job: fsdp_size 1 and 2, sharded holds less
+    "accuracy_analyses.py": [],  # samples two tiny stores, runs every analysis in both packages
 }
-SLOW = {"bench_sampling.py", "bench_fsdp.py"}
+SLOW = {"bench_sampling.py", "bench_fsdp.py", "accuracy_analyses.py"}
 
 
 @pytest.mark.parametrize(
