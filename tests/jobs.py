@@ -13,7 +13,9 @@ from tests.conftest import SMALL, tiny_gpt2, token_dataset
 
 def run(output_path: str, **overrides: Any) -> None:
     """Sample the tiny GPT-2 into output_path; overrides replace SMALL's arguments."""
-    model = tiny_gpt2(dropout=float(overrides.pop("dropout", 0.0)))
+    model = tiny_gpt2(
+        vocab_size=int(overrides.pop("vocab_size", 32)), dropout=float(overrides.pop("dropout", 0.0))
+    )
     ds = token_dataset()
     kwargs = {**SMALL, **overrides}
     if "restriction" in kwargs:  # a create_param_masks pattern

@@ -36,6 +36,7 @@ OPTIONS = {
     "save_metrics": True,
     "gradient_accumulation_steps": 2,
     "batch_size": 3,  # split 2 + 1 over the two shards
+    "vocab_size": 33,  # the (33, 16) tied embedding is sharded 17 + 16 rows
     "num_chains": 2,
 }
 COMPARED = {
