@@ -32,6 +32,7 @@ from distinterp.analyses.covariance import (
 )
 from distinterp.analyses.llc import usable_chains
 from distinterp.parallel.distributed import Runtime
+from distinterp.progress import progress_bar
 from distinterp.store import STEPS_DONE
 
 logger = logging.getLogger(__name__)
@@ -706,7 +707,10 @@ def _streamed_token_bif(
         work = _Rows(obs, rows, mean_chains=mean_chains, block=block, scratch=Path(scratch) / "rows.zarr")
         pos_1, pos_2 = np.searchsorted(rows, rows_1), np.searchsorted(rows, rows_2)
         std = torch.as_tensor(work.std, dtype=torch.float32, device=device)
-        for i, j in mine:
+        bar = progress_bar(
+            mine, desc="compute_bif: pairs of token blocks", unit="pair", disable=not rt.is_coordinator
+        )
+        for i, j in bar:
             p1, p2 = pos_1[i : i + block], pos_2[j : j + block]
             sums = torch.zeros((len(p1), len(p2), T, T), dtype=torch.float32, device=device)
             for a, b in zip(work.centred_chunks(p1, device), work.centred_chunks(p2, device)):

@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from distinterp.analyses.llc import chain_status, llc_estimate
+from distinterp.progress import progress_bar
 from distinterp.store import STEPS_DONE, Location, open_tree
 
 logger = logging.getLogger(__name__)
@@ -221,14 +222,15 @@ def _loss_traces(ds: xr.Dataset, lengths: list[int]) -> tuple[np.ndarray, np.nda
     mean = np.full((n_chains, n_steps), np.nan)
     se = np.full((n_chains, n_steps), np.nan)
     chunk = _step_chunk(var)
-    for c in range(n_chains):
-        for s in range(0, lengths[c], chunk):
-            e = min(s + chunk, lengths[c])
-            block = np.asarray(var.isel(chain=c, step=slice(s, e)).values, dtype=np.float64)
-            rows = block.mean(axis=-1)  # (steps, rows): each row's mean per-token loss
-            mean[c, s:e] = rows.mean(axis=1)
-            if rows.shape[1] > 1:
-                se[c, s:e] = rows.std(axis=1, ddof=1) / math.sqrt(rows.shape[1])
+    blocks = [
+        (c, s, min(s + chunk, lengths[c])) for c in range(n_chains) for s in range(0, lengths[c], chunk)
+    ]
+    for c, s, e in progress_bar(blocks, desc="diagnose: reading losses", unit="chunk"):
+        block = np.asarray(var.isel(chain=c, step=slice(s, e)).values, dtype=np.float64)
+        rows = block.mean(axis=-1)  # (steps, rows): each row's mean per-token loss
+        mean[c, s:e] = rows.mean(axis=1)
+        if rows.shape[1] > 1:
+            se[c, s:e] = rows.std(axis=1, ddof=1) / math.sqrt(rows.shape[1])
     return mean, se
 
 
