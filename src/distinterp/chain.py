@@ -21,6 +21,7 @@ from distinterp.data import BatchFeed, Observable
 from distinterp.loss import LossFn, NonFiniteLogitsError, deferred_finite_check
 from distinterp.noise import DEFAULT_BLOCK, NoiseStream
 from distinterp.parallel.engine import ChainEngine
+from distinterp.sgld import MALA_GEOMETRIC, mala_acceptance
 from distinterp.store import ChainRecorder
 
 logger = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ def run_chains(
         if checkpoints is not None and checkpoint_every:
             rec.on_flush = _saver(engine, i, checkpoints, checkpoint_every)
     live = list(range(len(recorders)))
+    mala = MalaRecorder(config.n_beta, len(recorders))
     for step in range(start, config.num_sgld_steps):
         try:
             out = engine.gradient_step(step)
@@ -152,7 +154,7 @@ def run_chains(
         metrics = engine.update()
         if metrics is not None:
             for i in live:
-                recorders[i].metrics(step, metrics[i])
+                recorders[i].metrics(step, mala.record(i, metrics[i], out.micro[i]))
         if is_draw(config, step):
             try:
                 observed = engine.observe()
@@ -178,6 +180,27 @@ def run_chains(
     return {
         engine.chains[i]: rec.diverged_at for i, rec in enumerate(recorders) if rec.diverged_at is not None
     }
+
+
+class MalaRecorder:
+    """Completes each chain's MALA acceptance (sgld.mala_acceptance) with the loss part: n_beta times the
+    previous step's minibatch loss minus this one's. A chain's first step here (also after a resume) is NaN."""
+
+    def __init__(self, n_beta: float, chains: int):
+        self.n_beta = n_beta
+        self.loss: list[torch.Tensor | None] = [None] * chains
+
+    def record(
+        self, i: int, metrics: dict[str, torch.Tensor], micro: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        geometric = metrics.pop(f"metrics_{MALA_GEOMETRIC}")
+        loss, prev = micro.double().mean(), self.loss[i]
+        self.loss[i] = loss
+        nan = torch.full_like(geometric, float("nan"), dtype=torch.float32)
+        metrics["metrics_mala_acceptance"] = (
+            nan if prev is None else mala_acceptance(geometric, self.n_beta, prev, loss)
+        )
+        return metrics
 
 
 def _saver(engine: ChainEngine, i: int, checkpoints: CheckpointStore, every: int) -> Any:

@@ -43,7 +43,7 @@ from distinterp.parallel.engine import EngineFactory, engine_for
 from distinterp.parallel.plan import Plan
 from distinterp.progress import ProgressReporter
 from distinterp.provenance import note_environment, numeric_environment
-from distinterp.sgld import METRIC_FIELDS
+from distinterp.sgld import RECORDED_METRICS
 from distinterp.store import (
     ChainRecorder,
     Location,
@@ -334,7 +334,7 @@ def _schema(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         context_length=ids.shape[1] - 1,
         observables=[(o.obs_id, o.n_samples, o.batches_per_draw) for o in obs_list],
-        metric_fields=METRIC_FIELDS if config.save_metrics else (),
+        metric_fields=RECORDED_METRICS if config.save_metrics else (),
         metrics_numel=numel if config.save_metrics else None,
         identity=identity,
     )

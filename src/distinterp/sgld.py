@@ -23,6 +23,13 @@ from distinterp.config import SamplerConfig
 NORM_FIELDS = ("scaled_grad", "unscaled_grad", "localization", "weight_decay", "noise", "distance")
 DOT_FIELDS = ("dot_grad_prior", "dot_grad_noise", "dot_prior_noise")
 METRIC_FIELDS = NORM_FIELDS + DOT_FIELDS
+"""devinterp 2.x's save_metrics fields, in its order."""
+MALA_GEOMETRIC = "mala_geometric"
+"""sgld_step's per-step proposal and prior part of the MALA log acceptance; the loop adds the loss part."""
+STEP_FIELDS = (*METRIC_FIELDS, MALA_GEOMETRIC)
+"""What sgld_step returns with metrics on."""
+RECORDED_METRICS = (*METRIC_FIELDS, "mala_acceptance")
+"""The metrics_* arrays of a store sampled with save_metrics."""
 
 NoiseFn = Callable[["ParamSlot", torch.Size, float], torch.Tensor]
 """(slot, size, std) -> a N(0, std^2) draw of `size` for that slot's update."""
@@ -67,6 +74,7 @@ class ParamSlot:
     mask: torch.Tensor | None = None  # float 0/1, same shape as param
     center: torch.Tensor | None = None  # theta_0, kept when localization, bounding box or metrics need it
     square_avg: torch.Tensor | None = None  # RMSprop running average of g^2
+    mala_prev: tuple[torch.Tensor, torch.Tensor] | None = None  # (theta, grad U) at the last step (metrics)
 
 
 @dataclass
@@ -120,6 +128,7 @@ def sgld_step(
     with_metrics: bool = False,
     stacked: bool = False,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    mala: bool = False,
 ) -> StepMetrics | None:
     """Apply one SGLD update in place to every slot whose parameter has a gradient.
 
@@ -128,13 +137,15 @@ def sgld_step(
     without a gradient draw nothing and stay put. `stacked`: dim 0 of every parameter indexes chains
     (masks and centers broadcast), and the metrics are per chain, shape (chains,). When slots hold
     shards of parameters, `reduce` sums the per-parameter partial sums, a (params, 9, 1) tensor, over the
-    shards (one collective) before each parameter's norm is taken.
+    shards (one collective) before each parameter's norm is taken. `mala` (with metrics): also the
+    MALA_GEOMETRIC part of the step's MALA acceptance (the slots keep the previous point for it).
     """
     totals = None
     if with_metrics:
         dev = slots[0].param.device if slots else None
         totals = StepMetrics({k: torch.zeros(1, dtype=torch.float32, device=dev) for k in METRIC_FIELDS})
     partials: list[torch.Tensor] = []
+    first = any(s.mala_prev is None for s in slots if s.param.grad is not None)
     half_lr = 0.5 * hyper.lr
     sqrt_lr = hyper.lr**0.5
     for slot in slots:
@@ -159,6 +170,8 @@ def sgld_step(
         if with_metrics:
             assert slot.center is not None
             distance = p.data - slot.center
+            if mala:
+                mala_part = _mala_partial(slot, overall * (grad.mul(hyper.n_beta) + wd + loc), hyper, stacked)
         p.data.add_(d_p, alpha=-half_lr)
 
         if noise is None:
@@ -177,20 +190,61 @@ def sgld_step(
             )
 
         if totals is not None:
-            partials.append(
-                _partial_sums(grad, precond, noise_coef, overall, wd, loc, draw, distance, hyper, stacked)
-            )
+            sums = _partial_sums(grad, precond, noise_coef, overall, wd, loc, draw, distance, hyper, stacked)
+            partials.append(torch.cat([sums, mala_part[None]]) if mala else sums)
     if totals is not None:
         if reduce is not None and partials:
             partials = list(reduce(torch.stack(partials)))
+        geometric = torch.zeros_like(totals.values[METRIC_FIELDS[0]])
         for sums in partials:  # each parameter's norms, re-squared (as devinterp), and its dots
             for i, k in enumerate(METRIC_FIELDS):
                 totals.values[k] = totals.values[k] + (
                     sums[i].sqrt().square() if k in NORM_FIELDS else sums[i]
                 )
+            if mala:
+                geometric = geometric + sums[len(METRIC_FIELDS)]
         for k in NORM_FIELDS:
             totals.values[k] = totals.values[k].sqrt()
+        if mala:
+            totals.values[MALA_GEOMETRIC] = torch.full_like(geometric, float("nan")) if first else geometric
     return totals
+
+
+def _mala_partial(slot: ParamSlot, drift: torch.Tensor, hyper: SGLDHyper, stacked: bool) -> torch.Tensor:
+    """This parameter's part of the MALA log acceptance of the move theta_prev -> theta (the current point),
+    log q(prev | cur) - log q(cur | prev) + prior(prev) - prior(cur), with the Gaussian proposal
+    q(y | x) ~ exp(-|y - x + (lr/2) grad U(x)|^2 / (2 lr)) (Furman & Lau 2024, devinterp 1.x's
+    MalaAcceptanceRate), written without cancellation: with u = cur - prev, a = (lr/2) grad U(prev),
+    b = (lr/2) grad U(cur), |u + a|^2 - |b - u|^2 = 2 u.(a + b) + |a|^2 - |b|^2. Shape (1,), or (chains,)
+    when stacked; 0 at the first step, whose previous point is unknown. Keeps (theta, grad U) for the next."""
+    theta = slot.param.data
+    prev = slot.mala_prev
+    slot.mala_prev = (theta.detach().clone(), drift.detach().clone())
+    dims = tuple(range(1, theta.ndim)) if stacked else tuple(range(theta.ndim))
+    if prev is None:
+        return torch.zeros(theta.shape[0] if stacked else 1, dtype=torch.float32, device=theta.device)
+    t_prev, g_prev = prev
+    half_lr = 0.5 * hyper.lr
+    u, a, b = (theta - t_prev).float(), (half_lr * g_prev).float(), (half_lr * drift).float()
+    proposal = (2 * u * (a + b) + a.square() - b.square()) / (2 * hyper.lr)
+    both = (theta + t_prev).float()
+    prior = torch.zeros_like(u)
+    if hyper.localization > 0:
+        assert slot.center is not None
+        prior = prior - 0.5 * hyper.localization * u * (both - 2 * slot.center.float())
+    if hyper.weight_decay > 0:
+        prior = prior - 0.5 * hyper.weight_decay * u * both
+    total = (proposal + prior).sum(dim=dims)
+    return total if stacked else total.reshape(1)
+
+
+def mala_acceptance(
+    geometric: torch.Tensor, n_beta: float, loss_prev: torch.Tensor, loss: torch.Tensor
+) -> torch.Tensor:
+    """devinterp 1.x's MALA acceptance probability min(1, exp(log q ratio + U(prev) - U(cur))) of one step,
+    U = n_beta * minibatch loss + priors (Furman & Lau 2024, arXiv 2402.03698); NaN at a chain's first step."""
+    log_alpha = geometric.double() + n_beta * (loss_prev.double() - loss.double())
+    return torch.exp(torch.clamp(log_alpha, max=0.0)).float()
 
 
 def _partial_sums(

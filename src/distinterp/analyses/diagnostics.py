@@ -83,10 +83,11 @@ class Thresholds:
     """With save_metrics: median ratio of the drift (scaled gradient) norm to the injected noise norm above
     this: the update is dominated by descent, not noise, so SGLD is optimising rather than sampling
     (Welling & Teh 2011, sec. 4: sampling starts once the injected noise dominates)."""
-    mala_min: float = 0.5
-    """With save_metrics: mean MALA acceptance probability (devinterp 1.x's; Furman & Lau 2024,
-    arXiv 2402.03698) below this: the step size is too large for the discretisation to be trusted.
-    Furman & Lau aim for about 0.9; values in [mala_min, 0.9) are noted, not flagged."""
+    mala_target: float = 0.9
+    """With save_metrics: a mean MALA acceptance probability (devinterp 1.x's; Furman & Lau 2024,
+    arXiv 2402.03698) below this is noted, not failed: Furman & Lau aim for about 0.9, but devinterp 1.x's
+    formula takes each end's loss on its own minibatch, so when n_beta x (minibatch standard error) >> 1
+    the minibatch noise alone pulls it toward 0.5 whatever the step size (the bigram demo: ~0.5)."""
 
 
 class UnhealthyRunWarning(UserWarning):
@@ -398,7 +399,7 @@ def diagnose(
                 f"{t.outlier_p:g}); more draws, lower lr or raise localization"
             )
 
-    metrics = _metric_checks(ds, finite, lengths, t, flagged, problems, notes, ran)
+    metrics = _metric_checks(ds, finite, lengths, t, flagged, problems, notes, ran, n_beta, trace_se)
 
     llc_use = llc[use] if use else np.array([np.nan])
     pooled_mcse = (
@@ -445,6 +446,8 @@ def _metric_checks(
     problems: list[str],
     notes: list[str],
     ran: list[str],
+    n_beta: float = 1.0,
+    ds_se: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Checks on the metrics_* traces that save_metrics=True records: distance, drift vs noise, MALA."""
     n = ds.sizes["chain"]
@@ -502,18 +505,14 @@ def _metric_checks(
             acc[c] = float(np.nanmean(a)) if np.isfinite(a).any() else np.nan
         out["mala_acceptance"] = ("chain", acc)
         ran.append("mala")
-        low = [c for c in finite if np.isfinite(acc[c]) and acc[c] < t.mala_min]
+        low = [c for c in finite if np.isfinite(acc[c]) and acc[c] < t.mala_target]
         if low:
-            flagged["mala"][low] = True
-            problems.append(
+            noise = float(np.nanmedian(ds_se)) * n_beta if ds_se is not None else float("nan")
+            notes.append(
                 f"mala: {_chains(low)}: mean MALA acceptance "
                 + ", ".join(f"{acc[c]:.2f}" for c in low)
-                + f" < {t.mala_min:g} (Furman & Lau 2024 aim for ~0.9); lower lr"
-            )
-        mid = [c for c in finite if np.isfinite(acc[c]) and t.mala_min <= acc[c] < 0.9]
-        if mid:
-            notes.append(
-                f"mala: {_chains(mid)}: mean MALA acceptance is below the ~0.9 Furman & Lau aim for: "
-                + ", ".join(f"{acc[c]:.2f}" for c in mid)
+                + f" < {t.mala_target:g} (Furman & Lau 2024's aim); n_beta x minibatch standard error is "
+                f"{noise:.3g}, so minibatch noise "
+                + ("dominates it" if noise > 1 else "does not explain it: lower lr")
             )
     return out

@@ -100,8 +100,12 @@ def load_inputs(settings: SampleSettings) -> Inputs:
 def run_sample(
     settings: SampleSettings, inputs: Inputs | None = None
 ) -> tuple[xr.DataTree, dict[str, xr.Dataset]]:
-    """Sample as the settings say; analyses run on rank 0 once the store is complete. `inputs`: already
-    loaded (one load for several restrictions' runs)."""
+    """Sample as the settings say; analyses (and W&B logging, when set) run on rank 0 once the store is
+    complete. `inputs`: already loaded (one load for several restrictions' runs)."""
+    if settings.logging.wandb is not None:
+        from distinterp.jobs.tracking import require_wandb
+
+        require_wandb()  # before any work
     chains = job_chains(settings)
     if chains == []:
         raise ValueError(
@@ -150,6 +154,11 @@ def run_sample(
     complete, _, diverged = chain_status(tree.dataset)
     if is_finished(tree) and "llc" in settings.analyses and set(complete) - set(diverged):
         results["llc"] = compute_llc(tree)  # (with no finite chain, the CLI prints the diagnosis instead)
+    if settings.logging.wandb is not None and runtime().is_coordinator:
+        from distinterp.jobs.tracking import log_to_wandb
+
+        name = settings.output_path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr")
+        log_to_wandb(settings.logging.wandb, tree, results, name=name, config=recorded_settings(settings))
     return tree, results
 
 

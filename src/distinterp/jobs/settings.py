@@ -211,6 +211,24 @@ class ArrayTaskSettings(_Part):
         return index, count
 
 
+class WandbSettings(_Part):
+    """Weights & Biases (pip install 'distinterp[wandb]'): rank 0 logs the run once its store is written."""
+
+    project: str = "distinterp"
+    entity: str | None = None
+    mode: Literal["online", "offline", "disabled"] = Field(
+        "online", description="'offline' writes the run under `dir` only (wandb sync uploads it later)"
+    )
+    tags: list[str] = Field(default_factory=list)
+    dir: str | None = Field(None, description="where wandb writes its run directory (default ./wandb)")
+
+
+class LoggingSettings(_Part):
+    """Where results are logged besides the store; all off by default."""
+
+    wandb: WandbSettings | None = None
+
+
 class SampleSettings(BaseSettings):
     """Settings of one sampling job (`distinterp sample CONFIG.yaml`): model, data, sampler, store."""
 
@@ -249,6 +267,7 @@ class SampleSettings(BaseSettings):
         description="sample only these weights: a create_param_masks pattern ('l0h1', 'l1 mlp', ...) or a list",
     )
     parallel: ParallelSettings = Field(default_factory=ParallelSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
     analyses: list[Literal["llc"]] = Field(
         default_factory=lambda: ["llc"], description="run after sampling, on rank 0"
     )

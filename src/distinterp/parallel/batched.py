@@ -33,7 +33,7 @@ from distinterp.data import BatchFeed, Observable
 from distinterp.loss import LossFn
 from distinterp.parallel.engine import StepOutput
 from distinterp.parallel.serial import SerialEngine
-from distinterp.sgld import METRIC_FIELDS, ParamSlot, SGLDHyper, sgld_step
+from distinterp.sgld import STEP_FIELDS, ParamSlot, SGLDHyper, sgld_step
 
 
 def _quiet(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -223,13 +223,14 @@ class BatchedEngine:
             self.hyper,
             noise=self._noise,
             with_metrics=self.setup.config.save_metrics,
+            mala=True,
             stacked=True,
         )
         for p in self.stacked.values():
             p.grad = None
         if metrics is None:
             return None
-        fields = {k: v for k, v in metrics.values.items() if k in METRIC_FIELDS}
+        fields = {k: v for k, v in metrics.values.items() if k in STEP_FIELDS}
         return [{f"metrics_{k}": v[i] for k, v in fields.items()} for i in range(self.k)]
 
     @_quiet

@@ -20,7 +20,7 @@ from distinterp.data import BatchFeed
 from distinterp.loss import is_transformer_lens_model
 from distinterp.noise import BlockedNoise, Piece
 from distinterp.parallel.engine import StepOutput
-from distinterp.sgld import METRIC_FIELDS, ParamSlot, SGLDHyper, make_slots, sgld_step
+from distinterp.sgld import STEP_FIELDS, ParamSlot, SGLDHyper, make_slots, sgld_step
 
 if TYPE_CHECKING:
     from distinterp.config import SamplerConfig
@@ -190,6 +190,7 @@ class SerialEngine:
             noise=self._noise(),  # type: ignore[arg-type]
             reduce=self._reduce(),  # type: ignore[arg-type]
             with_metrics=self.setup.config.save_metrics,
+            mala=True,
         )
         for p in self.named.values():
             p.grad = None
@@ -197,7 +198,7 @@ class SerialEngine:
             slot.param.grad = None
         if metrics is None:
             return None
-        return [{f"metrics_{k}": v.squeeze() for k, v in metrics.values.items() if k in METRIC_FIELDS}]
+        return [{f"metrics_{k}": v.squeeze() for k, v in metrics.values.items() if k in STEP_FIELDS}]
 
     def observe(self) -> list[dict[str, torch.Tensor]]:
         with torch.no_grad():
