@@ -13,7 +13,7 @@ import logging
 import math
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -596,6 +596,7 @@ def _token_bif(
         j_block = rt.broadcast(j_block)
     pairs = [(i, j) for i in range(0, n1, block) for j in range(0, n2, j_block)]
     mine = pairs[rt.rank :: rt.world_size]
+    todo = progress_bar(mine, desc="compute_bif: token blocks", unit="pair", disable=not rt.is_coordinator)
     if dense:
         _dense_token_bif(
             obs,
@@ -606,14 +607,14 @@ def _token_bif(
             covariance,
             average,
             (block, j_block),
-            mine,
+            todo,
             sink,
             kept,
             device,
         )
     else:
         _streamed_token_bif(
-            obs, rows, rows_1, rows_2, mean_chains, covariance, average, block, mine, sink, kept, device
+            obs, rows, rows_1, rows_2, mean_chains, covariance, average, block, todo, sink, kept, device
         )
     if rt.is_distributed:
         logger.info("compute_bif: rank %d computed %d of %d pairs of blocks", rt.rank, len(mine), len(pairs))
@@ -638,7 +639,7 @@ def _dense_token_bif(
     covariance: bool,
     average: bool,
     blocks: tuple[int, int],
-    mine: list[tuple[int, int]],
+    mine: Iterable[tuple[int, int]],
     sink: Any,
     kept: list[tuple[int, int, np.ndarray]],
     device: torch.device,
@@ -696,7 +697,7 @@ def _streamed_token_bif(
     covariance: bool,
     average: bool,
     block: int,
-    mine: list[tuple[int, int]],
+    mine: Iterable[tuple[int, int]],
     sink: Any,
     kept: list[tuple[int, int, np.ndarray]],
     device: torch.device,
@@ -707,10 +708,7 @@ def _streamed_token_bif(
         work = _Rows(obs, rows, mean_chains=mean_chains, block=block, scratch=Path(scratch) / "rows.zarr")
         pos_1, pos_2 = np.searchsorted(rows, rows_1), np.searchsorted(rows, rows_2)
         std = torch.as_tensor(work.std, dtype=torch.float32, device=device)
-        bar = progress_bar(
-            mine, desc="compute_bif: pairs of token blocks", unit="pair", disable=not rt.is_coordinator
-        )
-        for i, j in bar:
+        for i, j in mine:
             p1, p2 = pos_1[i : i + block], pos_2[j : j + block]
             sums = torch.zeros((len(p1), len(p2), T, T), dtype=torch.float32, device=device)
             for a, b in zip(work.centred_chunks(p1, device), work.centred_chunks(p2, device)):

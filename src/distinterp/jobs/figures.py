@@ -166,11 +166,19 @@ def metrics_figure(ds: xr.Dataset) -> ReportFigure | None:
         ax = axes[k // cols, k % cols]
         values = values_of[name]
         data[name] = values
+        is_mala = name == "metrics_mala_acceptance"
         for c in range(values.shape[0]):
-            ax.plot(values[c], lw=0.6, alpha=0.8, label=f"chain {c}")
-        bad = ~np.isfinite(values)
+            if is_mala:  # near 0/1 step to step: its rolling mean says more
+                (line,) = ax.plot(values[c], lw=0.4, alpha=0.15)
+                smooth = rolling_mean(values[c : c + 1, 1:], max(1, values.shape[1] // 50))[0]
+                ax.plot(
+                    np.arange(1, values.shape[1]), smooth, lw=1.2, color=line.get_color(), label=f"chain {c}"
+                )
+            else:
+                ax.plot(values[c], lw=0.6, alpha=0.8, label=f"chain {c}")
+        bad = ~np.isfinite(values[:, 1:] if is_mala else values)  # (mala: no previous point at step 0)
         if bad.any():
-            first = int(np.argmax(bad.any(axis=0)))
+            first = int(np.argmax(bad.any(axis=0))) + int(is_mala)
             ax.text(
                 0.5,
                 0.5,
@@ -182,7 +190,8 @@ def metrics_figure(ds: xr.Dataset) -> ReportFigure | None:
         if k == 0:
             ax.legend(fontsize=7, ncol=2)
         ax.set_title(name.removeprefix("metrics_"), fontsize=9)
-        if name == "metrics_mala_acceptance":
+        if is_mala:
+            ax.set_title("mala_acceptance (rolling mean; ~0.9 aimed for)", fontsize=9)
             ax.axhline(0.9, color="k", ls="--", lw=1)
             ax.set_ylim(-0.02, 1.02)
     for k in range(len(names), rows * cols):
