@@ -72,3 +72,26 @@ def test_sample_records_the_acceptance(tmp_path: Path) -> None:
     diag = distinterp.diagnose(tree)
     assert "mala" in diag.checks.attrs["checks_run"]
     np.testing.assert_allclose(diag.checks.mala_acceptance.values, np.nanmean(acc.values, axis=1), rtol=1e-6)
+
+
+def test_resumed_chain_records_the_same_acceptance(tmp_path: Path) -> None:
+    """Preempted at step 51 of 52 with a checkpoint at 50, the rerun writes the uninterrupted bytes: the
+    checkpoint carries the previous point and loss of the MALA acceptance."""
+    from tests.test_batched import _Preempt
+    from tests.test_sampling import assert_same_data
+
+    ds = token_dataset()
+    opts = {**SMALL, "num_chains": 1, "num_draws": 52, "save_metrics": True, "checkpoint_every": 50}
+
+    def run(name: str, loss: _Preempt) -> object:
+        return distinterp.sample(
+            tiny_gpt2(), ds, {"train": ds}, output_path=tmp_path / name, loss_fn=loss, **opts
+        )
+
+    clean = run("clean.zarr", _Preempt(None)).dataset
+    loss = _Preempt(51)
+    with pytest.raises(RuntimeError, match="preempted"):
+        run("resumed.zarr", loss)
+    resumed = run("resumed.zarr", loss).dataset
+    assert np.isfinite(resumed.metrics_mala_acceptance.values[0, 50])  # the first step after the resume
+    assert_same_data(resumed, clean)

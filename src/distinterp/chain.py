@@ -6,6 +6,7 @@ A chain depends only on (init_seed, chain index), never on the rank or group tha
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Mapping, Sequence
@@ -133,14 +134,16 @@ def run_chains(
         for rec, loss in zip(recorders, engine.init_loss()):
             rec.init_loss(loss)
     engine.begin(resume)
+    mala = MalaRecorder(config.n_beta, len(recorders))
+    for i, r in enumerate(resume):
+        mala.loss[i] = None if r is None else r.mala_loss
     for i, rec in enumerate(recorders):
         if start:
             rec.resume_at(start)
             logger.warning("chain %d continues from its checkpoint at step %d", engine.chains[i], start)
         if checkpoints is not None and checkpoint_every:
-            rec.on_flush = _saver(engine, i, checkpoints, checkpoint_every)
+            rec.on_flush = _saver(engine, i, checkpoints, checkpoint_every, mala)
     live = list(range(len(recorders)))
-    mala = MalaRecorder(config.n_beta, len(recorders))
     for step in range(start, config.num_sgld_steps):
         try:
             out = engine.gradient_step(step)
@@ -184,7 +187,8 @@ def run_chains(
 
 class MalaRecorder:
     """Completes each chain's MALA acceptance (sgld.mala_acceptance) with the loss part: n_beta times the
-    previous step's minibatch loss minus this one's. A chain's first step here (also after a resume) is NaN."""
+    previous step's minibatch loss minus this one's. NaN at a chain's first step (a checkpoint carries the
+    previous point on; the batched engine's checkpoints do not yet, so it is NaN after their resume too)."""
 
     def __init__(self, n_beta: float, chains: int):
         self.n_beta = n_beta
@@ -195,6 +199,7 @@ class MalaRecorder:
     ) -> dict[str, torch.Tensor]:
         geometric = metrics.pop(f"metrics_{MALA_GEOMETRIC}")
         loss, prev = micro.double().mean(), self.loss[i]
+        prev = prev.to(loss.device) if prev is not None else None  # from a checkpoint: on the CPU
         self.loss[i] = loss
         nan = torch.full_like(geometric, float("nan"), dtype=torch.float32)
         metrics["metrics_mala_acceptance"] = (
@@ -203,7 +208,7 @@ class MalaRecorder:
         return metrics
 
 
-def _saver(engine: ChainEngine, i: int, checkpoints: CheckpointStore, every: int) -> Any:
+def _saver(engine: ChainEngine, i: int, checkpoints: CheckpointStore, every: int, mala: MalaRecorder) -> Any:
     """The recorder's on_flush hook: at every `every` steps, chain i's state, saved after its data."""
     chain = engine.chains[i]
 
@@ -211,6 +216,8 @@ def _saver(engine: ChainEngine, i: int, checkpoints: CheckpointStore, every: int
         if steps_done % every:
             return None
         ckpt = engine.capture(i, steps_done)
+        if mala.loss[i] is not None:
+            ckpt = dataclasses.replace(ckpt, mala_loss=mala.loss[i].detach().to("cpu"))
         return lambda: checkpoints.save(chain, ckpt)
 
     return on_flush

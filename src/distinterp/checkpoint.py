@@ -1,7 +1,7 @@
 """Per-chain checkpoints, so a preempted chain continues mid-way and still writes the same bytes.
 
-A checkpoint holds what the next step depends on: the sampled parameters, RMSprop state and the RNG
-states (torch CPU/CUDA, numpy, python). The data order is a function of the step index, so it needs
+A checkpoint holds what the next step depends on: the sampled parameters, RMSprop state, the RNG
+states (torch CPU/CUDA, numpy, python) and, with save_metrics, the previous point of the MALA acceptance. The data order is a function of the step index, so it needs
 nothing. Checkpoints live beside the store (`<store>.checkpoints/chain_<c>.pt`), one writer each,
 written atomically after the data they cover, and are deleted when the store completes.
 """
@@ -32,6 +32,10 @@ class ChainCheckpoint:
     params: dict[str, torch.Tensor]
     square_avg: dict[str, torch.Tensor]
     rng: dict[str, Any]
+    mala: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = (
+        None  # save_metrics: (theta, grad U) at `step`
+    )
+    mala_loss: torch.Tensor | None = None  # save_metrics: the loss part's previous minibatch loss
 
     @classmethod
     def capture(cls, step: int, slots: list[ParamSlot], device: torch.device) -> ChainCheckpoint:
@@ -49,6 +53,12 @@ class ChainCheckpoint:
                 s.name: s.square_avg.detach().to("cpu", copy=True) for s in slots if s.square_avg is not None
             },
             rng=rng,
+            mala={
+                s.name: (s.mala_prev[0].to("cpu", copy=True), s.mala_prev[1].to("cpu", copy=True))
+                for s in slots
+                if s.mala_prev is not None
+            }
+            or None,
         )
 
     def restore(self, slots: list[ParamSlot], device: torch.device) -> None:
@@ -58,6 +68,8 @@ class ChainCheckpoint:
                 s.param.copy_(self.params[s.name])
                 if s.name in self.square_avg:
                     s.square_avg = self.square_avg[s.name].to(s.param.device)
+                if self.mala and s.name in self.mala:
+                    s.mala_prev = tuple(t.to(s.param.device) for t in self.mala[s.name])  # type: ignore[assignment]
         torch.set_rng_state(self.rng["torch"])
         np.random.set_state(self.rng["numpy"])
         random.setstate(self.rng["python"])
