@@ -5,7 +5,8 @@
 
 Targets (each a table; two observables, one step between draws, burn-in 0):
   cpu_limit     distinterp's whole sample() per chain-step against the physical limit: a bare PyTorch loop
-                doing the same forward + backward + SGLD update + observable forwards (mid: GPT-2 4x128, ctx 64)
+                doing the same forward + backward + SGLD update + observable forwards (mid: GPT-2 4x128, ctx 64),
+                alternated 3 times in one process, fastest of each
   cpu_overhead  whole sample() of devinterp 2.0.1 / distinterp, store creation and start-up included (tiny 2x64)
   cpu_ranks     2 ranks x 1 thread against 1 rank x 1 thread: chain-parallel efficiency (mid)
   batched       8 chains with chains_per_batch=8 against the same 8 chains one at a time (small: 2x256, ctx 128)
@@ -64,10 +65,10 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     probe = harness.token_rows(spec["model"], 64, seed=2)
     device = spec.get("device", "cpu")
     kwargs = sample_kwargs(spec)
-    if spec["engine"] == "limit":
-        return {"seconds": bare_loop(model, ids, probe, kwargs, device)}
     ds = Dataset.from_dict({"input_ids": ids.tolist()})
     pr = Dataset.from_dict({"input_ids": probe.tolist()})
+    if spec["engine"] == "interleaved":
+        return interleaved(model, ds, pr, ids, probe, kwargs, device, spec["rounds"])
     if spec["engine"] == "devinterp":
         from devinterp.slt.sampling import sample
 
@@ -87,6 +88,29 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         sample(model, ds, {"train": ds, "probe": pr}, output_path=f"{tmp}/s.zarr", device=device, **kwargs)
         harness.synchronize(device)
         return {"seconds": time.perf_counter() - start}
+
+
+def interleaved(
+    model: Any, ds: Any, pr: Any, ids: Any, probe: Any, kwargs: dict[str, Any], device: str, rounds: int
+) -> dict[str, float]:
+    """Fastest of `rounds` alternated runs of sample() and of the bare loop, in seconds."""
+    import copy
+    import warnings
+
+    from distinterp import sample
+
+    best = {"sample": float("inf"), "limit": float("inf")}
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            start = time.perf_counter()
+            sample(
+                model, ds, {"train": ds, "probe": pr}, output_path=f"{tmp}/s.zarr", device=device, **kwargs
+            )
+            harness.synchronize(device)
+            best["sample"] = min(best["sample"], time.perf_counter() - start)
+        best["limit"] = min(best["limit"], bare_loop(copy.deepcopy(model), ids, probe, kwargs, device))
+    return best
 
 
 def bare_loop(model: Any, ids: Any, probe: Any, kwargs: dict[str, Any], device: str) -> float:
@@ -170,7 +194,7 @@ def per_chain_step(seconds: float, spec: dict[str, Any]) -> float:
 def run_target(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Rows of one target and its ratio."""
     smoke, dev = args.smoke, args.device
-    cores = os.cpu_count() or 1
+    cores = args.threads or os.cpu_count() or 1
 
     def spec(model: str, chains: int, **kw: Any) -> dict[str, Any]:
         base = dict(SMOKE_SPEC) if smoke else dict(model=model, chains=chains, draws=args.draws)
@@ -192,14 +216,14 @@ def run_target(name: str, args: argparse.Namespace) -> dict[str, Any]:
         )
 
     if name == "cpu_limit":
-        s = spec("mid", 2, threads=cores)
-        ours = measure({**s, "engine": "distinterp"}, smoke)
-        limit = measure({**s, "engine": "limit"}, smoke)
-        row("distinterp sample()", s, ours)
-        row("bare PyTorch loop (limit)", s, limit)
+        # one process, the two alternated `rounds` times, fastest of each: robust to a drifting machine load
+        s = spec("mid", 2, threads=cores, engine="interleaved", rounds=1 if smoke else 3)
+        res = child(s) if smoke else harness.run_child(__file__, s)
+        row("distinterp sample()", s, res["sample"])
+        row("bare PyTorch loop (limit)", s, res["limit"])
         return {
             "rows": rows,
-            "ratio": round(ours / limit, 3),
+            "ratio": round(res["sample"] / res["limit"], 3),
             "ratio_meaning": "distinterp / limit (goal <= 1.05)",
         }
     if name == "cpu_overhead":
@@ -276,6 +300,7 @@ def main() -> None:
     p.add_argument("--targets", default=",".join(CPU_TARGETS))
     p.add_argument("--device", default="cpu")
     p.add_argument("--draws", type=int, default=50)
+    p.add_argument("--threads", type=int, help="torch threads of single-process runs (default: all cores)")
     p.add_argument("--compile-best", action="store_true", help="include compile=True in the devinterp target")
     p.add_argument("--json", help="write the tables as JSON here")
     p.add_argument("--smoke", action="store_true", help="every target, tiny, in-process: seconds")
