@@ -1,5 +1,5 @@
-"""The `distinterp` command: demo; the jobs sample, llc, bif, susceptibilities, trajectory; aggregate, status,
-inspect, report."""
+"""The `distinterp` command: demo; the jobs sample, llc, bif, susceptibilities, trajectory, calibrate;
+aggregate, status, inspect, report."""
 
 from __future__ import annotations
 
@@ -250,6 +250,34 @@ def cmd_trajectory(args: argparse.Namespace) -> int:
         else:
             print(f"trajectory {settings.output_path}:")
             _print_sweep(res)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """A grid of short runs over sampler settings, and the setting the documented rule picks."""
+    import yaml
+
+    from distinterp.jobs.calibrate import CalibrateSettings, parse_grid, run_calibrate
+    from distinterp.jobs.settings import load_settings
+    from distinterp.parallel.distributed import runtime
+
+    overrides = _overrides(args)
+    if args.grid:
+        grid = parse_grid(args.grid)
+        overrides += [f"grid.{name}={json.dumps(values)}" for name, values in grid.items()]
+    settings = load_settings(args.config, overrides, cls=CalibrateSettings)
+    if args.grid:  # --grid replaces the config's grid rather than adding fields to it
+        settings.grid = grid
+    cal = run_calibrate(settings)  # type: ignore[arg-type]
+    if runtime().is_coordinator:
+        if cal is None:
+            print(f"calibration {settings.output_path}: this job's share is done; other tasks are unfinished")
+            return 0
+        _print_sweep(cal.table)
+        print(cal)
+        if cal.best is not None:
+            print("sampler settings to use:")
+            print(yaml.safe_dump({"sampler": cal.best}, sort_keys=False).rstrip())
     return 0
 
 
@@ -584,6 +612,18 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--array-task-id", type=int, help="this task's block of the (checkpoint, chain) list")
     t.add_argument("--array-task-count", type=int, help="number of tasks in the job array")
     t.set_defaults(func=cmd_trajectory)
+
+    c = sub.add_parser(
+        "calibrate", help="sweep sampler settings (short runs, one store per cell) and pick lr/localization"
+    )
+    c.add_argument("config", nargs="?", help="YAML settings file (sample's settings plus an optional grid)")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    c.add_argument(
+        "--grid", action="append", metavar="sampler.FIELD=V1,V2", help="sweep a sampler setting (repeatable)"
+    )
+    c.add_argument("--array-task-id", type=int, help="this task's block of the (cell, chain) list")
+    c.add_argument("--array-task-count", type=int)
+    c.set_defaults(func=cmd_calibrate)
 
     for name, helptext, func in [
         ("aggregate", "analyses of a complete store (LLC, BIF, susceptibilities)", cmd_aggregate),

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from distinterp.analyses.diagnostics import Thresholds, diagnose
 from distinterp.analyses.llc import compute_llc
 from distinterp.config import SamplerConfig, merge_rmsprop_aliases
 from distinterp.data import fingerprint, input_ids_tensor
@@ -286,8 +287,10 @@ def aggregate_sweep(
     *,
     storage_options: dict[str, Any] | None = None,
     allow_partial: bool = False,
+    thresholds: Thresholds | None = None,
 ) -> xr.Dataset:
-    """LLC per store over the root's labels, as one Dataset over a `checkpoint` or `cell` dim.
+    """LLC and health verdict per store over the root's labels, as one Dataset over a `checkpoint` or `cell`
+    dim (`healthy`, and `problems` as the diagnostics name them, one per line).
 
     An unfinished store is refused with everything that is missing named, unless allow_partial: then each
     store's complete chains are used, and stores without any are NaN and named in attrs['missing'].
@@ -324,11 +327,22 @@ def aggregate_sweep(
             "complete chains only."
         )
     results: dict[str, xr.Dataset] = {}
-    for label, tree in trees.items():
+    healthy = np.zeros(len(labels), dtype=bool)
+    problems = [""] * len(labels)
+    rhat, ess = np.full(len(labels), np.nan), np.full(len(labels), np.nan)
+    for i, label in enumerate(labels):
+        tree = trees.get(label)
+        if tree is None:
+            problems[i] = "not started"
+            continue
         try:
-            results[label] = compute_llc(tree, allow_partial=allow_partial)
+            results[label] = compute_llc(tree, allow_partial=allow_partial, check=False)
         except IncompleteStoreError:
             missing[label] = missing.get(label, "no complete chain")
+        verdict = diagnose(tree, thresholds=thresholds)
+        rhat[i], ess[i] = float(verdict.checks.rhat), float(verdict.checks.ess_bulk)
+        healthy[i] = verdict.healthy
+        problems[i] = "\n".join(verdict.problems)
     width = max([tree.dataset.sizes["chain"] for tree in trees.values()] or [0])
     per_chain = np.full((len(labels), width), np.nan)
     mean = np.full(len(labels), np.nan)
@@ -348,12 +362,16 @@ def aggregate_sweep(
             "llc_sem": (dim, std / np.sqrt(np.maximum(used - 1, 1))),
             "llc_per_chain": ((dim, "chain"), per_chain),
             "num_chains_used": (dim, used),
+            "healthy": (dim, healthy),
+            "problems": (dim, np.asarray(problems, dtype=object).astype(str)),
+            "rhat": (dim, rhat),
+            "ess_bulk": (dim, ess),
         },
         coords={dim: labels},
         attrs={"kind": record["kind"], "root": str(root), "missing": sorted(missing)},
     )
     steps = [_step(label) for label in labels]
-    if all(s is not None for s in steps):
+    if dim == "checkpoint" and all(s is not None for s in steps):
         out = out.assign_coords(step=(dim, np.asarray(steps, dtype=np.int64)))
     return out
 
