@@ -16,9 +16,11 @@ any finite n_beta: lambda + O(1 / n_beta).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -31,12 +33,16 @@ __all__ = [
     "BIGRAM_LLC_SETTINGS",
     "BigramConfig",
     "BigramLM",
+    "DeepLinearNetwork",
     "bigram_counts",
     "bigram_expected_llc",
     "bigram_learning_coefficient",
     "bigram_mle",
+    "dln_learning_coefficient",
+    "dln_population_loss",
     "markov_chain",
     "markov_dataset",
+    "rrr_learning_coefficient",
     "stationary_distribution",
     "tiny_gpt2",
 ]
@@ -271,3 +277,101 @@ def tiny_gpt2(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return GPT2LMHeadModel(cfg)
+
+
+# --------------------------------------------------------------------------------------------- deep linear
+
+
+class DeepLinearNetwork(torch.nn.Module):
+    """x -> W_L ... W_1 x with widths H_1 (input) ... H_{L+1} (output), at a true parameter of rank r.
+
+    The weights are a seeded random factorisation whose product W* has rank `rank` (the last layer is
+    projected onto r singular directions). With the population loss of `dln_population_loss` this is a
+    singular model at a true parameter, whose learning coefficient Aoyagi 2024 gives in closed form.
+    """
+
+    def __init__(self, widths: list[int], rank: int, seed: int = 0) -> None:
+        super().__init__()
+        if len(widths) < 3 or min(widths) < 1:
+            raise ValueError(f"widths: need >= 3 positive widths (>= 2 layers), got {widths}")
+        if not 0 <= rank <= min(widths):
+            raise ValueError(f"rank: must be in [0, min(widths)={min(widths)}], got {rank}")
+        g = torch.Generator().manual_seed(seed)
+        ws = [
+            torch.randn(b, a, generator=g, dtype=torch.float64) / a**0.5
+            for a, b in itertools.pairwise(widths)
+        ]
+        prefix = ws[0]
+        for w in ws[1:-1]:
+            prefix = w @ prefix
+        u, _, _ = torch.linalg.svd(ws[-1] @ prefix)
+        ws[-1] = u[:, :rank] @ u[:, :rank].T @ ws[-1]  # product now has rank <= r (= r for generic seeds)
+        self.widths = list(widths)
+        self.weights = torch.nn.ParameterList([torch.nn.Parameter(w.float()) for w in ws])
+        self.register_buffer("target", self.product().detach().clone())
+
+    def product(self) -> torch.Tensor:
+        """W_L ... W_1, an (H_{L+1}, H_1) matrix."""
+        out = self.weights[0]
+        for w in self.weights[1:]:
+            out = w @ out
+        return out
+
+
+def dln_population_loss(model: DeepLinearNetwork, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per-token loss = the population loss K(w) = ||W(w) - W*||_F^2 / 2 at every (row, position).
+
+    That is E_x[-log p(y|x,w) + log p(y|x,w*)] for x ~ N(0, I) and y = W* x + N(0, I), so n_beta is the
+    inverse temperature of exp(-n_beta K) and there is no minibatch noise (as the monomial known answer).
+    """
+    loss = 0.5 * ((model.product() - model.target) ** 2).sum()
+    return loss.expand(input_ids.shape[0], input_ids.shape[1] - 1)
+
+
+def dln_learning_coefficient(widths: list[int], rank: int) -> tuple[Fraction, int]:
+    """(lambda, multiplicity) of a deep linear network at a true parameter of rank r: Aoyagi 2024 ("Consider-
+    ation on the learning efficiency of multiple-layered neural networks with linear units", Neural
+    Networks 172), Theorem 1, as restated in Lau et al. 2023 (arXiv 2308.12108), Appendix.
+
+    With M_s = H_s - r, take the set S of l + 1 layers (the smallest M_s) with max_{S} M < min_{not S} M,
+    sum_S M >= l max_S M and sum_S M < l min_{not S} M; with c = ceil(sum_S M / l), a = sum_S M - (c - 1) l:
+        lambda = (-r^2 + r (H_1 + H_{L+1})) / 2 + a (l - a) / (4 l) - l (l - 1) / 4 (sum_S M / l)^2
+                 + 1/2 sum_{i < j in S} M_i M_j,
+    multiplicity 1 if a = l else 2. Exact (Fractions); checked against `rrr_learning_coefficient` for 2 layers.
+    """
+    H = [int(h) for h in widths]
+    if not 0 <= rank <= min(H):
+        raise ValueError(f"rank: must be in [0, min(widths)={min(H)}], got {rank}")
+    M = sorted(h - rank for h in H)
+    base = Fraction(-(rank**2) + rank * (H[0] + H[-1]), 2)
+    for k in range(2, len(M) + 1):  # |S| = k = ell + 1; ell = 0 never qualifies (sum_S M < 0 is impossible)
+        inside, ell = M[:k], k - 1
+        outside = M[k] if k < len(M) else None
+        total = sum(inside)
+        if outside is not None and not (max(inside) < outside and total < ell * outside):
+            continue
+        if not total >= ell * max(inside):
+            continue
+        c = -(-total // ell)
+        a = total - (c - 1) * ell
+        pairs = sum(x * y for x, y in itertools.combinations(inside, 2))
+        lam = (
+            base + Fraction(a * (ell - a), 4 * ell) - Fraction(ell * (ell - 1), 4) * Fraction(total, ell) ** 2
+        )
+        return lam + Fraction(pairs, 2), 1 if a == ell else 2
+    raise AssertionError(f"no layer set satisfies Aoyagi's conditions for {H}, r={rank}")  # cannot happen
+
+
+def rrr_learning_coefficient(n_in: int, n_hidden: int, n_out: int, rank: int) -> Fraction:
+    """lambda of reduced rank regression (a 2-layer linear network) at rank r: Aoyagi & Watanabe 2005
+    ("Stochastic complexities of reduced rank regression in Bayesian estimation", Neural Networks 18),
+    an independent derivation that `dln_learning_coefficient` must reproduce for 2 layers."""
+    M, H, N, r = n_in, n_hidden, n_out, rank
+    if N + r > M + H:
+        return Fraction(H * M - H * r + N * r, 2)
+    if M + r > N + H:
+        return Fraction(H * N - H * r + M * r, 2)
+    if H + r > M + N:
+        return Fraction(M * N, 2)
+    odd = (M + H + N + r) % 2
+    return Fraction(2 * (H + r) * (M + N) - (M - N) ** 2 - (H + r) ** 2 + odd, 8)

@@ -8,6 +8,7 @@ is `distinterp.analyses.calibration.choose`, whose docstring states the rule and
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +33,13 @@ DEFAULT_GRID: dict[str, tuple[float, ...]] = {
 }
 """The sweep when none is given: lr from 1e-6 to 3e-2 in half-decade steps, localization none to strong."""
 
-THRESHOLDS = Thresholds(rhat=1.1, ess_per_chain=25.0)
+THRESHOLDS = Thresholds(rhat=1.1, ess_per_chain=25.0, bound_mcse=math.inf)
 """Health thresholds for calibration cells. The runs are short on purpose, so R-hat is held to the
 classic 1.1 (Gelman et al., Bayesian Data Analysis, 3rd ed., sec. 11.4) rather than 1.01, and the bulk
 ESS to 25 per chain (100 for 4 chains) rather than 100: enough to tell an equilibrated cell from one
-still in its transient. The production run is then diagnosed with the default thresholds."""
+still in its transient. The [0, d/2] bound is not applied: a large lr overshooting d/2 is the
+discretisation bias that the rule measures and extrapolates away. A production run is diagnosed with
+the default thresholds."""
 
 PREFERENCE = ("localization", "llc_weight_decay", "noise_level")
 """Grid fields whose smaller values are preferred (they bias the estimate); the rest keep grid order."""
@@ -45,14 +48,15 @@ PREFERENCE = ("localization", "llc_weight_decay", "noise_level")
 @dataclass
 class Calibration:
     """The sweep (`table`: per cell LLC and health, over a `cell` dim with one coord per grid field), the
-    recommended sample()/llc() keyword arguments (`best`, None when nothing qualified), the cells the
-    choice rests on (`between`) and why."""
+    chosen sample()/llc() keyword arguments (`best`, None when nothing qualified), the cells the choice
+    rests on (`between`), the rule's LLC `estimate` (extrapolated when it can be) and why."""
 
     table: xr.Dataset
     best: dict[str, Any] | None
     between: list[str]
     reason: str
     confirmed: bool
+    estimate: float
 
     def __str__(self) -> str:
         return f"calibration: {self.reason}"
@@ -181,13 +185,19 @@ def choose_cell(
         best = {**_sample_kwargs(settings), **cells[picked.cells[0]], "lr": picked.lr}
     between = [str(table.cell.values[i]) for i in picked.cells]
     table.attrs.update(
+        estimate=picked.estimate,
         chosen_lr=picked.lr or float("nan"),
         between=between,
         reason=picked.reason,
         confirmed=int(picked.confirmed),
     )
     return Calibration(
-        table=table, best=best, between=between, reason=picked.reason, confirmed=picked.confirmed
+        table=table,
+        best=best,
+        between=between,
+        reason=picked.reason,
+        confirmed=picked.confirmed,
+        estimate=picked.estimate,
     )
 
 

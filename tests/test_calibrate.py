@@ -1,0 +1,116 @@
+"""calibrate(): the choice rule on its own (pure), grid cells as normal stores under a root (each a
+standalone sample(), resumable, refused when changed), the CLI with --grid and array tasks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+import distinterp
+from distinterp.analyses.calibration import choose
+from distinterp.jobs.calibrate import DEFAULT_GRID, calibrate, cell_label, grid_cells, parse_grid
+from distinterp.jobs.sweep import RECORD
+from distinterp.store import StoreConfigMismatch
+from tests.conftest import SMALL, tiny_gpt2, token_dataset
+from tests.test_sampling import tree_hash
+
+LR = [1e-4, 1e-3, 1e-2, 1e-1]
+
+
+def test_rule_takes_the_smallest_healthy_lr_of_the_least_localization():
+    """Transient cells (small lr) are unhealthy; the smallest healthy lr wins and the next confirms it."""
+    picked = choose(LR, [0] * 4, [0.1, 0.6, 0.8, 0.84], [0.01] * 4, [False, True, True, True])
+    assert picked.lr == 1e-3 and picked.cells == (1, 2) and not picked.confirmed  # 0.6 vs 0.8: not flat
+    picked = choose(LR, [0] * 4, [0.1, 0.78, 0.8, 0.84], [0.01] * 4, [False, True, True, True])
+    assert picked.lr == 1e-3 and picked.confirmed and "confirmed" in picked.reason
+
+
+def test_rule_prefers_less_localization_over_a_flatter_curve():
+    """A heavily localized group is flat at a biased value; the least localization with a healthy cell wins."""
+    lr = LR + LR
+    group = [0] * 4 + [1] * 4  # 0: localization 0, 1: localization 100
+    mean = [0.1, 0.5, 0.8, 2.0, 0.1, 0.11, 0.11, 0.11]
+    healthy = [False, False, True, False] + [True] * 4
+    picked = choose(lr, group, mean, [0.01] * 8, healthy)
+    assert picked.lr == 1e-2 and picked.cells == (2,) and not picked.confirmed
+    only_localized = [False] * 4 + [True] * 4
+    assert choose(lr, group, mean, [0.01] * 8, only_localized).cells == (4, 5)
+
+
+def test_rule_refuses_to_choose_without_a_healthy_positive_cell():
+    picked = choose(LR, [0] * 4, [0.1, -0.2, np.nan, 3.0], [0.01] * 4, [False, True, True, False])
+    assert picked.lr is None and "no cell is healthy" in picked.reason
+
+
+def test_grid_cells_labels_and_parsing():
+    cells = grid_cells({"lr": [1e-4, 1e-3], "localization": [0.0, 10.0]})
+    assert [cell_label(c) for c in cells] == [
+        "lr=0.0001_localization=0",
+        "lr=0.0001_localization=10",
+        "lr=0.001_localization=0",
+        "lr=0.001_localization=10",
+    ]
+    assert parse_grid(["sampler.lr=1e-5,1e-4", "sampler.localization=1,10"]) == {
+        "lr": [1e-5, 1e-4],
+        "localization": [1, 10],
+    }
+    assert len(grid_cells(DEFAULT_GRID)) == 30
+    with pytest.raises(ValueError, match="must sweep lr"):
+        grid_cells({"localization": [1.0]})
+    with pytest.raises(ValueError, match="'lrr' is not a sampler setting"):
+        grid_cells({"lr": [1e-3], "lrr": [1.0]})
+    with pytest.raises(ValueError, match=r"expected sampler\.FIELD"):
+        parse_grid(["lr=1e-3"])
+
+
+GRID = {"lr": [1e-4, 1e-3], "localization": [0.0, 10.0]}
+
+
+def test_each_cell_is_a_standalone_sample_and_a_changed_grid_is_refused(tmp_path):
+    """Cell lr=x_localization=y is byte for byte sample(lr=x, localization=y, ...); the table has a coord per
+    grid field; a rerun with another grid is refused, untouched; best is sample()/llc() kwargs."""
+    ds = token_dataset()
+    kwargs = {k: v for k, v in SMALL.items() if k != "lr"}
+    cal = calibrate(tiny_gpt2(), ds, {"train": ds}, output_path=str(tmp_path / "cal"), grid=GRID, **kwargs)
+    assert cal is not None
+    alone = tmp_path / "alone.zarr"
+    distinterp.sample(
+        tiny_gpt2(), ds, {"train": ds}, output_path=str(alone), **{**SMALL, "localization": 10.0}
+    )
+    assert tree_hash(tmp_path / "cal" / "lr=0.001_localization=10.zarr") == tree_hash(alone)
+    table = cal.table
+    assert list(table.cell.values) == [cell_label(c) for c in grid_cells(GRID)]
+    assert table.lr.values.tolist() == [1e-4, 1e-4, 1e-3, 1e-3]
+    assert table.localization.values.tolist() == [0.0, 10.0, 0.0, 10.0]
+    assert {"llc_mean", "llc_std", "llc_sem", "llc_per_chain", "healthy", "problems"} <= set(table.data_vars)
+    record = json.loads((tmp_path / "cal" / RECORD).read_text())
+    assert record["kind"] == "calibration" and record["grid"] == [[k, v] for k, v in GRID.items()]
+    if cal.best is not None:
+        assert set(cal.best) <= set(SMALL) | {"localization"} and cal.best["lr"] in GRID["lr"]
+    before = tree_hash(tmp_path / "cal")
+    with pytest.raises(StoreConfigMismatch, match="grid"):
+        calibrate(
+            tiny_gpt2(), ds, {"train": ds}, output_path=str(tmp_path / "cal"), grid={"lr": [1e-4]}, **kwargs
+        )
+    assert tree_hash(tmp_path / "cal") == before
+
+
+def test_cli_calibrate_with_grid_over_two_array_tasks(tmp_path, capsys):
+    """`distinterp calibrate CONFIG --grid ...` as two array tasks: the first reports its share, the second
+    the table, the rule's reason and the settings to paste; each cell records `distinterp sample` settings."""
+    from distinterp.jobs.cli import main
+    from tests.test_cli import TINY
+
+    config = {**TINY, "sampler": {k: v for k, v in TINY["sampler"].items() if k != "lr"}}
+    config["output_path"] = str(tmp_path / "cal")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    args = ["calibrate", str(tmp_path / "c.yaml"), "--grid", "sampler.lr=1e-4,1e-3"]
+    assert main([*args, "--array-task-id", "0", "--array-task-count", "2"]) == 0
+    assert "other tasks are unfinished" in capsys.readouterr().out
+    assert main([*args, "--array-task-id", "1", "--array-task-count", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "lr=0.0001" in out and "lr=0.001" in out and "calibration:" in out, out
+    assert main(["sample", "--from-store", str(tmp_path / "cal" / "lr=0.001.zarr")]) == 0
