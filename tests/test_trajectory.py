@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -177,3 +180,35 @@ def test_cli_trajectory_of_state_dict_files(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[0].split()[0] == "step20"
     assert main(["trajectory", str(tmp_path / "t.yaml"), "--set", "sampler.lr=0.01"]) == 2
     assert "lr: stored=0.001, current=0.01" in capsys.readouterr().err
+
+
+def test_report_of_a_trajectory_root_draws_the_llc_over_training(reference, tmp_path, capsys):
+    """`distinterp report ROOT --log-step`: one figure (LLC per checkpoint, error bars), a table of stores."""
+    from distinterp.jobs.cli import main
+    from distinterp.jobs.sweep_report import trajectory_figure
+
+    assert main(["report", str(reference), "--out", str(tmp_path / "rep"), "--log-step"]) == 0
+    assert (tmp_path / "rep" / "index.html").is_file() and (tmp_path / "rep" / "trajectory.png").is_file()
+    table = aggregate_sweep(str(reference))
+    fig = trajectory_figure(table.assign(healthy=("checkpoint", [True, False, True])), log_step=True)
+    assert fig.data["healthy"].tolist() == [True, False, True] and "Unhealthy: 10" in fig.caption
+    np.testing.assert_array_equal(fig.data["step"], [0, 10, 200])
+
+
+@pytest.mark.slow
+def test_benchmark_smoke(tmp_path):
+    """benchmarks/bench_trajectory.py --smoke: 1 vs 2 ranks for a trajectory and a calibration grid."""
+    from tests.test_distributed import PYTHONPATH, ROOT
+
+    out = tmp_path / "bench.json"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_trajectory.py"), "--smoke", "--json", str(out)],
+        env={**os.environ, "PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    timings = json.loads(out.read_text())["timings"]
+    assert [t["kind"] for t in timings] == ["trajectory", "calibration"]
+    assert all(t["seconds_1_rank"] > 0 and t["seconds_2_ranks"] > 0 for t in timings)

@@ -480,6 +480,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     """PNG figures and one self-contained HTML page for a store (live or complete)."""
     from distinterp.jobs.report import report
 
+    options = _storage_options(args.storage_options)
+    if _is_sweep_root(args.store, options):  # a trajectory or calibration root
+        from distinterp.jobs.sweep_report import sweep_report
+
+        print(
+            f"wrote {sweep_report(args.store, out=args.out, storage_options=options, log_step=args.log_step)}"
+        )
+        return 0
     rep = report(
         args.store,
         out=args.out,
@@ -649,6 +657,7 @@ def parser() -> argparse.ArgumentParser:
         if name == "report":
             a.add_argument("--out", help="directory for the PNGs and index.html (default: <store>.report)")
             a.add_argument("--tokenizer", help="HF tokenizer name/path to decode tokens (local or cached)")
+            a.add_argument("--log-step", action="store_true", help="trajectory root: log-scale step axis")
         if name == "inspect":
             a.add_argument("--strict", action="store_true", help="exit 1 when the diagnosis is not healthy")
         if name == "aggregate":
