@@ -3,8 +3,8 @@ grid on 1 vs 2 ranks (torchrun), and the calibration rule's known answers from t
 
     python benchmarks/bench_trajectory.py [--json out.json] [--smoke] [--known-answers]
 
-Each timing is a fresh process (torchrun for 2 ranks) that times its own trajectory()/calibrate() call,
-so start-up and imports are excluded. --smoke runs tiny sizes in seconds (a test runs it);
+Each layout is a fresh process (torchrun for 2 ranks) that times its own trajectory() and calibrate()
+calls, so start-up and imports are excluded. --smoke runs tiny sizes in seconds (a test runs it);
 --known-answers runs calibrate() from the full default grid (30 cells) on the monomials, the bigram
 (V=6) and a 3-layer deep linear network, and prints each estimate against the learning coefficient.
 """
@@ -14,19 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import harness
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = dict(checkpoints=40, chains=4, draws=50, grid=3)
 SMOKE = dict(checkpoints=3, chains=2, draws=4, grid=2)
 
 
-def child(kind: str, root: str, sizes: dict) -> None:
-    """Runs inside the measured process: a tiny GPT-2 trajectory or calibration, timed; one JSON line."""
+def child(spec: dict) -> None:
+    """Runs inside the measured process: a tiny GPT-2 trajectory, then a calibration grid, each timed."""
     import warnings
 
     import torch
@@ -35,7 +36,11 @@ def child(kind: str, root: str, sizes: dict) -> None:
     from distinterp import toy
     from distinterp.jobs.calibrate import calibrate
     from distinterp.jobs.trajectory import trajectory
+    from distinterp.parallel.distributed import runtime
 
+    sizes = spec["sizes"]
+    tmp = tempfile.TemporaryDirectory() if int(os.environ.get("RANK", "0")) == 0 else None
+    base = runtime().broadcast(tmp.name if tmp else None)
     ids = torch.randint(0, 32, (64, 17), generator=torch.Generator().manual_seed(1))
     ds = Dataset.from_dict({"input_ids": ids.tolist()})
     kwargs = dict(
@@ -49,46 +54,31 @@ def child(kind: str, root: str, sizes: dict) -> None:
     toy.tiny_gpt2(32, 1, 0, n_positions=32)  # imports (transformers, arviz) before the clock starts
     import arviz_stats.base  # noqa: F401
 
-    start = time.perf_counter()
+    seconds = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if kind == "trajectory":
-            ckpts = {
-                step: (lambda s=step: toy.tiny_gpt2(32, 1, s, n_positions=32))
-                for step in range(sizes["checkpoints"])
-            }
-            trajectory(ckpts, ds, {"train": ds}, output_path=root, lr=1e-3, **kwargs)
-        else:
-            n = sizes["grid"]
-            grid = {"lr": [1e-4, 1e-3, 1e-2][:n], "localization": [0.0, 10.0, 100.0][:n]}
-            calibrate(
-                toy.tiny_gpt2(32, 1, 0, n_positions=32),
-                ds,
-                {"train": ds},
-                output_path=root,
-                grid=grid,
-                **kwargs,
-            )
-    elapsed = time.perf_counter() - start
-    if int(os.environ.get("RANK", "0")) == 0:
-        print("RESULT " + json.dumps({"seconds": elapsed}), flush=True)
+        start = time.perf_counter()
+        ckpts = {
+            s: (lambda s=s: toy.tiny_gpt2(32, 1, s, n_positions=32)) for s in range(sizes["checkpoints"])
+        }
+        trajectory(ckpts, ds, {"train": ds}, output_path=f"{base}/traj", lr=1e-3, **kwargs)
+        runtime().barrier()
+        seconds["trajectory"] = time.perf_counter() - start
+        n = sizes["grid"]
+        grid = {"lr": [1e-4, 1e-3, 1e-2][:n], "localization": [0.0, 10.0, 100.0][:n]}
+        start = time.perf_counter()
+        model = toy.tiny_gpt2(32, 1, 0, n_positions=32)
+        calibrate(model, ds, {"train": ds}, output_path=f"{base}/cal", grid=grid, **kwargs)
+        runtime().barrier()
+        seconds["calibration"] = time.perf_counter() - start
+    harness.report(seconds)
+    if tmp is not None:
+        tmp.cleanup()
 
 
-def measure(kind: str, nproc: int, sizes: dict) -> float:
-    """Seconds of one trajectory()/calibrate() call in a fresh process or an nproc-rank torchrun job."""
-    with tempfile.TemporaryDirectory() as tmp:
-        script = [str(Path(__file__).resolve()), "--child", kind, str(Path(tmp) / "root"), json.dumps(sizes)]
-        launch = [sys.executable]
-        if nproc > 1:
-            launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
-        if nproc == 1:
-            env.pop("WORLD_SIZE", None)
-        res = subprocess.run([*launch, *script], env=env, capture_output=True, text=True, timeout=3600)
-        if res.returncode != 0:
-            raise RuntimeError(f"{kind} on {nproc} rank(s) failed:\n{res.stdout[-2000:]}{res.stderr[-4000:]}")
-        line = next(x for x in res.stdout.splitlines() if x.startswith("RESULT "))
-        return float(json.loads(line.removeprefix("RESULT "))["seconds"])
+def measure(nproc: int, sizes: dict) -> dict[str, float]:
+    """Seconds of trajectory() and of calibrate() in one fresh process or nproc-rank torchrun job."""
+    return harness.run_child(__file__, {"sizes": sizes}, nproc=nproc, threads=1)
 
 
 def known_answers(draws: int) -> list[dict]:
@@ -162,31 +152,27 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny sizes: seconds, not minutes")
     p.add_argument("--known-answers", action="store_true", help="also calibrate the known answers (minutes)")
     p.add_argument("--draws", type=int, default=1000, help="draws per calibration cell for --known-answers")
-    p.add_argument("--child", nargs=3, metavar=("KIND", "ROOT", "SIZES"), help=argparse.SUPPRESS)
+    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], json.loads(args.child[2]))
+        child(json.loads(args.child))
         return
     sizes = SMOKE if args.smoke else FULL
     results: dict = {"sizes": sizes, "timings": []}
     print(f"sizes {sizes}")
+    times = {n: measure(n, sizes) for n in (1, 2)}
     for kind in ("trajectory", "calibration"):
-        times = {n: measure(kind, n, sizes) for n in (1, 2)}
+        one, two = times[1][kind], times[2][kind]
         what = (
             f"{sizes['checkpoints']} checkpoints"
             if kind == "trajectory"
             else f"{sizes['grid']}x{sizes['grid']} grid"
         )
-        print(
-            f"{kind:12s} {what:16s} 1 rank {times[1]:7.2f} s   2 ranks {times[2]:7.2f} s   speed-up {times[1] / times[2]:.2f}x"
-        )
-        results["timings"].append(
-            {"kind": kind, "what": what, "seconds_1_rank": times[1], "seconds_2_ranks": times[2]}
-        )
+        print(f"{kind:12s} {what:16s} 1 rank {one:7.2f} s   2 ranks {two:7.2f} s   speed-up {one / two:.2f}x")
+        results["timings"].append({"kind": kind, "what": what, "seconds_1_rank": one, "seconds_2_ranks": two})
     if args.known_answers:
         results["known_answers"] = known_answers(args.draws)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+    harness.write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ SMOKES = {
     "bench_store.py": [],
     "bench_fsdp.py": [],  # one 2-rank torchrun job: fsdp_size 1 and 2, sharded holds less
     "accuracy_analyses.py": [],  # samples two tiny stores, runs every analysis in both packages
+    "bench_trajectory.py": [],  # 1 vs 2 ranks: a trajectory of 3 checkpoints and a 2 x 2 calibration grid
 }
-SLOW = {"bench_sampling.py", "bench_fsdp.py", "accuracy_analyses.py"}
+SLOW = {"bench_sampling.py", "bench_fsdp.py", "accuracy_analyses.py", "bench_trajectory.py"}
 
 
 @pytest.mark.parametrize(

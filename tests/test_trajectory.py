@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -193,22 +190,3 @@ def test_report_of_a_trajectory_root_draws_the_llc_over_training(reference, tmp_
     fig = trajectory_figure(table.assign(healthy=("checkpoint", [True, False, True])), log_step=True)
     assert fig.data["healthy"].tolist() == [True, False, True] and "Unhealthy: 10" in fig.caption
     np.testing.assert_array_equal(fig.data["step"], [0, 10, 200])
-
-
-@pytest.mark.slow
-def test_benchmark_smoke(tmp_path):
-    """benchmarks/bench_trajectory.py --smoke: 1 vs 2 ranks for a trajectory and a calibration grid."""
-    from tests.test_distributed import PYTHONPATH, ROOT
-
-    out = tmp_path / "bench.json"
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_trajectory.py"), "--smoke", "--json", str(out)],
-        env={**os.environ, "PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
-    timings = json.loads(out.read_text())["timings"]
-    assert [t["kind"] for t in timings] == ["trajectory", "calibration"]
-    assert all(t["seconds_1_rank"] > 0 and t["seconds_2_ranks"] > 0 for t in timings)
