@@ -20,8 +20,9 @@ from pydantic import Field, NonNegativeFloat, model_validator
 from distinterp.analyses.calibration import TOLERANCE, Choice, choose
 from distinterp.analyses.diagnostics import Thresholds
 from distinterp.config import SamplerConfig, default_nbeta
-from distinterp.jobs.runner import RUN_SPECIFIC, load_dataset, load_model, load_observables
+from distinterp.jobs.runner import RUN_SPECIFIC
 from distinterp.jobs.settings import SampleSettings, parse_override
+from distinterp.jobs.sources import load_dataset, load_model, load_observables, tokenizer_name
 from distinterp.jobs.sweep import Run, aggregate_sweep, check_label, child, run_sweep
 from distinterp.parallel.distributed import runtime
 from distinterp.store import Location, read_root_attrs
@@ -262,9 +263,10 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[float]]:
 
 def run_calibrate(settings: CalibrateSettings) -> Calibration | None:
     """The plain function behind `distinterp calibrate`."""
-    data = load_dataset(settings.dataset)
+    tokenizer = tokenizer_name(settings.model)  # text data: tokenized once, with the model's tokenizer
+    data = load_dataset(settings.dataset, "dataset", tokenizer)
     model = load_model(settings.model, data, settings.dataset)
-    observables = load_observables(settings, data)
+    observables = load_observables(settings, data, tokenizer, model)
     sampler = {
         k: v for k, v in settings.sampler.model_dump().items() if v is not None or k not in ("lr", "n_beta")
     }

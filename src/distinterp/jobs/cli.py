@@ -622,10 +622,18 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_trajectory)
 
     c = sub.add_parser(
-        "calibrate", help="sweep sampler settings (short runs, one store per cell) and pick lr/localization"
+        "calibrate",
+        parents=[verbose],
+        help="sweep sampler settings (short runs, one store per cell) and pick lr/localization",
     )
     c.add_argument("config", nargs="?", help="YAML settings file (sample's settings plus an optional grid)")
-    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    c.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="override settings, e.g. sampler.n_beta=30",
+    )
     c.add_argument(
         "--grid", action="append", metavar="sampler.FIELD=V1,V2", help="sweep a sampler setting (repeatable)"
     )
