@@ -20,24 +20,33 @@ from tests.test_sampling import tree_hash
 LR = [1e-4, 1e-3, 1e-2, 1e-1]
 
 
-def test_rule_takes_the_smallest_healthy_lr_of_the_least_localization():
-    """Transient cells (small lr) are unhealthy; the smallest healthy lr wins and the next confirms it."""
-    picked = choose(LR, [0] * 4, [0.1, 0.6, 0.8, 0.84], [0.01] * 4, [False, True, True, True])
-    assert picked.lr == 1e-3 and picked.cells == (1, 2) and not picked.confirmed  # 0.6 vs 0.8: not flat
-    picked = choose(LR, [0] * 4, [0.1, 0.78, 0.8, 0.84], [0.01] * 4, [False, True, True, True])
-    assert picked.lr == 1e-3 and picked.confirmed and "confirmed" in picked.reason
+def test_rule_takes_the_flattest_healthy_pair_and_extrapolates_it():
+    """A transient (LLC ~ lr) is steep even where the diagnosis passes it; the flattest pair wins, its
+    smaller lr is chosen, and the estimate is the pair's Richardson extrapolation to lr -> 0."""
+    picked = choose(LR, [0] * 4, [0.08, 0.6, 0.8, 0.84], [0.01] * 4, [True] * 4)
+    assert picked.lr == 1e-2 and picked.cells == (2, 3) and picked.confirmed
+    assert picked.estimate == pytest.approx(0.8 - 0.04 * 1e-2 / 9e-2)
+    steep = choose(LR, [0] * 4, [0.1, 0.5, 2.0, 8.0], [0.01] * 4, [True] * 4)
+    assert (
+        steep.lr == 1e-3
+        and steep.estimate == 0.5
+        and not steep.confirmed
+        and "not first-order" in steep.reason
+    )
+    lone = choose(LR, [0] * 4, [0.1, 0.6, 0.8, 0.84], [0.01] * 4, [False, True, False, False])
+    assert lone.lr == 1e-3 and lone.cells == (1,) and not lone.confirmed
 
 
 def test_rule_prefers_less_localization_over_a_flatter_curve():
-    """A heavily localized group is flat at a biased value; the least localization with a healthy cell wins."""
+    """A heavily localized group is flat at a biased value; the least localization with a healthy pair wins."""
     lr = LR + LR
     group = [0] * 4 + [1] * 4  # 0: localization 0, 1: localization 100
     mean = [0.1, 0.5, 0.8, 2.0, 0.1, 0.11, 0.11, 0.11]
-    healthy = [False, False, True, False] + [True] * 4
+    healthy = [False, True, True, False] + [True] * 4
     picked = choose(lr, group, mean, [0.01] * 8, healthy)
-    assert picked.lr == 1e-2 and picked.cells == (2,) and not picked.confirmed
-    only_localized = [False] * 4 + [True] * 4
-    assert choose(lr, group, mean, [0.01] * 8, only_localized).cells == (4, 5)
+    assert picked.cells == (1, 2) and picked.lr == 1e-3
+    only_one_at_zero = [False, False, True, False] + [True] * 4
+    assert choose(lr, group, mean, [0.01] * 8, only_one_at_zero).cells == (5, 6)
 
 
 def test_rule_refuses_to_choose_without_a_healthy_positive_cell():

@@ -6,8 +6,9 @@ small an lr the chains have not left the checkpoint within the run, and the esti
 every step) takes in that transient, biased towards 0 (the diagnostics see it: chains that disagree,
 R-hat, or drift, stationarity); with a larger lr the discretisation biases it up, to first order in lr
 (Vollmer, Zygalakis & Teh 2016, JMLR 17, "Exploration of the (non-)asymptotic bias and variance of
-stochastic gradient Langevin dynamics"), until chains diverge. So among the runs that equilibrated the
-smallest lr has the least bias, and two equilibrated step sizes h < h' remove the first-order term by
+stochastic gradient Langevin dynamics"), until chains diverge. So the estimate is flattest in lr where
+the run has equilibrated and the discretisation is still first order, and there two step sizes h < h'
+remove the first-order term by
 Richardson extrapolation, m(h) - (m(h') - m(h)) h / (h' - h) (Durmus, Simsekli, Moulines, Badeau &
 Richard 2016, NeurIPS, "Stochastic gradient Richardson-Romberg Markov chain Monte Carlo").
 Localization pulls chains back towards the checkpoint, which keeps them from wandering along flat or
@@ -17,12 +18,14 @@ reason; so the least localization with a healthy cell is preferred over a flatte
 The rule:
 1. Candidates are healthy cells (the diagnostics' verdict) with a finite, positive estimate.
 2. Groups are the settings of the other grid fields, ordered least localization first; the chosen group
-   is the first with a candidate.
-3. In it the smallest candidate lr is chosen. When the next larger lr of the grid is a candidate too,
-   the estimate is the Richardson extrapolation of the two (unless the larger one's exceeds FIRST_ORDER
-   times the chosen one's), and the choice is `confirmed` when they agree within `tolerance` of their
-   mean (plus two standard errors); else the estimate is the chosen cell's own, unconfirmed.
-4. No candidate: no choice.
+   is the first with a pair of neighbouring lr (adjacent in its sorted lr) that are both candidates.
+3. In it the flattest pair, smallest |d log LLC / d log lr|, is chosen, and its smaller lr. The
+   transient makes the curve steep (LLC ~ lr while chains have not moved: a diagnosis cannot always
+   see it when minibatch noise dominates the loss, as for the bigram at lr 1e-6), instability makes it
+   steep again; the flattest stretch is where the run equilibrated and the discretisation is first
+   order. If its slope is at most FIRST_ORDER_SLOPE, the estimate is the Richardson extrapolation of the
+   pair to lr -> 0; else the smaller lr's own. `confirmed` when the pair agrees within `tolerance`.
+4. No such pair: the first group's smallest healthy lr, unconfirmed; no candidate: no choice.
 
 Limits (measured in tests/test_calibrate.py and benchmarks/bench_trajectory.py): the choice is only as
 fine as the lr grid (half a decade apart by default); a run at the chosen lr alone keeps that lr's
@@ -34,6 +37,8 @@ that is not a local minimum no lr is right, and the diagnostics should flag ever
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,9 +49,10 @@ TOLERANCE = 0.1
 their mean, plus two standard errors of the difference."""
 
 
-FIRST_ORDER = 2.0
-"""Extrapolate only when the larger lr's estimate is at most this multiple of the chosen one's: beyond it
-the larger step is far from the first-order regime (near instability) and the straight line misleads."""
+FIRST_ORDER_SLOPE = 0.25
+"""Extrapolate only when the pair's |d log LLC / d log lr| is at most this (a half-decade step moves the
+estimate by < 33 %): steeper, the pair is in the transient (slope ~1, LLC ~ lr) or near instability,
+and a straight line in lr misleads."""
 
 
 @dataclass(frozen=True)
@@ -80,38 +86,45 @@ def choose(
         return Choice(
             None, (), "no cell is healthy with a positive LLC; widen the grid or lengthen the runs", False
         )
-    g = int(grp[ok].min())
-    cells = sorted(np.flatnonzero(grp == g).tolist(), key=lambda j: lr_a[j])
-    i = next(j for j in cells if ok[j])
-    above = cells[cells.index(i) + 1] if cells.index(i) + 1 < len(cells) else None
-    if above is None or not ok[above]:
+    for g in sorted(set(grp[ok].tolist())):
+        cells = sorted(np.flatnonzero(grp == g).tolist(), key=lambda j: lr_a[j])
+        pairs = [(a, b) for a, b in itertools.pairwise(cells) if ok[a] and ok[b]]
+        if pairs:
+            break
+    else:
+        g = int(grp[ok].min())
+        i = min(np.flatnonzero(ok & (grp == g)).tolist(), key=lambda j: lr_a[j])
         return Choice(
             float(lr_a[i]),
             (i,),
-            f"UNCONFIRMED: lr={lr_a[i]:g} is the smallest healthy lr (LLC {mean[i]:.4g}), but the next "
-            "larger lr is not healthy or not in the grid to confirm and extrapolate it",
+            f"UNCONFIRMED: no two neighbouring lr are both healthy; lr={lr_a[i]:g} is the smallest healthy "
+            f"lr (LLC {mean[i]:.4g})",
             False,
             float(mean[i]),
         )
-    diff, scale = abs(mean[above] - mean[i]), (mean[i] + mean[above]) / 2
-    confirmed = bool(diff <= tolerance * scale + 2 * float(np.hypot(sem[i], sem[above])))
-    if not mean[above] <= FIRST_ORDER * mean[i]:
+
+    def slope(p: tuple[int, int]) -> float:
+        return abs(math.log(mean[p[1]] / mean[p[0]]) / math.log(lr_a[p[1]] / lr_a[p[0]]))
+
+    a, b = min(pairs, key=slope)
+    diff, scale = abs(mean[b] - mean[a]), (mean[a] + mean[b]) / 2
+    confirmed = bool(diff <= tolerance * scale + 2 * float(np.hypot(sem[a], sem[b])))
+    pair = f"lr={lr_a[a]:g} -> {lr_a[b]:g}: LLC {mean[a]:.4g} -> {mean[b]:.4g}, log-slope {slope((a, b)):.2f}"
+    if slope((a, b)) > FIRST_ORDER_SLOPE:
         return Choice(
-            float(lr_a[i]),
-            (i, above),
-            f"UNCONFIRMED: lr={lr_a[i]:g} is the smallest healthy lr (LLC {mean[i]:.4g}); the next, "
-            f"lr={lr_a[above]:g}, gives {mean[above]:.4g}, more than {FIRST_ORDER:g}x: not first-order, "
-            "so no extrapolation",
+            float(lr_a[a]),
+            (a, b),
+            f"UNCONFIRMED: flattest healthy pair {pair}, steeper than {FIRST_ORDER_SLOPE:g}: not first-order, "
+            f"so lr={lr_a[a]:g}'s own estimate",
             False,
-            float(mean[i]),
+            float(mean[a]),
         )
-    extrapolated = float(mean[i] - (mean[above] - mean[i]) * lr_a[i] / (lr_a[above] - lr_a[i]))
+    extrapolated = float(mean[a] - (mean[b] - mean[a]) * lr_a[a] / (lr_a[b] - lr_a[a]))
     return Choice(
-        float(lr_a[i]),
-        (i, above),
-        f"{'confirmed' if confirmed else 'UNCONFIRMED'}: lr={lr_a[i]:g} is the smallest healthy lr "
-        f"(LLC {mean[i]:.4g}); the next, lr={lr_a[above]:g}, gives {mean[above]:.4g} "
-        f"({'within' if confirmed else 'beyond'} {tolerance:.0%}); extrapolated to lr -> 0: {extrapolated:.4g}",
+        float(lr_a[a]),
+        (a, b),
+        f"{'confirmed' if confirmed else 'UNCONFIRMED'} ({'within' if confirmed else 'beyond'} {tolerance:.0%}): "
+        f"flattest healthy pair {pair}; extrapolated to lr -> 0: {extrapolated:.4g}",
         confirmed,
         extrapolated,
     )
