@@ -638,7 +638,7 @@ def parser() -> argparse.ArgumentParser:
         "--grid", action="append", metavar="sampler.FIELD=V1,V2", help="sweep a sampler setting (repeatable)"
     )
     c.add_argument("--array-task-id", type=int, help="this task's block of the (cell, chain) list")
-    c.add_argument("--array-task-count", type=int)
+    c.add_argument("--array-task-count", type=int, help="number of tasks in the job array")
     c.set_defaults(func=cmd_calibrate)
 
     for name, helptext, func in [
