@@ -83,9 +83,10 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         )
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        out = spec.get("out") or f"{tmp}/s.zarr"  # ranks share the parent's path
         harness.synchronize(device)
         start = time.perf_counter()
-        sample(model, ds, {"train": ds, "probe": pr}, output_path=f"{tmp}/s.zarr", device=device, **kwargs)
+        sample(model, ds, {"train": ds, "probe": pr}, output_path=out, device=device, **kwargs)
         harness.synchronize(device)
         return {"seconds": time.perf_counter() - start}
 
@@ -240,7 +241,10 @@ def run_target(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if name == "cpu_ranks":
         s = spec("mid", 4, threads=1)
         one = measure({**s, "engine": "distinterp"}, smoke, threads=1)
-        two = one if smoke else measure({**s, "engine": "distinterp"}, smoke, nproc=2, threads=1)
+        with tempfile.TemporaryDirectory() as tmp:
+            two = (
+                one if smoke else measure({**s, "engine": "distinterp", "out": f"{tmp}/s.zarr"}, smoke, 2, 1)
+            )
         row("1 rank x 1 thread", s, one)
         row("2 ranks x 1 thread", s, two, ranks=2)
         return {
