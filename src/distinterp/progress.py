@@ -135,10 +135,14 @@ class ProgressReporter:
             except Exception as e:  # noqa: BLE001 - display only; never stop sampling for it
                 logger.debug("progress read failed: %s", e)
 
-    def stop(self) -> str:
-        """Close the bar and print one line: steps this session, elapsed time, steps/s, LLC, diverged."""
+    def stop(self, summary: bool = True) -> str:
+        """Close the bar and, with `summary` (sampling ended normally, not interrupted or failed), print
+        one line: steps this session, elapsed time, steps/s, LLC, diverged."""
         self._stop.set()
         self._thread.join(timeout=5)
+        if not summary:
+            self._bar.close()
+            return ""
         try:
             done = self.poll()
         except Exception:  # noqa: BLE001 - the store may be unreachable after a failure

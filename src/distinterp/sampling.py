@@ -260,6 +260,7 @@ def _run_my_chains(
         )
     reporter = ProgressReporter(location, schema, plan) if plan.is_coordinator else None
     writer = StoreWriter(location, schema) if plan.is_writer else None
+    finished = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
@@ -279,11 +280,12 @@ def _run_my_chains(
                 )
                 for ch, step in diverged.items():
                     warnings.warn(f"Chain {ch} diverged at step {step} (non-finite loss)", stacklevel=4)
+        finished = True
     finally:
         if writer is not None:
             writer.close()
         if reporter is not None:
-            reporter.stop()
+            reporter.stop(summary=finished)
 
 
 def _schema(
