@@ -62,3 +62,17 @@ def dataset() -> Dataset:
 
 SMALL = dict(lr=1e-3, n_beta=10.0, num_chains=3, num_draws=6, batch_size=4, num_init_loss_batches=2)
 """Sampler arguments small enough for a test to run in about a second."""
+
+
+def devinterp_sample(model: torch.nn.Module, ds: Dataset, output_path: object, **kwargs: object) -> object:
+    """devinterp 2.0.1's sample() on `ds` (observable "train" = ds) on CPU, its warnings silenced; skips
+    the test where devinterp is not installed."""
+    import warnings
+
+    dv = pytest.importorskip("devinterp.slt.sampling")
+    torch_ds = ds.with_format("torch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return dv.sample(
+            model, torch_ds, {"train": torch_ds}, output_path=output_path, device="cpu", **kwargs
+        )

@@ -3,7 +3,6 @@ lr blow-up, all-diverged and incomplete stores, devinterp-written stores, S3 URL
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from distinterp.analyses.diagnostics import (
     outlier_threshold,
     split_rhat_ess,
 )
-from tests.conftest import SMALL, tiny_gpt2, token_dataset
+from tests.conftest import SMALL, devinterp_sample, tiny_gpt2, token_dataset
 
 INIT = 1.0
 
@@ -212,19 +211,9 @@ def test_bad_input_fails_naming_it(tmp_path: Path) -> None:
 @pytest.mark.reference
 def test_devinterp_written_store(tmp_path: Path) -> None:
     """A store written by devinterp 2.0.1 diagnoses like the same run written by distinterp."""
-    dv = pytest.importorskip("devinterp.slt.sampling")
     model, ds = tiny_gpt2(), token_dataset()
     ours = distinterp.sample(model, ds, {"train": ds}, output_path=tmp_path / "a.zarr", **SMALL)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = dv.sample(
-            model,
-            ds.with_format("torch"),
-            {"train": ds.with_format("torch")},
-            output_path=str(tmp_path / "b.zarr"),
-            device="cpu",
-            **SMALL,
-        )
+    theirs = devinterp_sample(model, ds, str(tmp_path / "b.zarr"), **SMALL)
     a, b = diagnose(ours), diagnose(str(tmp_path / "b.zarr"))
     assert "chain_steps_done" not in theirs.dataset
     np.testing.assert_array_equal(a.checks.loss_trace.values, b.checks.loss_trace.values)

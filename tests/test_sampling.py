@@ -15,7 +15,7 @@ import xarray as xr
 import distinterp
 from distinterp.data import DatasetError
 from distinterp.parallel.plan import PlanError
-from tests.conftest import SMALL, tiny_gpt2, token_dataset
+from tests.conftest import SMALL, devinterp_sample, tiny_gpt2, token_dataset
 
 
 def tree_hash(path: Path) -> str:
@@ -100,29 +100,12 @@ def test_bitwise_equal_to_devinterp(case: str, tmp_path: Path) -> None:
 @pytest.mark.reference
 def test_stores_interoperate_with_devinterp(tmp_path: Path) -> None:
     """A distinterp store analyses identically in devinterp and the other way round."""
-    dv = pytest.importorskip("devinterp.slt.sampling")
-    from devinterp.slt.llc import compute_llc as dv_compute_llc
-
     model, ds = tiny_gpt2(), token_dataset()
     ours = distinterp.sample(model, ds, {"train": ds}, output_path=tmp_path / "a.zarr", **SMALL)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = dv.sample(
-            model,
-            ds.with_format("torch"),
-            {"train": ds.with_format("torch")},
-            output_path=tmp_path / "b.zarr",
-            device="cpu",
-            **SMALL,
-        )
-        reopened = dv.sample(
-            model,
-            ds.with_format("torch"),
-            {"train": ds.with_format("torch")},
-            output_path=tmp_path / "a.zarr",
-            device="cpu",
-            **SMALL,
-        )  # devinterp reuses our store
+    theirs = devinterp_sample(model, ds, tmp_path / "b.zarr", **SMALL)
+    reopened = devinterp_sample(model, ds, tmp_path / "a.zarr", **SMALL)  # devinterp reuses our store
+    from devinterp.slt.llc import compute_llc as dv_compute_llc
+
     for a, b in [
         (distinterp.compute_llc(ours), dv_compute_llc(theirs)),
         (distinterp.compute_llc(theirs), dv_compute_llc(ours)),
