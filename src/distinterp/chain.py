@@ -230,5 +230,5 @@ def observable_loss(
     out = torch.zeros(obs.n_samples, obs.input_ids.shape[1] - 1, dtype=torch.float32, device=device)
     for i in range(obs.batches_per_draw):
         s, e = i * batch_size, (i + 1) * batch_size
-        out[s:e] = loss_fn(model, obs.input_ids[s:e].to(device))
+        out[s:e] = loss_fn(model, obs.input_ids[s:e].to(device, non_blocking=True))  # no sync per draw
     return out

@@ -246,7 +246,7 @@ class BatchedEngine:
         out = torch.zeros(self.k, obs.n_samples, obs.input_ids.shape[1] - 1, dtype=torch.float32, device=dev)
         for i in range(obs.batches_per_draw):
             s, e = i * B, (i + 1) * B
-            out[:, s:e] = self._shared_loss(self.stacked, obs.input_ids[s:e].to(dev))
+            out[:, s:e] = self._shared_loss(self.stacked, obs.input_ids[s:e].to(dev, non_blocking=True))
         return out
 
     def capture(self, i: int, step: int) -> ChainCheckpoint:

@@ -79,7 +79,8 @@ class SerialEngine:
 
     def _loss(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-token loss this rank backpropagates, the batch's whole per-token loss)."""
-        per_token = self.loss_fn(self.setup.model, input_ids.to(self.setup.device))
+        # non_blocking: a blocking host-to-device copy waits for every queued kernel (a sync per step)
+        per_token = self.loss_fn(self.setup.model, input_ids.to(self.setup.device, non_blocking=True))
         return per_token, per_token
 
     def _objective(self, mine: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
