@@ -51,3 +51,22 @@ def test_gpu_script_is_valid_bash(tmp_path: Path) -> None:
         env = {**os.environ, "OUT": str(tmp_path / "out")}
         res = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=120)
         assert res.returncode == 3 and "CUDA is not available" in res.stderr
+
+
+def test_device_scripts_are_valid_bash_and_fail_fast_without_wheels(tmp_path: Path) -> None:
+    """scripts/device_check.sh and device_wheels.sh parse; without wheels the check stops at once (rc 2),
+    saying what to run, and still writes its summary JSON."""
+    for name in ("device_check.sh", "device_wheels.sh"):
+        assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / name)]).returncode == 0, name
+    (tmp_path / "none").mkdir()
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "WHEELS": str(tmp_path / "none")}
+    res = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "device_check.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert res.returncode == 2 and "run 'bash scripts/device_wheels.sh'" in res.stdout, res.stdout
+    summary = json.loads((tmp_path / "out" / "device_check.json").read_text())
+    assert summary["parts"]["install"]["rc"] == 2
