@@ -140,6 +140,11 @@ def sgld_step(
     shards (one collective) before each parameter's norm is taken. `mala` (with metrics): also the
     MALA_GEOMETRIC part of the step's MALA acceptance (the slots keep the previous point for it).
     """
+    if not (with_metrics or hyper.rmsprop or hyper.weight_decay or hyper.localization) and (
+        hyper.bounding_box_size is None
+    ):
+        _plain_step(slots, hyper, generator, noise)
+        return None
     totals = None
     if with_metrics:
         dev = slots[0].param.device if slots else None
@@ -208,6 +213,43 @@ def sgld_step(
         if mala:
             totals.values[MALA_GEOMETRIC] = torch.full_like(geometric, float("nan")) if first else geometric
     return totals
+
+
+PLAIN_CHUNK = 1 << 24
+"""Elements per foreach call of _plain_step: bounds its temporaries (64 MiB of float32) on large models."""
+
+
+def _plain_step(
+    slots: list[ParamSlot], hyper: SGLDHyper, generator: torch.Generator | None, noise: NoiseFn | None
+) -> None:
+    """sgld_step with every optional term off: devinterp's operations, per parameter and in its order
+    (dw = g * n_beta, times the mask; p -= lr/2 dw; p += sqrt(lr) * mask * N(0, s^2)), so the same bits on
+    CPU, grouped into foreach calls over chunks of parameters to save the per-parameter dispatches."""
+    live = [s for s in slots if s.param.grad is not None]
+    start = 0
+    while start < len(live):
+        end, size = start, 0
+        while end < len(live) and (end == start or size + live[end].param.numel() <= PLAIN_CHUNK):
+            size += live[end].param.numel()
+            end += 1
+        group, start = live[start:end], end
+        params = [s.param.data for s in group]
+        drift = torch._foreach_mul([s.param.grad for s in group], hyper.n_beta)  # type: ignore[misc]
+        draws = []
+        for s, dw in zip(group, drift):
+            p = s.param.data
+            if noise is None:
+                draw = torch.normal(
+                    mean=0.0, std=hyper.noise_level, size=p.size(), device=p.device, generator=generator
+                )
+            else:
+                draw = noise(s, p.size(), hyper.noise_level)
+            if s.mask is not None:
+                dw.mul_(s.mask)
+                draw = draw * s.mask
+            draws.append(draw)
+        torch._foreach_add_(params, drift, alpha=-0.5 * hyper.lr)
+        torch._foreach_add_(params, draws, alpha=hyper.lr**0.5)
 
 
 def _mala_partial(slot: ParamSlot, drift: torch.Tensor, hyper: SGLDHyper, stacked: bool) -> torch.Tensor:
