@@ -209,13 +209,11 @@ class BatchedEngine:
         return StepOutput(loss=list(loss), micro=list(micro), input_ids=list(input_ids))
 
     def _noise(self, slot: ParamSlot, size: torch.Size, std: float) -> torch.Tensor:
-        """Chain i's draw for this parameter from chain i's own generator, stacked over chains."""
-        return torch.stack(
-            [
-                torch.normal(mean=0.0, std=std, size=size[1:], device=slot.param.device, generator=g)
-                for g in self.generators
-            ]
-        )
+        """Chain i's draw for this parameter from chain i's own generator, written in place into row i."""
+        out = torch.empty(size, device=slot.param.device)
+        for row, g in zip(out, self.generators):
+            torch.normal(mean=0.0, std=std, size=size[1:], generator=g, out=row)
+        return out
 
     def update(self) -> list[dict[str, torch.Tensor]] | None:
         metrics = sgld_step(
