@@ -12,6 +12,9 @@ Targets (each a table; two observables, one step between draws, burn-in 0):
   batched       8 chains with chains_per_batch=8 against the same 8 chains one at a time (small: 2x256, ctx 128)
   devinterp     devinterp 2.0.1 against distinterp with the best options (pythia14m-sized, 8 chains)
   options       compile=True and autocast_dtype="bfloat16" each against plain, K=8 (small)
+  profile       where the time of one sample() goes: wall time of each part of the inner loop, timed around the
+                engines' and recorders' methods (device synchronised around each part), as % of the call
+                (CPU: tiny and mid, 1 thread, one chain at a time; CUDA: small, K=1 and K=8)
   equal         not a speed: 3 chains with chains_per_batch=3 against one at a time on --device, the largest
                 |difference| of the recorded losses (fails above 1e-3: the per-chain generators' streams)
 Each measurement is a fresh process timing its own sample() call (imports excluded). --smoke runs every
@@ -33,8 +36,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness
 
-CPU_TARGETS = ("cpu_limit", "cpu_overhead", "cpu_ranks")
-GPU_TARGETS = ("equal", "batched", "devinterp", "options")
+CPU_TARGETS = ("cpu_limit", "cpu_overhead", "cpu_ranks", "profile")
+GPU_TARGETS = ("equal", "batched", "devinterp", "options", "profile")
+PROFILE_PARTS = {
+    "forward + backward": ("engine", "gradient_step"),
+    "SGLD update": ("engine", "update"),
+    "observable forwards": ("engine", "observe"),
+    "init loss": ("engine", "init_loss"),
+    "recorder, store writes": ("recorder", "step", "metrics", "draw", "end_step", "init_loss"),
+}
+"""The parts of the profile target: the methods whose wall time each part sums."""
 SMOKE_SPEC = dict(model="smoke", chains=2, draws=3)
 
 
@@ -69,6 +80,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     pr = Dataset.from_dict({"input_ids": probe.tolist()})
     if spec["engine"] == "interleaved":
         return interleaved(model, ds, pr, ids, probe, kwargs, device, spec["rounds"])
+    if spec["engine"] == "profile":
+        return profile(model, ds, pr, kwargs, device, spec.get("k", 1))
     if spec["engine"] == "devinterp":
         from devinterp.slt.sampling import sample
 
@@ -112,6 +125,63 @@ def interleaved(
             best["sample"] = min(best["sample"], time.perf_counter() - start)
         best["limit"] = min(best["limit"], bare_loop(copy.deepcopy(model), ids, probe, kwargs, device))
     return best
+
+
+def profile(model: Any, ds: Any, pr: Any, kwargs: dict[str, Any], device: str, k: int) -> dict[str, Any]:
+    """One timed sample() with each PROFILE_PARTS method wrapped in a device-synchronised timer."""
+    import functools
+    import warnings
+
+    from distinterp import sample
+    from distinterp.parallel.batched import BatchedEngine
+    from distinterp.parallel.serial import SerialEngine
+    from distinterp.store import ChainRecorder
+
+    owners = {"engine": (SerialEngine, BatchedEngine), "recorder": (ChainRecorder,)}
+    spent = dict.fromkeys(PROFILE_PARTS, 0.0)
+    saved = []
+
+    def timed(part: str, fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            harness.synchronize(device)
+            start = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                harness.synchronize(device)
+                spent[part] += time.perf_counter() - start
+
+        return wrapper
+
+    for part, (owner, *methods) in PROFILE_PARTS.items():
+        for cls in owners[owner]:
+            for m in methods:
+                if m in vars(cls):  # each class's own method, once (no double count through inheritance)
+                    saved.append((cls, m, vars(cls)[m]))
+                    setattr(cls, m, timed(part, vars(cls)[m]))
+    try:
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            harness.synchronize(device)
+            start = time.perf_counter()
+            sample(
+                model,
+                ds,
+                {"train": ds, "probe": pr},
+                output_path=f"{tmp}/s.zarr",
+                device=device,
+                chains_per_batch=k,
+                **kwargs,
+            )
+            harness.synchronize(device)
+            total = time.perf_counter() - start
+    finally:
+        for cls, m, fn in saved:
+            setattr(cls, m, fn)
+    parts = {p: round(100 * t / total, 1) for p, t in spent.items()}
+    parts["everything else (set-up, store creation, Python)"] = round(100 - sum(parts.values()), 1)
+    return {"seconds": total, "parts": parts}
 
 
 def bare_loop(model: Any, ids: Any, probe: Any, kwargs: dict[str, Any], device: str) -> float:
@@ -275,6 +345,22 @@ def run_target(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "ratio": round(theirs / ours, 3),
             "ratio_meaning": "devinterp / distinterp best (goal >= 3)",
         }
+    if name == "profile":
+        cuda = dev.startswith("cuda")
+        runs = [("small", 1), ("small", 8)] if cuda else [("tiny", 1), ("mid", 1)]
+        table: dict[str, dict[str, Any]] = {}
+        for n, (model, k) in enumerate(runs):
+            s = spec(model, 8 if k > 1 else 2, engine="profile", k=k, threads=None if cuda else 1)
+            res = child(s) if smoke else harness.run_child(__file__, s, threads=None if cuda else 1)
+            col = f"{s['model']} K={k}" + (f" #{n}" if smoke else "")
+            cells = {
+                "seconds": round(res["seconds"], 3),
+                "ms per chain-step": round(1e3 * per_chain_step(res["seconds"], s), 2),
+                **{f"{part} (%)": pct for part, pct in res["parts"].items()},
+            }
+            for what, value in cells.items():
+                table.setdefault(what, {"": what})[col] = value
+        return {"rows": list(table.values()), "ratio_meaning": "where one sample() call's time goes"}
     if name == "equal":
         s = spec("tiny", 3, draws=20)
         diff = batched_vs_serial(s)

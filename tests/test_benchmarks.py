@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SMOKES = {
     # the bare loop, batched (equal, options), bf16 (devinterp children: bench_sampling --smoke by hand)
-    "bench_sampling.py": ["--targets", "cpu_limit,equal,options"],
+    "bench_sampling.py": ["--targets", "cpu_limit,equal,options,profile"],
     "bench_analyses.py": [],
     "bench_store.py": [],
     "bench_fsdp.py": [],  # one 2-rank torchrun job: fsdp_size 1 and 2, sharded holds less
