@@ -194,6 +194,38 @@ def test_preempted_batched_chains_continue_from_their_checkpoints(tmp_path: Path
                 np.testing.assert_allclose(resumed[v].values, ref_s[v].values, rtol=1e-4, err_msg=v)
 
 
+@pytest.mark.parametrize("method", ["sgmcmc_sgld", "rmsprop_sgld"])
+def test_preempted_batched_chains_record_the_uninterrupted_metrics(method: str, tmp_path: Path) -> None:
+    """save_metrics, stopped at step 6 of 8 with checkpoints at 4: the rerun writes the uninterrupted bytes,
+    MALA acceptance included (the checkpoints carry each chain's previous point, sliced from the stack)."""
+    model, ds = tiny_gpt2(), token_dataset()
+    opts = {
+        **SMALL,
+        "num_chains": 2,
+        "num_burnin_steps": 4,
+        "num_draws": 4,
+        "localization": 1.0,
+        "sampling_method": method,
+        "save_metrics": True,
+        "checkpoint_every": 4,
+        "chains_per_batch": 2,
+    }
+
+    def run(name: str, loss: _Preempt) -> xr.Dataset:
+        return distinterp.sample(
+            model, ds, {"train": ds}, output_path=tmp_path / name, loss_fn=loss, **opts
+        ).dataset
+
+    clean = run("clean.zarr", _Preempt(None))
+    loss = _Preempt(6)
+    with pytest.raises(RuntimeError, match="preempted"):
+        run("resumed.zarr", loss)
+    assert (tmp_path / "resumed.zarr.checkpoints").exists()
+    resumed = run("resumed.zarr", loss)
+    assert np.isfinite(resumed.metrics_mala_acceptance.values[:, 4]).all()  # the first step after the resume
+    assert_same_data(resumed, clean)
+
+
 def test_batched_dropout_chains_are_independent_and_reproducible(tmp_path: Path) -> None:
     """With dropout, each chain of a batch draws its own masks (vmap randomness="different") from the
     global RNG seeded by the group's first chain: the same run reproduces bytes; chains differ even on

@@ -187,8 +187,8 @@ def run_chains(
 
 class MalaRecorder:
     """Completes each chain's MALA acceptance (sgld.mala_acceptance) with the loss part: n_beta times the
-    previous step's minibatch loss minus this one's. NaN at a chain's first step (a checkpoint carries the
-    previous point on; the batched engine's checkpoints do not yet, so it is NaN after their resume too)."""
+    previous step's minibatch loss minus this one's. NaN at a chain's first step only: every engine's
+    checkpoint carries the previous point (and _saver its loss) over a resume."""
 
     def __init__(self, n_beta: float, chains: int):
         self.n_beta = n_beta

@@ -160,6 +160,7 @@ class BatchedEngine:
                 mask=None if m is None else m.to(s.device).float(),
                 center=s.start_state[f"p:{n}"] if keep_center else None,
                 square_avg=self._square_avg(resume, n),
+                mala_prev=self._mala_prev(resume, n),
             )
             for n, m in s.masks.items()
         ]
@@ -190,6 +191,18 @@ class BatchedEngine:
         if not self.hyper.rmsprop or any(r is None or name not in r.square_avg for r in resume):
             return None
         return torch.stack([r.square_avg[name] for r in resume if r is not None]).to(self.setup.device)
+
+    def _mala_prev(
+        self, resume: Sequence[ChainCheckpoint | None], name: str
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The chains' previous MALA point (theta, grad U), stacked from their checkpoints (save_metrics)."""
+        if not self.setup.config.save_metrics or any(
+            r is None or not r.mala or name not in r.mala for r in resume
+        ):
+            return None
+        theta, drift = zip(*(r.mala[name] for r in resume if r is not None and r.mala))
+        dev = self.setup.device
+        return torch.stack(theta).to(dev), torch.stack(drift).to(dev)
 
     @_quiet
     def gradient_step(self, step: int) -> StepOutput:
@@ -248,8 +261,9 @@ class BatchedEngine:
         return out
 
     def capture(self, i: int, step: int) -> ChainCheckpoint:
-        """Chain i's parameters, RMSprop state and noise stream; the same layout as a serial checkpoint
-        ('torch' / 'cuda' hold the chain's stream), so either engine can continue the other's."""
+        """Chain i's parameters, RMSprop state, noise stream and (save_metrics) previous MALA point, sliced
+        from the stacked state; the same layout as a serial checkpoint ('torch' / 'cuda' hold the chain's
+        stream), so either engine can continue the other's."""
         dev = self.setup.device
         rng: dict[str, Any] = {
             "torch": self.generators[i].get_state() if dev.type != "cuda" else torch.get_rng_state(),
@@ -269,6 +283,12 @@ class BatchedEngine:
                 if s.square_avg is not None
             },
             rng=rng,
+            mala={
+                s.name: (s.mala_prev[0][i].to("cpu", copy=True), s.mala_prev[1][i].to("cpu", copy=True))
+                for s in self.slots
+                if s.mala_prev is not None
+            }
+            or None,
         )
 
     def drop(self, i: int) -> None:
