@@ -301,3 +301,25 @@ def test_speed_options_change_numerics_only_as_documented(tmp_path: Path) -> Non
         distinterp.sample(model, ds, obs, autocast_dtype="int8", **opts)
     with pytest.raises(TypeError, match="compile: expected a bool"):
         distinterp.sample(model, ds, obs, compile=1, **opts)
+
+
+def test_compile_captures_the_batched_loss_in_one_graph(tmp_path: Path) -> None:
+    """torch.compile sees the batched step's loss as one graph: compute_per_token_loss does not break it (a
+    break inside functional_call left the step wholly uncompiled). A recording backend: no inductor cost."""
+    from torch._dynamo import register_backend
+
+    graphs: list[torch.fx.GraphModule] = []
+
+    @register_backend(name="distinterp_test_record")
+    def record(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        graphs.append(gm)
+        return gm.forward
+
+    ds = token_dataset()
+    opts = {**SMALL, "num_chains": 2, "num_draws": 2, "chains_per_batch": 2}
+    out = tmp_path / "c.zarr"
+    distinterp.sample(
+        tiny_gpt2(), ds, {"train": ds}, output_path=out, compile="distinterp_test_record", **opts
+    )
+    whole = [g for g in graphs if "log_softmax" in g.code and "embedding" in g.code and "isfinite" in g.code]
+    assert whole and len(graphs) == len(whole), [g.code[:200] for g in graphs]

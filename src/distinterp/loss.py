@@ -81,11 +81,13 @@ def all_finite(t: torch.Tensor) -> torch.Tensor:
 
 def compute_per_token_loss(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """Per-token cross-entropy loss, (batch, seq-1); raises NonFiniteLogitsError on NaN/Inf logits
-    (inside `deferred_finite_check`, the whole loss is NaN then instead; finite logits give the same bits)."""
+    (inside `deferred_finite_check`, the whole loss is NaN then instead; finite logits give the same bits).
+    Under torch.compile always the NaN form: dynamo traces neither ContextVar.get nor a raise on a value,
+    and a graph break inside functional_call (the batched engine) would leave the whole step uncompiled."""
     logits = lm_forward_logits(model, input_ids)
     loss = lm_cross_entropy_loss(logits, input_ids)
     finite = all_finite(logits)
-    if _DEFER_FINITE_CHECK.get():
+    if torch.compiler.is_compiling() or _DEFER_FINITE_CHECK.get():
         return torch.where(finite, loss, torch.nan)
     if not finite:
         raise NonFiniteLogitsError("Non-finite values detected in model logits.")
