@@ -5,6 +5,7 @@ Everything else asks a `Runtime` (or the Plan built from it) and never reads RAN
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,13 @@ class Runtime:
         return out
 
 
+def _leave() -> None:
+    """Destroy the process group runtime() created, at exit: a gloo group left to the interpreter's teardown
+    can abort the process ("terminate called without an active exception") after its work is done."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def runtime() -> Runtime:
     """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); a single process otherwise.
 
@@ -88,5 +96,6 @@ def runtime() -> Runtime:
     if backend == "nccl":
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
     dist.init_process_group(backend=backend)
+    atexit.register(_leave)  # ours, so ours to destroy: its backend threads must not outlive the interpreter
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
     return Runtime(dist.get_rank(), dist.get_world_size(), local_rank, local_world_size)
