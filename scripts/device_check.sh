@@ -41,6 +41,11 @@ part() { # part NAME RC SECONDS: one row of the summary
 summary() {
     "$PYTHON" scripts/device_summary.py --work "$WORK" --out "$OUT/device_check.json"
 }
+stop() { # stop RC MESSAGE: say why, write the summary so far, exit RC
+    echo "device_check.sh: $2" >&2
+    summary
+    exit "$1"
+}
 
 echo "== device_check.sh $PART: $(date -u +%FT%TZ), $(nvidia-smi --query-gpu=name,memory.total,driver_version \
     --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
@@ -52,19 +57,15 @@ export PATH="$WORK/bin:$PATH"
 
 t0=$SECONDS
 if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-    echo "device_check.sh: no wheels in $WHEELS: run 'bash scripts/device_wheels.sh' here and carry .whl" >&2
     part install 2 0
-    summary
-    exit 2
+    stop 2 "no wheels in $WHEELS: run 'bash scripts/device_wheels.sh' here and carry .whl"
 fi
 timeout -k 5 90 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$SITE" "$WHEELS"/*.whl
 rc=$?
 part install "$rc" $((SECONDS - t0))
 if [ "$rc" -ne 0 ]; then
-    echo "device_check.sh: installing the wheels of $WHEELS into $SITE failed (rc $rc): see above" >&2
-    summary
-    exit 2
+    stop 2 "installing the wheels of $WHEELS into $SITE failed (rc $rc): see above"
 fi
 export PYTHONPATH="$SITE:$PWD/src"
 
@@ -89,16 +90,12 @@ EOF
 rc=$?
 part imports "$rc" $((SECONDS - t0))
 if [ "$rc" -ne 0 ]; then
-    echo "device_check.sh: imports failed (rc $rc); a missing package goes into scripts/device_wheels.sh" >&2
-    summary
-    exit 2
+    stop 2 "imports failed (rc $rc); a missing package goes into scripts/device_wheels.sh"
 fi
 if [ "${DISTINTERP_TEST_DEVICE:-}" != cpu ] &&
     ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-    echo "device_check.sh: CUDA is not available here; nothing run (tests/test_cuda.py skips, gpu.sh exits 3)" >&2
     part cuda 3 0
-    summary
-    exit 3
+    stop 3 "CUDA is not available here; nothing run (tests/test_cuda.py skips, gpu.sh exits 3)"
 fi
 
 status=0

@@ -23,9 +23,9 @@ from distinterp.config import SamplerConfig, default_nbeta
 from distinterp.jobs.runner import RUN_SPECIFIC
 from distinterp.jobs.settings import SampleSettings, parse_override
 from distinterp.jobs.sources import load_dataset, load_model, load_observables, tokenizer_name
-from distinterp.jobs.sweep import Run, aggregate_sweep, check_label, child, run_sweep
+from distinterp.jobs.sweep import Run, aggregate_sweep, check_label, run_sweep, stores_complete
 from distinterp.parallel.distributed import runtime
-from distinterp.store import Location, read_root_attrs
+from distinterp.store import Location
 
 DEFAULT_GRID: dict[str, tuple[float, ...]] = {
     "lr": (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
@@ -136,13 +136,9 @@ def calibrate(
         common=common,
         extra={"grid": [[k, list(v)] for k, v in grid.items()]},  # a list: JSON keeps its order
     )
-    if not runtime().is_coordinator or not _complete(root, [r.label for r in runs]):
+    if not runtime().is_coordinator or not stores_complete(root, [r.label for r in runs]):
         return None
     return choose_cell(root, tolerance=tolerance, common=common)
-
-
-def _complete(root: Location, labels: list[str]) -> bool:
-    return all((read_root_attrs(child(root, label)) or {}).get("completed") == 1 for label in labels)
 
 
 def choose_cell(

@@ -209,6 +209,11 @@ def chains_done(location: Location, chains: Sequence[int], num_steps: int) -> bo
     return bool(all(steps[c] >= num_steps for c in chains if c < len(steps)))
 
 
+def stores_complete(root: Location, labels: Sequence[str]) -> bool:
+    """Whether the store of every label under the sweep's root is marked completed."""
+    return all((read_root_attrs(child(root, label)) or {}).get("completed") == 1 for label in labels)
+
+
 def run_sweep(
     kind: str,
     runs: Sequence[Run],

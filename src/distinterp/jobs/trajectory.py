@@ -18,9 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from distinterp.jobs.runner import RUN_SPECIFIC
 from distinterp.jobs.settings import ModelSettings, SampleSettings
 from distinterp.jobs.sources import load_dataset, load_model, load_observables, tokenizer_name
-from distinterp.jobs.sweep import ModelOrLoader, Run, aggregate_sweep, check_label, child, run_sweep
+from distinterp.jobs.sweep import ModelOrLoader, Run, aggregate_sweep, check_label, run_sweep, stores_complete
 from distinterp.parallel.distributed import runtime
-from distinterp.store import Location, read_root_attrs
 
 ANALYSES = ("llc",)
 
@@ -60,13 +59,9 @@ def trajectory(
         array_task=array_task,
         common=sample_kwargs,
     )
-    if not runtime().is_coordinator or not _complete(root, [r.label for r in runs]):
+    if not runtime().is_coordinator or not stores_complete(root, [r.label for r in runs]):
         return None
     return aggregate_sweep(root)
-
-
-def _complete(root: Location, labels: list[str]) -> bool:
-    return all((read_root_attrs(child(root, label)) or {}).get("completed") == 1 for label in labels)
 
 
 # ─── The runner: `distinterp trajectory CONFIG` ──────────────────────────────
@@ -180,6 +175,6 @@ def run_trajectory(settings: TrajectorySettings) -> xr.Dataset | None:
         },
         extra={"checkpoints": {label: spec.model_dump(mode="json") for label, spec in specs.items()}},
     )
-    if not runtime().is_coordinator or not _complete(root, list(specs)):
+    if not runtime().is_coordinator or not stores_complete(root, list(specs)):
         return None
     return aggregate_sweep(root)
