@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import logging
 import tempfile
@@ -26,7 +25,8 @@ from distinterp.config import (
     merge_rmsprop_aliases,
     sampling_method_name,
 )
-from distinterp.data import Observable, build_observables, fingerprint, input_ids_tensor
+from distinterp.data import Observable, build_observables, input_ids_tensor
+from distinterp.identity import masks_fingerprint, model_fingerprint, store_identity  # noqa: F401 - re-exported
 from distinterp.loss import (
     AUTOCAST_DTYPES,
     LossFn,
@@ -304,29 +304,9 @@ def _schema(
     noise stream records it and its fsdp_size (`layout`): stores of another stream or layout are refused."""
     named = dict(model.named_parameters())
     numel = sum(int(m.count_nonzero()) if m is not None else named[n].numel() for n, m in masks.items())
-    identity = {
-        "sampler": config.model_dump(mode="json"),
-        "batches_per_draw": batches_per_draw,
-        "obs_seed": obs_seed,
-        "context_length": ids.shape[1] - 1,
-        "dataset": fingerprint(ids),
-        "observables": [
-            {
-                "name": o.name,
-                "obs_id": o.obs_id,
-                "batches_per_draw": o.batches_per_draw,
-                "data": o.fingerprint,
-            }
-            for o in obs_list
-        ],
-        "model": model_fingerprint(model),
-        "param_masks": masks_fingerprint(masks),
-        "loss_fn": None if loss_fn is None else getattr(loss_fn, "__qualname__", repr(loss_fn)),
-    }
-    if layout["noise"] != "devinterp":
-        identity["layout"] = layout
-    if autocast_dtype is not None:  # another computation: its rows must not mix with float32 ones
-        identity["autocast_dtype"] = autocast_dtype
+    identity = store_identity(
+        config, model, ids, obs_list, masks, loss_fn, batches_per_draw, obs_seed, layout, autocast_dtype
+    )
     schema = build_schema(
         sampler=config.reference_dump(),
         num_chains=config.num_chains,
@@ -477,27 +457,6 @@ def _probe(model: torch.nn.Module, fn: LossFn, input_ids: torch.Tensor) -> None:
         )
     if not torch.isfinite(loss).all():
         raise NonFiniteLogitsError("loss_fn: returned non-finite losses at the starting point")
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """Names, shapes, dtypes and a strided sample of values of every parameter: tells checkpoints apart."""
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            flat = p.detach().reshape(-1)
-            stride = max(1, flat.numel() // 4096)
-            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
-            h.update(flat[::stride].to("cpu", torch.float64).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def masks_fingerprint(masks: dict[str, torch.Tensor | None]) -> str:
-    h = hashlib.sha256()
-    for name, m in masks.items():
-        h.update(name.encode())
-        if m is not None:
-            h.update(np.packbits(m.detach().to("cpu", torch.bool).numpy()).tobytes())
-    return h.hexdigest()[:16]
 
 
 def _location(

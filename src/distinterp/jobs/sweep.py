@@ -29,9 +29,10 @@ from distinterp.analyses.diagnostics import Thresholds, diagnose
 from distinterp.analyses.llc import compute_llc
 from distinterp.config import SamplerConfig, merge_rmsprop_aliases
 from distinterp.data import fingerprint, input_ids_tensor
+from distinterp.identity import INPUTS, WHERE, sweep_identity
 from distinterp.parallel.distributed import runtime
 from distinterp.parallel.plan import array_task_chains
-from distinterp.sampling import masks_fingerprint, sample
+from distinterp.sampling import sample
 from distinterp.store import (
     IncompleteStoreError,
     Location,
@@ -48,12 +49,7 @@ RECORD = "distinterp-sweep.json"
 RECORD_VERSION = 1
 ModelOrLoader = torch.nn.Module | Callable[[], torch.nn.Module]
 
-_NOT_IDENTITY = frozenset(
-    {"model", "dataset", "observables", "output_path", "storage_options", "chains", "run_settings"}
-    | {"device", "checkpoint_every"}
-)
-"""sample() arguments that say where or how a run executes, not what it computes: not recorded."""
-_OWN = frozenset({"model", "dataset", "observables", "output_path", "storage_options", "chains"})
+_OWN = INPUTS | WHERE
 """sample() arguments the sweep sets itself; a caller passing them is told so."""
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 
@@ -116,21 +112,8 @@ def sampler_config(args: Mapping[str, Any]) -> SamplerConfig:
     return SamplerConfig(**fields)
 
 
-def _jsonable(name: str, value: Any) -> Any:
-    """A recorded form of one argument: JSON values as they are, functions by name, masks by content."""
-    if name == "param_masks" and isinstance(value, dict):
-        return {"fingerprint": masks_fingerprint(value)}
-    if callable(value):
-        return getattr(value, "__qualname__", repr(value))
-    try:
-        return json.loads(json.dumps(value))
-    except TypeError:
-        return repr(value)
-
-
-def identity(args: Mapping[str, Any]) -> dict[str, Any]:
-    """What a rerun must repeat: every sample() argument except where/how it runs."""
-    return {k: _jsonable(k, v) for k, v in sorted(args.items()) if k not in _NOT_IDENTITY}
+identity = sweep_identity
+"""What a rerun must repeat (defined in distinterp.identity; the old name kept)."""
 
 
 def _fs(root: Location) -> tuple[Any, str]:

@@ -15,7 +15,8 @@ from typing import Any
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distinterp.jobs.runner import RUN_SPECIFIC
+from distinterp.identity import recorded_settings
+from distinterp.jobs.route import sample_kwargs
 from distinterp.jobs.settings import ModelSettings, SampleSettings
 from distinterp.jobs.sources import load_dataset, load_model, load_observables, tokenizer_name
 from distinterp.jobs.sweep import ModelOrLoader, Run, aggregate_sweep, check_label, run_sweep, stores_complete
@@ -144,11 +145,12 @@ class TrajectorySettings(SampleSettings):
 
 def run_trajectory(settings: TrajectorySettings) -> xr.Dataset | None:
     """The plain function behind `distinterp trajectory`: data once, each checkpoint loaded in its turn."""
+    common = sample_kwargs(settings, "trajectory")  # the one route: refuses before any work
     tokenizer = tokenizer_name(settings.model)  # text data: tokenized once, with the model's tokenizer
     data = load_dataset(settings.dataset, "dataset", tokenizer)
     observables = load_observables(settings, data, tokenizer)
     specs = settings.checkpoints.models(settings.model)
-    shared = settings.model_dump(mode="json", exclude=set(RUN_SPECIFIC) | {"checkpoints"})
+    shared = recorded_settings(settings, frozenset({"checkpoints"}))
     runs = [
         Run(
             label,
@@ -166,13 +168,7 @@ def run_trajectory(settings: TrajectorySettings) -> xr.Dataset | None:
         output_path=settings.output_path,
         storage_options=settings.storage_options,
         array_task=settings.array_task.resolved(),
-        common={
-            **settings.sampler.model_dump(),
-            "batches_per_draw": settings.batches_per_draw,
-            "obs_seed": settings.obs_seed,
-            "device": settings.device,
-            "checkpoint_every": settings.checkpoint_every,
-        },
+        common=common,
         extra={"checkpoints": {label: spec.model_dump(mode="json") for label, spec in specs.items()}},
     )
     if not runtime().is_coordinator or not stores_complete(root, list(specs)):
