@@ -204,6 +204,15 @@ def run_susceptibilities(settings: SampleSettings) -> tuple[dict[str, xr.DataTre
     for path in paths.values():
         check_output_path(path, storage_options=settings.storage_options)
     inputs = load_inputs(settings)
+    from distinterp.masks import WeightRestrictionError, create_param_masks
+
+    for name, restriction in opts.restrictions.items():  # every restriction, before any sampling
+        try:
+            create_param_masks(inputs.model, restriction)
+        except WeightRestrictionError as e:
+            raise WeightRestrictionError(
+                f"susceptibilities.restrictions.{name}={restriction!r}: {e}"
+            ) from None
     trees = {}
     for name, restriction in runs.items():
         update = {"weight_restriction": restriction, "output_path": paths[name], "analyses": []}

@@ -66,6 +66,15 @@ class ModelSettings(_Part):
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="parameter dtype")
 
+    @model_validator(mode="after")
+    def _revision_needs_a_hub_model(self) -> ModelSettings:
+        if self.revision is not None and self.source not in ("hf", "transformer_lens"):
+            raise ValueError(
+                f"revision={self.revision!r}: model.source={self.source!r} has no revisions (it would be "
+                "ignored); remove it, or use source hf or transformer_lens"
+            )
+        return self
+
 
 class DatasetSettings(_Part):
     """A dataset of equal-length token rows ('input_ids'), given as tokens or as text to tokenize."""

@@ -168,6 +168,15 @@ def write_record(root: Location, record: dict[str, Any]) -> None:
         fs.pipe_file(f"{base.rstrip('/')}/{RECORD}", text.encode())
 
 
+def remove_record(root: Location) -> None:
+    """Remove the root's record (a sweep that failed before its first store: the corrected rerun is new)."""
+    if root.is_local:
+        (root.local_path / RECORD).unlink(missing_ok=True)
+    else:
+        fs, base = _fs(root)
+        fs.rm_file(f"{base.rstrip('/')}/{RECORD}")
+
+
 def work_blocks(
     sizes: Sequence[tuple[str, int]], array_task: tuple[int, int] | None
 ) -> list[tuple[str, tuple[int, ...]]]:
@@ -236,8 +245,10 @@ def run_sweep(
     blocks = work_blocks([(label, configs[label].num_chains) for label in labels], array_task)
     todo: list[tuple[str, tuple[int, ...]]] = []
     error: BaseException | None = None
+    fresh = False
     if rt.is_coordinator:
         try:
+            fresh = read_record(root) is None
             write_record(root, record)
             todo = [
                 (label, chains)
@@ -251,21 +262,28 @@ def run_sweep(
         raise error
     by_label = {r.label: r for r in runs}
     logger.info("%s: %d of %d stores to (finish) sampling in this job", kind, len(todo), len(blocks))
-    for label, chains in todo:
-        run = by_label[label]
-        model = run.model if isinstance(run.model, torch.nn.Module) else run.model()
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"{kind}: the loader of {label!r} returned {type(model).__name__}, not a model")
-        sample(
-            model,
-            dataset,
-            observables,
-            output_path=child(root, label).url,
-            storage_options=root.storage_options,
-            chains=list(chains),
-            **{**common, **run.kwargs},
-        )
-        del model
+    try:
+        for label, chains in todo:
+            run = by_label[label]
+            model = run.model if isinstance(run.model, torch.nn.Module) else run.model()
+            if not isinstance(model, torch.nn.Module):
+                raise TypeError(
+                    f"{kind}: the loader of {label!r} returned {type(model).__name__}, not a model"
+                )
+            sample(
+                model,
+                dataset,
+                observables,
+                output_path=child(root, label).url,
+                storage_options=root.storage_options,
+                chains=list(chains),
+                **{**common, **run.kwargs},
+            )
+            del model
+    except BaseException:
+        if fresh and not any(read_root_attrs(child(root, label)) is not None for label in labels):
+            remove_record(root)  # nothing was written: the corrected command must not be refused
+        raise
     rt.barrier()
     return root
 

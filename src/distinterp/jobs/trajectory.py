@@ -18,11 +18,20 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from distinterp.identity import recorded_settings
 from distinterp.jobs.route import sample_kwargs
 from distinterp.jobs.settings import ModelSettings, SampleSettings
-from distinterp.jobs.sources import load_dataset, load_model, load_observables, tokenizer_name
+from distinterp.jobs.sources import (
+    architecture,
+    check_checkpoint,
+    load_dataset,
+    load_model,
+    load_observables,
+    tokenizer_name,
+)
 from distinterp.jobs.sweep import ModelOrLoader, Run, aggregate_sweep, check_label, run_sweep, stores_complete
 from distinterp.parallel.distributed import runtime
 
 ANALYSES = ("llc",)
+REVISIONED = ("hf", "transformer_lens")
+"""Model sources whose `revision` names a checkpoint."""
 
 
 def trajectory(
@@ -140,6 +149,12 @@ class TrajectorySettings(SampleSettings):
             raise ValueError("chains: a trajectory splits its work by array_task, not chains; remove chains")
         if self.weight_restriction is not None:
             raise ValueError("weight_restriction: not supported for trajectories yet; remove it")
+        if self.checkpoints.revisions is not None and self.model.source not in REVISIONED:
+            raise ValueError(
+                f"checkpoints.revisions: model.source={self.model.source!r} has no revisions (every checkpoint "
+                f"would be the same model); use model.source hf or transformer_lens, or checkpoints.paths / "
+                "checkpoints.state_dicts"
+            )
         return self
 
 
@@ -150,6 +165,10 @@ def run_trajectory(settings: TrajectorySettings) -> xr.Dataset | None:
     data = load_dataset(settings.dataset, "dataset", tokenizer)
     observables = load_observables(settings, data, tokenizer)
     specs = settings.checkpoints.models(settings.model)
+    arch = architecture(settings.model, data, settings.dataset) if settings.checkpoints.state_dicts else None
+    for label, spec in specs.items():  # every checkpoint, before any work (not one failure per rerun)
+        check_checkpoint(spec, arch, f"checkpoints {label!r}")
+    del arch
     shared = recorded_settings(settings, frozenset({"checkpoints"}))
     runs = [
         Run(
