@@ -109,3 +109,54 @@ def test_sweeps_refuse_wandb_logging_by_name(tmp_path, capsys, job):
     assert main([job, write(tmp_path / "j.yaml", config)]) == 2
     assert f"logging.wandb: a {job} job is not logged to W&B yet" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["aggregate", "nosuch.zarr", "--bif-batch-size", "-3"], "--bif-batch-size: need at least 1"),
+        (["aggregate", "nosuch.zarr", "--susceptibilities", "bad"], "--susceptibilities 'bad': expected"),
+        (["aggregate", "nosuch.zarr", "--sampling-task", "nope"], "--sampling-task: used only with"),
+        (["aggregate", "nosuch.zarr", "--output", "out.txt"], "--output 'out.txt': results are written"),
+        (["report", "nosuch.zarr", "--tokenizer", "/no/such/tok"], "--tokenizer='/no/such/tok'"),
+        (["report", "nosuch.zarr", "--out", "/proc/x"], "--out='/proc/x'"),
+    ],
+)
+def test_aggregate_and_report_flags_are_checked_before_any_work(argv, message, capsys):
+    """Item 4 (flags checked after the LLC, or ignored) and item 6 (raw '[Errno 2]' without the flag)."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Errno" not in err, err
+
+
+def test_a_mapping_given_with_set_replaces_the_files(tmp_path):
+    """Item 4: `--set susceptibilities.restrictions={}` merged into the file's restrictions (no change)."""
+    from distinterp.jobs.settings import load_settings
+
+    config = {**TINY, "output_path": "r.zarr", "susceptibilities": {"restrictions": {"a": "l0h1"}}}
+    path = write(tmp_path / "s.yaml", config)
+    assert load_settings(path, ["susceptibilities.restrictions={}"]).susceptibilities.restrictions == {}
+    got = load_settings(path, ["susceptibilities.restrictions={b: l1}"]).susceptibilities.restrictions
+    assert got == {"b": "l1"}
+    assert load_settings(path, ["sampler.lr=0.01"]).sampler.n_beta == 10.0  # scalars still merge
+
+
+def test_verbose_keeps_the_exit_status_and_the_message(capsys):
+    """Item 5: -v printed the traceback and exited 1 without the one-line message."""
+    assert main(["-v", "aggregate", "nosuch.zarr", "--bif-batch-size", "-3"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "distinterp aggregate: --bif-batch-size" in err
+
+
+@pytest.mark.parametrize("job", ["trajectory", "calibrate"])
+def test_sweep_output_path_is_named_when_it_cannot_be_created(tmp_path, capsys, job):
+    """Item 6: a sweep under a file printed a raw '[Errno 20] Not a directory'."""
+    (tmp_path / "file").write_text("")
+    config = {**TINY_GPT2, "output_path": str(tmp_path / "file" / "root")}
+    if job == "trajectory":
+        config["checkpoints"] = {"state_dicts": [str(tmp_path / "file")]}
+    else:
+        config["grid"] = {"lr": [1e-3, 1e-2]}
+    assert main([job, write(tmp_path / "j.yaml", config)]) == 2
+    err = capsys.readouterr().err
+    assert "output_path=" in err and "is a file, not a directory" in err, err

@@ -22,6 +22,7 @@ from distinterp.analyses.diagnostics import Thresholds
 from distinterp.config import SamplerConfig, default_nbeta
 from distinterp.identity import recorded_settings
 from distinterp.jobs.route import sample_kwargs
+from distinterp.jobs.runner import check_output_path
 from distinterp.jobs.settings import SampleSettings, parse_override
 from distinterp.jobs.sources import load_dataset, load_model, load_observables, tokenizer_name
 from distinterp.jobs.sweep import Run, aggregate_sweep, check_label, run_sweep, stores_complete
@@ -261,6 +262,7 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[float]]:
 def run_calibrate(settings: CalibrateSettings) -> Calibration | None:
     """The plain function behind `distinterp calibrate`."""
     common = sample_kwargs(settings, "calibrate")  # the one route: refuses before any work
+    check_output_path(settings.output_path, storage_options=settings.storage_options)
     tokenizer = tokenizer_name(settings.model)  # text data: tokenized once, with the model's tokenizer
     data = load_dataset(settings.dataset, "dataset", tokenizer)
     model = load_model(settings.model, data, settings.dataset)

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -390,6 +391,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     from distinterp.store import IncompleteStoreError
 
     options = _storage_options(args.storage_options)
+    _check_aggregate_flags(args)
     if args.output:
         check_output_path(args.output, "--output")
     if _is_sweep_root(args.store, options):
@@ -420,11 +422,6 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
                 _write(bif, out)
             print(f"BIF {dict(bif['influences'].sizes)} -> {out}")
         if args.susceptibilities:
-            bad = [s for s in args.susceptibilities if "=" not in s or s.startswith("=")]
-            if bad:
-                raise ValueError(
-                    f"--susceptibilities {bad[0]!r}: expected NAME=STORE, e.g. l0h1=runs/l0h1.zarr"
-                )
             stores = dict(s.split("=", 1) for s in args.susceptibilities)
             wr_map = {"full": tree, **{name: _open(url, options) for name, url in stores.items()}}
             sus = compute_susceptibilities(wr_map, sampling_task, allow_partial=args.allow_partial)
@@ -435,6 +432,23 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         print(f"distinterp aggregate: {e}\n(--allow-partial uses the complete chains only)", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_aggregate_flags(args: argparse.Namespace) -> None:
+    """Every flag of `aggregate`, before any analysis runs (not after the LLC)."""
+    if args.bif_batch_size < 1:
+        raise ValueError(f"--bif-batch-size: need at least 1 sequence per block, got {args.bif_batch_size}")
+    bad = [s for s in args.susceptibilities or [] if "=" not in s or s.startswith("=")]
+    if bad:
+        raise ValueError(f"--susceptibilities {bad[0]!r}: expected NAME=STORE, e.g. l0h1=runs/l0h1.zarr")
+    if args.sampling_task is not None and not args.susceptibilities:
+        raise ValueError(
+            "--sampling-task: used only with --susceptibilities NAME=STORE; add them, or remove --sampling-task"
+        )
+    if args.output and not args.output.rstrip("/").endswith((".zarr", ".nc")):
+        raise ValueError(
+            f"--output {args.output!r}: results are written as zarr or netCDF; name it *.zarr or *.nc"
+        )
 
 
 def _is_sweep_root(url: str, options: dict[str, Any]) -> bool:
@@ -479,8 +493,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """PNG figures and one self-contained HTML page for a store (live or complete)."""
     from distinterp.jobs.report import report
+    from distinterp.jobs.runner import check_output_path
 
     options = _storage_options(args.storage_options)
+    if args.out:
+        check_output_path(args.out, "--out")
+    if args.tokenizer:  # given, so it must load (it was silently unused when it did not)
+        from distinterp.jobs.sources import load_tokenizer
+
+        load_tokenizer(args.tokenizer, "--tokenizer")
     if _is_sweep_root(args.store, options):  # a trajectory or calibration root
         from distinterp.jobs.sweep_report import sweep_report
 
@@ -748,20 +769,18 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
         if args.verbose:
-            raise
+            traceback.print_exc()
         if rank == 0:
             print(f"\ndistinterp {args.command}: {INTERRUPTED}", file=sys.stderr)
         return 130
     except (ValueError, TypeError, OSError, StoreError) as e:
-        if args.verbose:
-            raise
+        if args.verbose:  # the traceback, then the same one-line message and exit status
+            traceback.print_exc()
         shared = isinstance(e, (ValueError, TypeError, StoreError))  # the same on every rank
         if rank == 0 or not shared:
             prefix = f"rank {rank}: " if rank else ""
-            print(
-                f"{prefix}distinterp {args.command}: {_describe(e)}\n(run with -v for the traceback)",
-                file=sys.stderr,
-            )
+            hint = "" if args.verbose else "\n(run with -v for the traceback)"
+            print(f"{prefix}distinterp {args.command}: {_describe(e)}{hint}", file=sys.stderr)
         return 2
 
 

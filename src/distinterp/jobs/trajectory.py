@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distinterp.identity import recorded_settings
 from distinterp.jobs.route import sample_kwargs
+from distinterp.jobs.runner import check_output_path
 from distinterp.jobs.settings import ModelSettings, SampleSettings
 from distinterp.jobs.sources import (
     architecture,
@@ -161,6 +162,7 @@ class TrajectorySettings(SampleSettings):
 def run_trajectory(settings: TrajectorySettings) -> xr.Dataset | None:
     """The plain function behind `distinterp trajectory`: data once, each checkpoint loaded in its turn."""
     common = sample_kwargs(settings, "trajectory")  # the one route: refuses before any work
+    check_output_path(settings.output_path, storage_options=settings.storage_options)
     tokenizer = tokenizer_name(settings.model)  # text data: tokenized once, with the model's tokenizer
     data = load_dataset(settings.dataset, "dataset", tokenizer)
     observables = load_observables(settings, data, tokenizer)
