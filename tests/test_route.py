@@ -132,7 +132,7 @@ def test_a_setting_a_job_cannot_honour_is_refused_by_name(job, update, name):
 def test_run_identity_groups_cover_sample_signature():
     """Every sample() argument is an input, WHERE, HOW, or identity; WHERE settings are never recorded."""
     params = set(inspect.signature(sample).parameters)
-    assert NOT_IDENTITY == INPUTS | WHERE | HOW and NOT_IDENTITY <= params
+    assert NOT_IDENTITY == INPUTS | WHERE | HOW and params >= NOT_IDENTITY
     identity = params - NOT_IDENTITY
     assert {"lr", "n_beta", "param_masks", "loss_fn", "fsdp_size", "noise", "autocast_dtype"} <= identity
     assert WHERE <= RUN_SPECIFIC

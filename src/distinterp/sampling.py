@@ -199,10 +199,12 @@ def sample(
 
     # Rank 0 validates or creates the store; every rank raises the same error if it cannot.
     state = None
+    initial = None  # the store's progress before any rank samples (for rank 0's progress display)
     error: BaseException | None = None
     if rt.is_coordinator:
         try:
             state = _prepare_store(location, schema, obs_list, config)
+            initial = read_progress(location)[0]
         except BaseException as e:  # noqa: BLE001 - re-raised below, on every rank
             error = e
     state, error = rt.broadcast((state, error))
@@ -224,8 +226,10 @@ def sample(
         noise=stream,
         compile=compile,
     )
-    _run_my_chains(plan, engine, setup, schema, location, checkpoint_every)
-    rt.barrier()
+    reporter = _run_my_chains(plan, engine, setup, schema, location, checkpoint_every, initial)
+    rt.barrier()  # every rank's last chunk is durable: the closing line counts them all
+    if reporter is not None:
+        reporter.stop(summary=True)
     if rt.is_coordinator:
         steps_done, _ = read_progress(location)
         if (steps_done >= schema.num_steps).all():
@@ -244,8 +248,10 @@ def _run_my_chains(
     schema: Schema,
     location: Location,
     checkpoint_every: int | None,
-) -> None:
-    """Run this rank's unfinished chains, group by group, through the plan's engine, into the store."""
+    initial: np.ndarray | None = None,
+) -> ProgressReporter | None:
+    """Run this rank's unfinished chains, group by group, through the plan's engine, into the store.
+    Returns rank 0's progress display, for its closing line once every rank is done."""
     c = setup.config
     steps_done, _ = read_progress(location)
     todo = [ch for ch in plan.my_chains if steps_done[ch] < schema.num_steps]
@@ -258,9 +264,12 @@ def _run_my_chains(
         note_environment(
             location, created_under, schema.attrs["distinterp"]["numerics"], todo, starts, plan.runtime.rank
         )
-    reporter = ProgressReporter(location, schema, plan) if plan.is_coordinator else None
+    reporter = (
+        ProgressReporter(location, schema, plan, initial=initial, resumable=bool(checkpoint_every))
+        if plan.is_coordinator
+        else None
+    )
     writer = StoreWriter(location, schema) if plan.is_writer else None
-    finished = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
@@ -280,12 +289,14 @@ def _run_my_chains(
                 )
                 for ch, step in diverged.items():
                     warnings.warn(f"Chain {ch} diverged at step {step} (non-finite loss)", stacklevel=4)
-        finished = True
+    except BaseException:
+        if reporter is not None:
+            reporter.stop(summary=False)
+        raise
     finally:
         if writer is not None:
             writer.close()
-        if reporter is not None:
-            reporter.stop(summary=finished)
+    return reporter
 
 
 def _schema(
