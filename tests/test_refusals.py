@@ -160,3 +160,38 @@ def test_sweep_output_path_is_named_when_it_cannot_be_created(tmp_path, capsys, 
     assert main([job, write(tmp_path / "j.yaml", config)]) == 2
     err = capsys.readouterr().err
     assert "output_path=" in err and "is a file, not a directory" in err, err
+
+
+def test_report_and_inspect_find_the_susceptibilities_jobs_result(tmp_path, capsys):
+    """Item 8: `<stem>.susceptibilities.zarr` was not found from the job's `<stem>_full.zarr` store, and the
+    report could not be pointed at it."""
+    config = {
+        **TINY_GPT2,
+        "observables": {
+            "train": {"vocab_size": 3, "seq_len": 9, "num_rows": 32},
+            "probe": {"vocab_size": 3, "seq_len": 9, "seed": 5, "num_rows": 8},
+        },
+        "susceptibilities": {"restrictions": {"l0h1": "l0h1"}},
+        "output_path": str(tmp_path / "run.zarr"),
+    }
+    assert main(["susceptibilities", write(tmp_path / "s.yaml", config)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "run_full.zarr")]) == 0
+    assert "run.susceptibilities.zarr" in capsys.readouterr().out
+    for argv in ([], ["--susceptibilities", str(tmp_path / "run.susceptibilities.zarr")]):
+        assert main(["report", str(tmp_path / "run_l0h1.zarr"), "--out", str(tmp_path / "rep"), *argv]) == 0
+        assert "susceptibilities" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "run.zarr"), "--susceptibilities", str(tmp_path / "no.zarr")]) == 2
+    assert "--susceptibilities" in capsys.readouterr().err
+
+
+def test_sweep_tables_show_each_cells_health(tmp_path, capsys):
+    """Item 8: the trajectory/calibrate text tables lacked each cell's verdict (the HTML had it)."""
+    from distinterp import toy
+
+    torch.save(toy.tiny_gpt2(vocab_size=3, seed=1).state_dict(), tmp_path / "a.pt")
+    config = {**TINY_GPT2, "checkpoints": {"state_dicts": [str(tmp_path / "a.pt")]}}
+    config["output_path"] = str(tmp_path / "traj")
+    assert main(["trajectory", write(tmp_path / "t.yaml", config)]) == 0
+    row = capsys.readouterr().out.splitlines()[1]
+    assert row.split()[0] == "a" and ("healthy" in row or "UNHEALTHY" in row), row

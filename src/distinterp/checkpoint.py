@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
+from distinterp.paths import sibling
 from distinterp.sgld import ParamSlot
 from distinterp.store import Location
 
@@ -87,7 +88,7 @@ class CheckpointStore:
     """
 
     def __init__(self, location: Location, shard: tuple[int, int] | None = None):
-        self.url = location.url.rstrip("/") + ".checkpoints"
+        self.url = sibling(location.url, "checkpoints")
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **location.fsspec_options())
         self.shard = shard
 

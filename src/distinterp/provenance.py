@@ -22,6 +22,7 @@ import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
+from distinterp.paths import sibling
 from distinterp.store import Location, redact
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def numeric_environment(
 def numerics_url(location: Location) -> str:
     """Where continuations under another environment are recorded: `<store>.numerics/`, beside the store
     (zarr warns about foreign objects inside it), one JSON object per writer."""
-    return location.url.rstrip("/") + ".numerics"
+    return sibling(location.url, "numerics")
 
 
 def note_environment(

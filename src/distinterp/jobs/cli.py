@@ -232,7 +232,15 @@ def _print_sweep(res: Any) -> None:
     dim = "checkpoint" if "checkpoint" in res.dims else "cell"
     for i, label in enumerate(res[dim].values):
         mean, std = float(res.llc_mean[i]), float(res.llc_std[i])
-        print(f"{label:>24}  LLC {mean:9.3f} +- {std:7.3f}  ({int(res.num_chains_used[i])} chains)")
+        health = ""
+        if "healthy" in res:  # each cell's verdict, as the HTML shows it
+            problems = str(res.problems.values[i]).splitlines() if "problems" in res else []
+            health = (
+                "  healthy"
+                if bool(res.healthy[i])
+                else "  UNHEALTHY" + (f": {problems[0]}" if problems else "")
+            )
+        print(f"{label:>24}  LLC {mean:9.3f} +- {std:7.3f}  ({int(res.num_chains_used[i])} chains){health}")
     if res.attrs.get("missing"):
         print(f"unfinished: {', '.join(res.attrs['missing'])}")
 
@@ -514,10 +522,23 @@ def cmd_report(args: argparse.Namespace) -> int:
         out=args.out,
         storage_options=_storage_options(args.storage_options),
         tokenizer=args.tokenizer,
+        bif=_existing(args.bif, "--bif", options),
+        susceptibilities=_existing(args.susceptibilities, "--susceptibilities", options),
     )
     print(f"diagnosis {rep.diagnosis.summary()}")
     print(f"wrote {rep.path} ({len(rep.figures)} figures: {', '.join(f.name for f in rep.figures)})")
     return 0
+
+
+def _existing(url: str | None, flag: str, options: dict[str, Any]) -> str | None:
+    """A result path given on the command line, checked before any work."""
+    from distinterp.store import Location
+
+    if url is not None:
+        location = Location(url, options)
+        if location.is_local and not (location.local_path / "zarr.json").is_file():
+            raise FileNotFoundError(f"{flag} {url}: no zarr result there")
+    return url
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -686,6 +707,12 @@ def parser() -> argparse.ArgumentParser:
         if name == "report":
             a.add_argument("--out", help="directory for the PNGs and index.html (default: <store>.report)")
             a.add_argument("--tokenizer", help="HF tokenizer name/path to decode tokens (local or cached)")
+            a.add_argument("--bif", help="a BIF result to draw (default: <stem>.bif.zarr beside the store)")
+            a.add_argument(
+                "--susceptibilities",
+                help="a susceptibilities result to draw (default: beside the store, or the susceptibilities "
+                "job's <base>.susceptibilities.zarr for its <base>_<restriction>.zarr stores)",
+            )
             a.add_argument("--log-step", action="store_true", help="trajectory root: log-scale step axis")
         if name == "inspect":
             a.add_argument("--strict", action="store_true", help="exit 1 when the diagnosis is not healthy")

@@ -32,6 +32,7 @@ from distinterp.data import fingerprint, input_ids_tensor
 from distinterp.identity import INPUTS, WHERE, sweep_identity
 from distinterp.parallel.distributed import runtime
 from distinterp.parallel.plan import array_task_chains
+from distinterp.paths import sibling
 from distinterp.sampling import sample
 from distinterp.store import (
     IncompleteStoreError,
@@ -78,7 +79,7 @@ def check_label(label: Any, what: str = "label") -> str:
 
 def child(root: Location, label: str) -> Location:
     """The store of one label under the root."""
-    return Location(f"{root.url.rstrip('/')}/{label}.zarr", root.storage_options)
+    return Location(sibling(root.url, "child", label), root.storage_options)
 
 
 def sample_arguments(kwargs: Mapping[str, Any], what: str) -> dict[str, Any]:
