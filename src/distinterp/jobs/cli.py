@@ -69,10 +69,21 @@ def _print_trace(tree: Any, width: int = 48) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """LLC of the built-in bigram model at its MLE, whose true learning coefficient is V(V-1)/2."""
+    from distinterp import toy
     from distinterp.jobs.runner import check_output_path
 
     if args.nproc < 1:
         raise ValueError(f"--nproc: need at least 1 rank, got {args.nproc}")
+    chains = int(toy.BIGRAM_LLC_SETTINGS["num_chains"])
+    if args.nproc > chains:  # every rank holds a model and a process group: 99 of them ran out of memory
+        raise ValueError(
+            f"--nproc: at most {chains} (the demo's chains; more ranks would have none), got {args.nproc}"
+        )
+    cores = os.cpu_count() or 1
+    if args.nproc > cores and "WORLD_SIZE" not in os.environ:
+        warnings.warn(
+            f"--nproc {args.nproc} on {cores} CPU core(s): ranks share cores and run slower", stacklevel=2
+        )
     if args.vocab < 2:
         raise ValueError(f"--vocab: need at least 2 symbols, got {args.vocab}")
     check_output_path(args.output, "--output")
@@ -86,7 +97,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return child.wait()
         except KeyboardInterrupt:  # the workers got it too; rank 0 says so
             return child.wait()
-    from distinterp import toy
     from distinterp.analyses.llc import llc
     from distinterp.parallel.distributed import runtime
 
