@@ -24,6 +24,9 @@ from distinterp.analyses.susceptibilities import (
     compute_susceptibilities,
     restriction_path,
 )
+from distinterp.masks import create_param_masks
+from distinterp.parallel.distributed import runtime
+from distinterp.sampling import sample
 
 
 def llc(
@@ -38,7 +41,6 @@ def llc(
     **kwargs: Any,
 ) -> xr.Dataset:
     """Sample and compute the LLC in one call (kwargs go to sample())."""
-    from distinterp.sampling import sample
 
     tree = sample(
         model=model,
@@ -77,8 +79,6 @@ def bif(
     `bif_output_path` is compute_bif's `output_path`; kwargs go to sample() (num_chains, num_draws,
     batch_size, output_path, ...).
     """
-    from distinterp.parallel.distributed import runtime
-    from distinterp.sampling import sample
 
     _check_options(correlation_method, reduce_chain_dimension_method, bif_batch_size, "bif_batch_size")
     samples = sample(
@@ -121,9 +121,6 @@ def susceptibilities(
     rank 0; other ranks return None. `output_path` names no single store: restriction `w` is sampled into
     `<stem>_<w><suffix>` beside it, as devinterp does (output_path="sus.zarr" writes sus_full.zarr,
     sus_l0h1.zarr, ...). Observables are name -> dataset, or name -> (dataset, batches_per_draw)."""
-    from distinterp.masks import create_param_masks
-    from distinterp.parallel.distributed import runtime
-    from distinterp.sampling import sample
 
     check_restriction_names(weight_restrictions, "weight_restrictions")
     if sampling_task not in observables:

@@ -15,7 +15,7 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from distinterp.analyses.llc import llc_estimate
+from distinterp.analyses.chains import llc_estimate
 from distinterp.parallel.plan import Plan
 from distinterp.store import Location, Schema, read_progress
 

@@ -39,8 +39,9 @@ from distinterp.loss import (
 )
 from distinterp.noise import DEFAULT_BLOCK, NoiseStream, resolve_noise
 from distinterp.parallel.distributed import Runtime, runtime
-from distinterp.parallel.engine import EngineFactory, engine_for
+from distinterp.parallel.engine import EngineFactory
 from distinterp.parallel.plan import Plan
+from distinterp.parallel.registry import engine_for
 from distinterp.progress import ProgressReporter
 from distinterp.provenance import note_environment, numeric_environment
 from distinterp.sgld import RECORDED_METRICS

@@ -23,6 +23,7 @@ import torch
 import xarray as xr
 import zarr
 
+from distinterp.analyses.chains import usable_chains
 from distinterp.analyses.covariance import (
     Moments,
     cross_products,
@@ -30,7 +31,6 @@ from distinterp.analyses.covariance import (
     standardise,
     xr_corrcoef_with_torch_backend,
 )
-from distinterp.analyses.llc import usable_chains
 from distinterp.parallel.distributed import Runtime
 from distinterp.progress import progress_bar
 from distinterp.store import STEPS_DONE

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from distinterp.analyses.llc import chain_status, llc_estimate
+from distinterp.analyses.chains import chain_status, llc_estimate
 from distinterp.progress import progress_bar
 from distinterp.store import STEPS_DONE, Location, open_tree
 

@@ -11,6 +11,7 @@ from typing import Any
 import xarray as xr
 
 from distinterp.analyses.chains import chain_status, llc_estimate, usable_chains  # noqa: F401 - their old home
+from distinterp.analyses.diagnostics import diagnose
 
 
 def compute_llc(
@@ -33,8 +34,6 @@ def compute_llc(
     excluded = sorted(set(range(all_chains)) - set(use))
     attrs: dict[str, Any] = {"excluded_chains": excluded, "chains": list(use)}
     if check:
-        from distinterp.analyses.diagnostics import diagnose
-
         diagnosis = diagnose(ds)
         attrs.update(diagnosis.attrs())
         diagnosis.report("compute_llc", stacklevel=3)

@@ -97,7 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return child.wait()
         except KeyboardInterrupt:  # the workers got it too; rank 0 says so
             return child.wait()
-    from distinterp.analyses.llc import llc
+    from distinterp.api import llc
     from distinterp.parallel.distributed import runtime
 
     rt = runtime()
@@ -145,7 +145,7 @@ def _is_store(path: str) -> bool:
 
 def _print_store(tree: Any, url: str) -> int:
     """'store URL: k/n chains complete[, d diverged]'; 1 when every complete chain diverged, else 0."""
-    from distinterp.analyses.llc import chain_status
+    from distinterp.analyses.chains import chain_status
 
     complete, _, diverged = chain_status(tree.dataset)
     finished = len([c for c in complete if c not in diverged])
@@ -553,7 +553,7 @@ def _existing(url: str | None, flag: str, options: dict[str, Any]) -> str | None
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Per-chain progress of a store: steps done, diverged chains, completion."""
-    from distinterp.analyses.llc import chain_status
+    from distinterp.analyses.chains import chain_status
 
     ds = _open(args.store, _storage_options(args.storage_options)).dataset
     complete, incomplete, diverged = chain_status(ds)
@@ -610,7 +610,7 @@ def _job_arguments(s: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    from distinterp import __version__
+    from distinterp._version import __version__
 
     verbose = argparse.ArgumentParser(add_help=False)
     verbose.add_argument(

@@ -13,9 +13,9 @@ from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import TwoSlopeNorm
 
+from distinterp.analyses.chains import llc_estimate
 from distinterp.analyses.diagnostics import Diagnosis
-from distinterp.analyses.llc import llc_estimate
-from distinterp.jobs.report import ReportFigure, new_figure, render
+from distinterp.jobs.page import ReportFigure, new_figure, render
 from distinterp.paths import result_candidates
 from distinterp.store import Location
 

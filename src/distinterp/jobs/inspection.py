@@ -8,8 +8,8 @@ from typing import Any
 import fsspec
 import xarray as xr
 
+from distinterp.analyses.chains import chain_status
 from distinterp.analyses.diagnostics import Diagnosis, diagnose
-from distinterp.analyses.llc import chain_status
 from distinterp.paths import RESULTS, result_candidates
 from distinterp.store import Location, open_tree
 

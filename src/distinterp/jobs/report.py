@@ -15,6 +15,7 @@ from typing import Any
 import xarray as xr
 
 from distinterp.analyses.diagnostics import Diagnosis, diagnose
+from distinterp.jobs import figures
 from distinterp.jobs.page import (  # noqa: F401 - the page kit's old home
     DPI,
     ReportFigure,
@@ -61,8 +62,6 @@ def report(
     (`<stem>.bif.zarr`, `<stem>.susceptibilities.zarr`); `tokenizer` (an object with `decode`, or a
     local/cached HF name) turns token ids into text, else the store's recorded HF model name is tried.
     """
-    from distinterp.jobs import figures
-
     if isinstance(samples, xr.DataTree):
         tree, url = samples, str(samples.encoding.get("source", "") or "samples")
     else:

@@ -1,6 +1,7 @@
 """devinterp.slt.susceptibilities: per-token susceptibilities (distinterp.analyses.susceptibilities)."""
 
-from distinterp.analyses.susceptibilities import compute_susceptibilities, susceptibilities
+from distinterp.analyses.susceptibilities import compute_susceptibilities
+from distinterp.api import susceptibilities
 from distinterp.data import to_obs_id
 from distinterp.sampling import sample
 
