@@ -62,6 +62,11 @@ def test_the_check_finds_a_circle_and_an_upward_import(tmp_path):
         ("distinterp.jobs.runner", "job_chains", "distinterp.jobs.route"),
         ("distinterp", "llc", "distinterp.api"),
         ("distinterp", "__version__", "distinterp._version"),
+        ("distinterp.store", "StoreError", "distinterp.errors"),
+        ("distinterp.store", "IncompleteStoreError", "distinterp.errors"),
+        ("distinterp.analyses.bif", "AnalysisInputError", "distinterp.errors"),
+        ("distinterp.jobs.sources", "SourceError", "distinterp.errors"),
+        ("distinterp.analyses.diagnostics", "UnhealthyRunWarning", "distinterp.errors"),
     ],
 )
 def test_moved_names_import_from_their_old_homes(old, name, new):

@@ -22,14 +22,11 @@ import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
+from distinterp.errors import NumericEnvironmentWarning
 from distinterp.paths import sibling
 from distinterp.store import Location, redact
 
 logger = logging.getLogger(__name__)
-
-
-class NumericEnvironmentWarning(UserWarning):
-    """A store is being continued under another numeric environment than the one it was created in."""
 
 
 def numeric_environment(

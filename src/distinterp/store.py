@@ -31,6 +31,8 @@ from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
 from zarr.core.dtype import get_data_type_from_native_dtype
 from zarr.core.metadata import ArrayV3Metadata
 
+from distinterp.errors import IncompleteStoreError, StoreConfigMismatch, StoreError  # noqa: F401 - re-exported from their old home
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -40,18 +42,6 @@ STEPS_DONE = "chain_steps_done"
 DIVERGED_STEP = "chain_diverged_step"
 WRITE_RETRY_S: tuple[float, ...] = (1, 2, 4, 8, 16)
 """Seconds to wait before each retry of a failed region write (on top of botocore's own retries)."""
-
-
-class StoreError(RuntimeError):
-    """A store cannot be used as asked; the message names the store and what to do."""
-
-
-class StoreConfigMismatch(StoreError):
-    """The store holds a run with a different configuration; nothing was written to it."""
-
-
-class IncompleteStoreError(StoreError):
-    """An analysis was asked of a store whose chains are not all complete."""
 
 
 # ─── Locations ───────────────────────────────────────────────────────────────

@@ -31,6 +31,7 @@ from distinterp.analyses.covariance import (
     standardise,
     xr_corrcoef_with_torch_backend,
 )
+from distinterp.errors import AnalysisInputError
 from distinterp.parallel.distributed import Runtime
 from distinterp.progress import progress_bar
 from distinterp.store import STEPS_DONE
@@ -45,10 +46,6 @@ _RESULT_CHUNK_BYTES = 16 << 20
 MAX_DENSE_BYTES = 512 << 20
 """Token-wise BIF inputs up to this size (float32 rows x tokens x observations) are standardised in memory
 and reduced by one batched matmul per block; larger ones stream through a scratch copy block by block."""
-
-
-class AnalysisInputError(ValueError):
-    """Arguments or a store an analysis cannot use; raised before anything is sampled or written."""
 
 
 # ─── Reading a store's observables ───────────────────────────────────────────

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from distinterp.errors import RouteError
 from distinterp.identity import recorded_settings
 from distinterp.jobs.settings import SampleSettings
 from distinterp.parallel.plan import array_task_chains
@@ -52,10 +53,6 @@ REFUSED: dict[str, dict[str, str]] = {
     },
 }
 """job -> dotted setting -> why it cannot be honoured and the fix; refused when set (not None)."""
-
-
-class RouteError(ValueError):
-    """A setting the job cannot honour; the message names it and the fix."""
 
 
 def _value(settings: Any, dotted: str) -> Any:

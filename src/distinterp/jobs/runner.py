@@ -14,6 +14,7 @@ import xarray as xr
 from distinterp.analyses.bif import compute_bif
 from distinterp.analyses.chains import chain_status
 from distinterp.analyses.llc import compute_llc
+from distinterp.errors import JobError
 from distinterp.identity import RUN_SPECIFIC  # noqa: F401 - its old home
 from distinterp.identity import recorded_settings as _recorded
 from distinterp.jobs import sources
@@ -30,10 +31,6 @@ def recorded_settings(settings: SampleSettings) -> dict[str, Any]:
     """What a store records of the job that created it, so `distinterp sample --from-store` can rerun it.
     storage_options (credentials) and this job's chain slice are left out (distinterp.identity)."""
     return _recorded(settings)
-
-
-class JobError(ValueError):
-    """A job cannot run as its settings say; the message names the setting and the fix."""
 
 
 @dataclass(frozen=True)

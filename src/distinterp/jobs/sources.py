@@ -14,12 +14,9 @@ from typing import Any
 
 import torch
 
+from distinterp.errors import SourceError
 from distinterp.jobs.settings import DatasetSettings, ModelSettings, SampleSettings
 from distinterp.loss import context_limit
-
-
-class SourceError(ValueError):
-    """A model, tokenizer or dataset named in the settings cannot be loaded; says which setting and what to do."""
 
 
 def _reason(error: BaseException) -> str:
