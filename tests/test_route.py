@@ -136,3 +136,15 @@ def test_run_identity_groups_cover_sample_signature():
     identity = params - NOT_IDENTITY
     assert {"lr", "n_beta", "param_masks", "loss_fn", "fsdp_size", "noise", "autocast_dtype"} <= identity
     assert WHERE <= RUN_SPECIFIC
+
+
+def test_sample_documents_every_argument_in_an_args_block():
+    """devinterp documents each argument; so does sample() (issue 19)."""
+    doc = sample.__doc__ or ""
+    args = doc.split("Args:", 1)[1].split("Returns:", 1)[0]
+    documented = {
+        line.strip().split(":", 1)[0]
+        for line in args.splitlines()
+        if line.startswith(" " * 8 + line.strip()[:1]) and ":" in line and not line.startswith(" " * 12)
+    }
+    assert set(inspect.signature(sample).parameters) == documented

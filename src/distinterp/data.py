@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distinterp.errors import DatasetError
+from distinterp.errors import DatasetError as DatasetError  # re-exported: its old home
 
 
 def to_obs_id(task_name: str) -> str:

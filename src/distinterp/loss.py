@@ -8,7 +8,7 @@ from contextvars import ContextVar
 
 import torch
 
-from distinterp.errors import NonFiniteLogitsError
+from distinterp.errors import NonFiniteLogitsError as NonFiniteLogitsError  # re-exported: its old home
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 """(model, input_ids (batch, seq)) -> per-token loss (batch, seq - 1)."""

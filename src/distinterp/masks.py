@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from distinterp.errors import WeightRestrictionError
+from distinterp.errors import WeightRestrictionError as WeightRestrictionError  # re-exported: its old home
 from distinterp.model_structures import (
     NORM_MODULE,
     STRUCTURES,

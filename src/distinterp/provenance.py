@@ -22,7 +22,9 @@ import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
-from distinterp.errors import NumericEnvironmentWarning
+from distinterp.errors import (
+    NumericEnvironmentWarning as NumericEnvironmentWarning,  # re-exported: its old home
+)
 from distinterp.paths import sibling
 from distinterp.store import Location, redact
 

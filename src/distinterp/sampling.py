@@ -112,23 +112,63 @@ def sample(
 ) -> xr.DataTree:
     """Run SGLD chains and stream per-token losses into a zarr store; return it as a lazy DataTree.
 
-    Arguments and defaults are devinterp 2.x's `sample()`. Ours: `chains` = which chain indices this call
-    runs (default all; Slurm array tasks each pass a slice), `storage_options` = fsspec options for an
-    `output_path` URL such as s3://bucket/run.zarr (never written to the store), `epoch_mode` =
-    SamplerConfig's "cycle" (replay the first epoch) or "once" (error if data runs out),
-    `run_settings` = JSON provenance the creating job records in the store's attrs (the CLI's settings, so
-    `distinterp sample --from-store` reruns it; not part of the identity),
-    `checkpoint_every` = save each chain's state every this many steps (rounded up to the store's
-    chunk of 50) so a preempted chain continues mid-way; None restarts unfinished chains.
-    `fsdp_size` = ranks that shard one chain's model (world size = chain groups x fsdp_size);
-    `chains_per_batch` = chains a rank advances together as one batched computation (vmap; equal to one at
-    a time to float rounding without dropout);
-    `noise` = "devinterp" (its global-RNG stream, bitwise devinterp; the default for fsdp_size=1) or
-    "blocked" (layout-invariant, noise.py; the default and required for fsdp_size > 1). Off by default, for
-    speed on devices: `compile` = torch.compile the step's forward (True, or a backend name; float rounding
-    only), `autocast_dtype` = "bfloat16" (or "float16") matmuls with float32 losses and updates (~1e-2
-    relative; part of the store's identity). Under torchrun, every
-    rank calls this with the same arguments; chains are sharded over ranks and every rank gets the tree.
+    devinterp 2.x's signature and defaults, plus the arguments marked (ours). Under torchrun every rank
+    calls this with the same arguments; chains are sharded over ranks and every rank gets the tree.
+
+    Args:
+        model: The model to sample around (its parameters are the chains' start, w*); never modified.
+        dataset: Token rows ('input_ids', equal length) the SGLD gradient is computed on.
+        observables: Name -> dataset, or name -> (dataset, batches_per_draw): probes evaluated at every
+            draw on fixed rows (chosen by obs_seed).
+        lr: SGLD learning rate (step size).
+        n_beta: Inverse temperature n*beta; higher stays closer to w*.
+        param_masks: Parameter name -> mask tensor (or None for the whole parameter); only these are
+            sampled, the rest are frozen. None: every parameter.
+        num_chains: Independent chains.
+        num_draws: Draws per chain (observables are evaluated at each).
+        batch_size: Rows per SGLD gradient (per micro-batch with gradient accumulation).
+        num_burnin_steps: Steps before the first draw.
+        num_steps_bw_draws: Steps between draws.
+        num_init_loss_batches: Batches averaged for the init loss L_n(w*).
+        init_seed: Seed of the chains' noise and batches (a chain depends only on it and its index).
+        batches_per_draw: Default batches per observable per draw.
+        obs_seed: Seed that picks the observables' fixed rows.
+        gradient_accumulation_steps: Micro-batches per SGLD step.
+        localization: Strength gamma of the pull toward w* (Lau et al. 2023); 0 disables.
+        noise_level: SGLD noise std sigma (1.0 keeps the posterior-sampling guarantee).
+        llc_weight_decay: Gaussian prior (L2) lambda centred at zero.
+        bounding_box_size: Keep the chain within this radius of w*; None disables.
+        sampling_method: "sgmcmc_sgld" (plain SGLD with localization) or "rmsprop_sgld" (preconditioned).
+        sampling_method_kwargs: Extra arguments of the method (e.g. rmsprop's alpha, eps).
+        rmsprop_eps: Alias of sampling_method_kwargs["eps"] (rmsprop_sgld only).
+        rmsprop_alpha: Alias of sampling_method_kwargs["alpha"] (rmsprop_sgld only).
+        shuffle: Shuffle the sampling data (per epoch, seeded).
+        match_sampling_input_ids_across_chains: Every chain sees the same batches at the same step.
+        init_noise: Gaussian noise std added to the start once before sampling; None: none.
+        device: Where chains run; None: cuda:LOCAL_RANK when CUDA is available, else cpu.
+        save_metrics: Also record metrics_* (gradient, noise, distance to w*) per chain and step.
+        output_path: The store: a local path or an fsspec URL (s3://bucket/run.zarr); None: a temp
+            directory (lost at exit). A rerun with the same arguments continues it.
+        loss_fn: (model, input_ids) -> per-token loss (batch, seq-1); None: next-token cross-entropy.
+        chains: (ours) The chain indices this call runs (default all); Slurm array tasks each pass a slice.
+        storage_options: (ours) fsspec options for an output_path URL; never written to the store.
+        epoch_mode: (ours) "cycle" replays the first epoch when data runs out; "once" raises instead.
+        checkpoint_every: (ours) Save each chain's state every this many steps (rounded up to the store's
+            chunk of 50) so a preempted chain continues mid-way; None restarts unfinished chains.
+        run_settings: (ours) JSON provenance recorded in the store's attrs (the CLI's settings, so
+            `distinterp sample --from-store` reruns it); not part of the identity.
+        fsdp_size: (ours) Ranks that shard one chain's model (world size = chain groups x fsdp_size).
+        chains_per_batch: (ours) Chains a rank advances together as one batched computation (vmap; equal
+            to one at a time to float rounding without dropout).
+        noise: (ours) "devinterp" (its global-RNG stream, bitwise devinterp; the default for fsdp_size=1)
+            or "blocked" (layout-invariant, noise.py; the default and required for fsdp_size > 1).
+        compile: (ours) torch.compile the step's forward (True, or a backend name; float rounding only).
+        autocast_dtype: (ours) "bfloat16" or "float16" matmuls with float32 losses and updates (~1e-2
+            relative; part of the store's identity).
+
+    Returns:
+        The store as an xr.DataTree (lazy, zarr-backed): init_loss, sampling_loss, loss_<obs>,
+        input_ids_<obs>, n_beta, metrics_* (with save_metrics), and chain_steps_done / chain_diverged_step.
     """
     start = time.perf_counter()
     sampling_method = sampling_method_name(sampling_method)

@@ -31,7 +31,7 @@ from distinterp.analyses.covariance import (
     standardise,
     xr_corrcoef_with_torch_backend,
 )
-from distinterp.errors import AnalysisInputError
+from distinterp.errors import AnalysisInputError as AnalysisInputError  # re-exported: its old home
 from distinterp.parallel.distributed import Runtime
 from distinterp.progress import progress_bar
 from distinterp.store import STEPS_DONE

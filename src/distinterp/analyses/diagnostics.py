@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from distinterp.analyses.chains import chain_status, llc_estimate
-from distinterp.errors import UnhealthyRunWarning
+from distinterp.errors import UnhealthyRunWarning as UnhealthyRunWarning  # re-exported: its old home
 from distinterp.progress import progress_bar
 from distinterp.store import STEPS_DONE, Location, open_tree
 

@@ -14,7 +14,7 @@ import xarray as xr
 from distinterp.analyses.bif import compute_bif
 from distinterp.analyses.chains import chain_status
 from distinterp.analyses.llc import compute_llc
-from distinterp.errors import JobError
+from distinterp.errors import JobError as JobError  # re-exported: its old home
 from distinterp.identity import RUN_SPECIFIC  # noqa: F401 - its old home
 from distinterp.identity import recorded_settings as _recorded
 from distinterp.jobs import sources

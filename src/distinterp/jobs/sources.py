@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from distinterp.errors import SourceError
+from distinterp.errors import SourceError as SourceError  # re-exported: its old home
 from distinterp.jobs.settings import DatasetSettings, ModelSettings, SampleSettings
 from distinterp.loss import context_limit
 

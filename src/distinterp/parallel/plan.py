@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from distinterp.errors import PlanError
+from distinterp.errors import PlanError as PlanError  # re-exported: its old home
 from distinterp.parallel.distributed import Runtime
 
 if TYPE_CHECKING:
