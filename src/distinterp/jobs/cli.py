@@ -17,6 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from distinterp.jobs.results import write_result
+
+_write = write_result  # its old name
+
 DEMO_STORE = "runs/demo.zarr"
 
 
@@ -191,7 +195,7 @@ def cmd_bif(args: argparse.Namespace) -> int:
         if result is not None:
             out = bif_output_path(settings)
             if not _written(result):
-                _write(result, out)
+                write_result(result, out)
             print(f"BIF {dict(result['influences'].sizes)} -> {out}")
     return 0
 
@@ -372,29 +376,6 @@ def _sampling_task(tree: Any, given: str | None) -> str:
     return given
 
 
-def _write(result: Any, path: str) -> None:
-    """Write a result Dataset/DataTree as zarr (or netCDF for .nc); fixed-width strings become
-    variable-length ones (zarr v3 has no spec for the former)."""
-    import xarray as xr
-
-    if path.endswith(".nc"):
-        result.to_netcdf(path)
-        return
-
-    def variable_strings(ds: Any) -> Any:
-        fixed = {k: v.astype(object) for k, v in ds.variables.items() if v.dtype.kind == "U"}
-        return ds.assign_coords({k: v for k, v in fixed.items() if k in ds.coords}).assign(
-            {k: v for k, v in fixed.items() if k not in ds.coords}
-        )
-
-    out = (
-        result.map_over_datasets(variable_strings)
-        if isinstance(result, xr.DataTree)
-        else variable_strings(result)
-    )
-    out.to_zarr(path, mode="w", consolidated=False)
-
-
 def _written(result: Any) -> bool:
     """A lazy result compute_bif already wrote to its output_path."""
     return bool(getattr(result, "encoding", {}).get("source"))
@@ -422,7 +403,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         _print_llc(res)
         _print_trace(tree)
         if args.output:
-            _write(res, args.output)
+            write_result(res, args.output)
             print(f"wrote {args.output}")
         if args.bif:
             out = result_path(base, "bif")
@@ -437,14 +418,14 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
                 output_path=out if lazy else None,
             )
             if not lazy:
-                _write(bif, out)
+                write_result(bif, out)
             print(f"BIF {dict(bif['influences'].sizes)} -> {out}")
         if args.susceptibilities:
             stores = dict(s.split("=", 1) for s in args.susceptibilities)
             wr_map = {"full": tree, **{name: _open(url, options) for name, url in stores.items()}}
             sus = compute_susceptibilities(wr_map, sampling_task, allow_partial=args.allow_partial)
             out = result_path(base, "susceptibilities")
-            _write(sus, out)
+            write_result(sus, out)
             print(f"susceptibilities {dict(sus['susceptibilities'].dataset.sizes)} -> {out}")
     except IncompleteStoreError as e:
         print(f"distinterp aggregate: {e}\n(--allow-partial uses the complete chains only)", file=sys.stderr)
@@ -493,7 +474,7 @@ def _aggregate_sweep(args: argparse.Namespace, options: dict[str, Any]) -> int:
         return 2
     _print_sweep(res)
     if args.output:
-        _write(res, args.output)
+        write_result(res, args.output)
         print(f"wrote {args.output}")
     return 0
 

@@ -18,6 +18,7 @@ from distinterp.errors import JobError as JobError  # re-exported: its old home
 from distinterp.identity import RUN_SPECIFIC  # noqa: F401 - its old home
 from distinterp.identity import recorded_settings as _recorded
 from distinterp.jobs import sources
+from distinterp.jobs.results import write_result
 from distinterp.jobs.route import job_chains, refuse_unhonoured, sample_kwargs  # noqa: F401 - job_chains: its old home
 from distinterp.jobs.settings import SampleSettings
 from distinterp.parallel.distributed import runtime
@@ -204,13 +205,11 @@ def run_susceptibilities(settings: SampleSettings) -> tuple[dict[str, xr.DataTre
     inputs = load_inputs(settings)
     from distinterp.masks import WeightRestrictionError, create_param_masks
 
-    for name, restriction in opts.restrictions.items():  # every restriction, before any sampling
+    for name, pattern in opts.restrictions.items():  # every restriction, before any sampling
         try:
-            create_param_masks(inputs.model, restriction)
+            create_param_masks(inputs.model, pattern)
         except WeightRestrictionError as e:
-            raise WeightRestrictionError(
-                f"susceptibilities.restrictions.{name}={restriction!r}: {e}"
-            ) from None
+            raise WeightRestrictionError(f"susceptibilities.restrictions.{name}={pattern!r}: {e}") from None
     trees = {}
     for name, restriction in runs.items():
         update = {"weight_restriction": restriction, "output_path": paths[name], "analyses": []}
@@ -221,5 +220,5 @@ def run_susceptibilities(settings: SampleSettings) -> tuple[dict[str, xr.DataTre
         trees, opts.sampling_task, include_sampling_task=opts.include_sampling_task
     )
     out = opts.output_path or result_path(settings.output_path, "susceptibilities")
-    result.to_zarr(out, mode="w", consolidated=False)
+    write_result(result, out)  # the one writer of results (CLI and runners)
     return trees, result
