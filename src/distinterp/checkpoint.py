@@ -9,9 +9,7 @@ written atomically after the data they cover, and are deleted when the store com
 from __future__ import annotations
 
 import io
-import os
 import random
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,16 +111,12 @@ class CheckpointStore:
                 self.fs.rm(self._shard_path(chain, step, rank))
 
     def _write(self, path: str, data: bytes) -> None:
+        """Atomic: a reader sees the old checkpoint or the new one (Location.write_atomic locally; one PUT,
+        atomic on object stores, through this store's file system otherwise)."""
         if isinstance(self.fs, LocalFileSystem):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex}.partial"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)  # atomic: a reader sees the old checkpoint or the new one
+            Location(path).write_atomic(data)
         else:
-            self.fs.pipe_file(path, data)  # one PUT: atomic on object stores
+            self.fs.pipe_file(path, data)
 
     def _shard_steps(self, chain: int) -> dict[int, list[int]]:
         """{shard rank: steps it has saved} for this layout's shards of `chain`."""

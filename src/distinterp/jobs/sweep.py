@@ -13,9 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,15 +156,8 @@ def write_record(root: Location, record: dict[str, Any]) -> None:
             )
         return
     text = json.dumps(record, indent=1, sort_keys=True)
-    if root.is_local:  # atomic: a concurrent array task or a kill never leaves half a record
-        root.local_path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=root.local_path, prefix=f".{RECORD}.")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, root.local_path / RECORD)
-    else:  # one PUT
-        fs, base = _fs(root)
-        fs.pipe_file(f"{base.rstrip('/')}/{RECORD}", text.encode())
+    # atomic: a concurrent array task or a kill never leaves half a record
+    Location(f"{root.url.rstrip('/')}/{RECORD}", root.storage_options).write_atomic(text.encode())
 
 
 def remove_record(root: Location) -> None:

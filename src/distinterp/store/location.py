@@ -4,13 +4,18 @@ of credentials from every message and log line."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import zarr
+
+from distinterp.paths import sibling
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +122,33 @@ class Location:
             config.setdefault("retries", {"max_attempts": 10, "mode": "standard"})
             options["config_kwargs"] = config
         return options
+
+    def sibling(self, kind: str, name: str = "") -> Location:
+        """The path of `kind` beside this store (distinterp.paths' one table), with the same options."""
+        return Location(sibling(self.url, kind, name), self.storage_options)
+
+    def exists(self) -> bool:
+        """Whether anything is at this location (a file, or a directory / prefix)."""
+        if self.is_local:
+            return self.local_path.exists()
+        fs, path = fsspec.core.url_to_fs(self.url, **self.fsspec_options())
+        return bool(fs.exists(path))
+
+    def write_atomic(self, data: bytes) -> None:
+        """Write `data` as the file at this location atomically: a reader sees the old bytes or the new.
+        Locally a synced temp file then os.replace; on an object store one PUT."""
+        if self.is_local:
+            path = self.local_path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            fs, path_ = fsspec.core.url_to_fs(self.url, **self.fsspec_options())
+            fs.pipe_file(path_, data)
 
     def __str__(self) -> str:
         """The URL for messages: a password in it (scheme://user:password@host) is masked."""
