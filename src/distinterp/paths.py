@@ -20,7 +20,15 @@ RESULTS = ("bif", "susceptibilities")
 def sibling(store: str, kind: str, name: str = "") -> str:
     """The path of `kind` beside (or, for a sweep's child, under) `store`, as SIBLINGS names it."""
     base = store.rstrip("/")
-    return SIBLINGS[kind].format(store=base, stem=base.removesuffix(".zarr"), name=name)
+    return SIBLINGS[kind].format(store=base, stem=base.removesuffix(".zarr").removesuffix(".nc"), name=name)
+
+
+def local_sibling(store: str, kind: str, name: str = "") -> str:
+    """`sibling` for what a job writes locally (results, reports): beside a local store or output file, in
+    the working directory for a remote URL."""
+    if "://" in store and not store.startswith("file://"):
+        store = store.rstrip("/").rsplit("/", 1)[-1]
+    return sibling(store.removeprefix("file://"), kind, name)
 
 
 def result_candidates(store: str, kind: str) -> list[str]:

@@ -26,6 +26,7 @@ from distinterp.jobs.page import (  # noqa: F401 - the page kit's old home
     table_html,
     write_report,
 )
+from distinterp.paths import local_sibling
 from distinterp.store import Location, open_tree
 
 logger = logging.getLogger(__name__)
@@ -42,9 +43,7 @@ class Report:
 
 def default_out(url: str) -> Path:
     """`<store stem>.report/` beside a local store; in the working directory for a URL."""
-    location = Location(url)
-    stem = url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr") + ".report"
-    return location.local_path.with_name(stem) if location.is_local else Path(stem)
+    return Path(local_sibling(url, "report"))  # distinterp.paths' table
 
 
 def report(

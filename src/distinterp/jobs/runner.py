@@ -22,6 +22,7 @@ from distinterp.jobs.results import write_result
 from distinterp.jobs.route import job_chains, refuse_unhonoured, sample_kwargs  # noqa: F401 - job_chains: its old home
 from distinterp.jobs.settings import SampleSettings
 from distinterp.parallel.distributed import runtime
+from distinterp.paths import local_sibling
 from distinterp.sampling import sample
 from distinterp.store import Location, check_reachable
 
@@ -170,11 +171,7 @@ def bif_output_path(settings: SampleSettings) -> str:
 def result_path(base: str, name: str) -> str:
     """`<stem>.<name>.zarr` beside a local store or output file; in the working directory for a URL (results
     are written locally)."""
-    if "://" in base:
-        base = base.rstrip("/").rsplit("/", 1)[-1]
-    head, _, tail = base.rstrip("/").rpartition("/")
-    stem = tail.removesuffix(".zarr").removesuffix(".nc")
-    return f"{head}/{stem}.{name}.zarr" if head else f"{stem}.{name}.zarr"
+    return local_sibling(base, name)  # distinterp.paths' table
 
 
 def run_susceptibilities(settings: SampleSettings) -> tuple[dict[str, xr.DataTree], xr.DataTree | None]:
