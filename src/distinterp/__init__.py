@@ -34,6 +34,7 @@ __all__ = [
     "batch_corrcoef",
     "batch_cov",
     "bif",
+    "calibrate",
     "compute_bif",
     "compute_llc",
     "compute_per_token_loss",
@@ -48,15 +49,25 @@ __all__ = [
     "sample",
     "sgld_step",
     "susceptibilities",
+    "trajectory",
     "xr_corrcoef_with_torch_backend",
 ]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    """`distinterp.report` is imported on first use: it brings matplotlib, which sampling never needs."""
+    """`distinterp.report`, `calibrate` and `trajectory` are imported on first use: report brings
+    matplotlib, and the sweeps the job machinery, which sampling never needs."""
     if name == "report":
         from distinterp.jobs.report import report
 
         return report
+    if name == "calibrate":
+        from distinterp.jobs.calibrate import calibrate
+
+        return calibrate
+    if name == "trajectory":
+        from distinterp.jobs.trajectory import trajectory
+
+        return trajectory
     raise AttributeError(f"module 'distinterp' has no attribute {name!r}")

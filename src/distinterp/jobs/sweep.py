@@ -214,6 +214,16 @@ def stores_complete(root: Location, labels: Sequence[str]) -> bool:
     return all((read_root_attrs(child(root, label)) or {}).get("completed") == 1 for label in labels)
 
 
+def temporary_root(kind: str) -> str:
+    """A new temporary directory for a sweep with no output_path (rank 0 makes it, every rank gets its
+    path), logged as a warning so the user knows where the stores went."""
+    rt = runtime()
+    path = tempfile.mkdtemp(prefix=f"distinterp-{kind}-") if rt.is_coordinator else None
+    path = rt.broadcast(path)
+    logger.warning("%s: no output_path given; the stores go to %s", kind, path)
+    return str(path)
+
+
 def run_sweep(
     kind: str,
     runs: Sequence[Run],
