@@ -299,6 +299,10 @@ class DeepLinearNetwork(torch.nn.Module):
     population loss of `dln_population_loss` this is a singular model at a true parameter.
     """
 
+    target: torch.Tensor
+    data_x: torch.Tensor
+    data_y: torch.Tensor
+
     def __init__(self, widths: list[int], rank: int, seed: int = 0, *, point: str = "generic") -> None:
         super().__init__()
         if len(widths) < 3 or min(widths) < 1:
@@ -444,6 +448,8 @@ class Monomials(torch.nn.Module):
     multiplicity 1) or the normal crossing prod_i w_i^(2 k_i) (product=True: lambda = min_i 1/(2 k_i),
     multiplicity = how many k_i attain the max; improper without localization).
     """
+
+    two_k: torch.Tensor
 
     def __init__(self, k: tuple[int, ...], *, product: bool = False) -> None:
         super().__init__()

@@ -60,6 +60,9 @@ FIRST_ORDER_SLOPE = 0.25
 half-decade step moves the estimate by < 33 %): steeper, the pair is near instability or still in a
 transient the diagnostics missed, and a straight line in lr misleads."""
 
+Floats = Sequence[float] | np.ndarray
+"""A 1-D run of numbers: a list or an array."""
+
 FIT_CELLS = 3
 """How many of the smallest equilibrated neighbouring lr the straight line is fitted to (2 = Richardson)."""
 
@@ -77,13 +80,13 @@ class Choice:
     extrapolated: bool = False
 
 
-def extrapolate_to_zero(lr: Sequence[float], llc_mean: Sequence[float], llc_sem: Sequence[float]) -> float:
+def extrapolate_to_zero(lr: Floats, llc_mean: Floats, llc_sem: Floats) -> float:
     """Intercept of the weighted least-squares line LLC = a + b lr: the estimate at lr -> 0 (two points:
     Richardson extrapolation). Standard errors below 1 % of the mean are floored there."""
     return fit_line(lr, llc_mean, llc_sem)[0]
 
 
-def fit_line(lr: Sequence[float], llc_mean: Sequence[float], llc_sem: Sequence[float]) -> tuple[float, float]:
+def fit_line(lr: Floats, llc_mean: Floats, llc_sem: Floats) -> tuple[float, float]:
     """(a, b) of the weighted least-squares line LLC = a + b lr."""
     x, y, s = (np.asarray(v, dtype=np.float64) for v in (lr, llc_mean, llc_sem))
     if x.size < 2 or np.unique(x).size < 2:

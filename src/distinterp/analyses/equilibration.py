@@ -67,7 +67,10 @@ def running_llc_plateau(traces: np.ndarray, init_loss: float, n_beta: float, tai
         last.append(r[start:].mean())
         q3.append(r[start:mid].mean())
         q4.append(r[mid:].mean())
-    llc = lambda v: n_beta * (np.asarray(v) - init_loss)  # noqa: E731
+
+    def llc(v: list[float]) -> np.ndarray:
+        return n_beta * (np.asarray(v, dtype=np.float64) - init_loss)
+
     all_c, tail_c = llc(full), llc(last)
     scale = abs(float(tail_c.mean()))
     if not scale > 0:

@@ -6,6 +6,7 @@ The estimator is Lau et al. 2023 (arXiv 2308.12108), reduced as devinterp 2.x do
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -160,4 +161,5 @@ def llc(
 
 def _sem(res: xr.Dataset) -> float:
     n = int(res.llc_per_chain.size)
-    return float(res.llc_std) / max(n - 1, 1) ** 0.5
+    std: float = float(res.llc_std)
+    return std / math.sqrt(max(n - 1, 1))
