@@ -190,9 +190,10 @@ def test_dln_learning_coefficient_matches_reduced_rank_regression_and_simple_cas
 
 @pytest.mark.slow
 def test_calibrated_monomials_from_default_settings(tmp_path):
-    """L = w1^2 + w2^4 (lambda 3/4) with devinterp's default n_beta and the default lr grid (localization 0
-    column only, for time: on the full 30-cell grid the rule made the same choice, lr=0.01, localization
-    0): the rule's estimate is within 10 % (measured 0.752: cells 0.790 at lr 0.01, 0.866 at 0.03)."""
+    """L = w1^2 + w2^4 (lambda 3/4, and exactly the target at any n_beta without localization) with
+    devinterp's default n_beta and the default grid's lr >= 1e-3 at localization 0 (for time; cells scaled
+    to the Langevin time of 300 draws at 1e-2): the rule's estimate is within 10 % (measured: lr
+    3e-3 0.773, 1e-2 0.830, the line to lr -> 0 0.748; the lr 1e-3 cell had not settled)."""
     from tests.test_known_answers import MONOMIAL_K, Monomials, monomial_loss
 
     ids = np.zeros((64, 2), dtype=np.int64)
@@ -204,21 +205,20 @@ def test_calibrated_monomials_from_default_settings(tmp_path):
         {},
         loss_fn=monomial_loss,
         output_path=str(tmp_path / "cal"),
-        grid={"lr": DEFAULT_GRID["lr"], "localization": [0.0]},
-        num_draws=500,
+        grid={"lr": [lr for lr in DEFAULT_GRID["lr"] if lr >= 1e-3], "localization": [0.0]},
+        num_draws=300,
     )
     lam = sum(1 / (2 * k) for k in MONOMIAL_K)
     assert cal is not None and cal.best is not None, cal
-    assert cal.best["lr"] == 1e-2 and cal.best["localization"] == 0.0, cal
+    assert cal.table.num_draws.values.tolist() == [3000, 1000, 300]
     assert abs(cal.estimate - lam) < 0.1 * lam, cal
 
 
 @pytest.mark.slow
 def test_calibrated_bigram_lands_within_10_percent(tmp_path):
     """The bigram demo (V=6, lambda 15) at n_beta=1000 with default batch size and the default grid's lr
-    values from 3e-3 up (for time; smaller lr are still in their transient at 1000 draws, see the
-    benchmark): 1e-2 is chosen (+16 % on its own: discretisation), and the extrapolation with 3e-2 gives
-    15.08 (measured)."""
+    values from 3e-3 up (for time), cells scaled to the Langevin time of 500 draws at 1e-2: measured lr
+    3e-3 15.75 (1667 draws), 1e-2 17.35 (discretisation), the line to lr -> 0 15.06."""
     from distinterp import toy
 
     d = toy.BIGRAM_DEMO
@@ -232,7 +232,7 @@ def test_calibrated_bigram_lands_within_10_percent(tmp_path):
         output_path=str(tmp_path / "cal"),
         grid={"lr": [lr for lr in DEFAULT_GRID["lr"] if lr >= 3e-3], "localization": [0.0]},
         n_beta=1000.0,
-        num_draws=1000,
+        num_draws=500,
     )
     assert cal is not None and cal.best is not None, cal
     lam = toy.bigram_learning_coefficient(d["V"])
