@@ -281,6 +281,75 @@ def check_cells(row: dict[str, Any], case: Case, smoke: bool) -> list[dict[str, 
     return out
 
 
+def equilibration_table(smoke: bool) -> list[dict[str, Any]]:
+    """diagnose() against the truth on cells of known length: the 4-3-5 regression (population loss, n_beta
+    145, localization 1) at lr 1e-3 and 3e-3, each run for 1, 3 and 10 Langevin time units; the truth is
+    the last half of a 10-unit run (2 x 10 units for lr 1e-3's reference), and a cell has not
+    equilibrated when its all-steps estimate is > 5 % from it (beyond 2 standard errors)."""
+    import numpy as np
+    import torch
+
+    import distinterp
+    from distinterp import toy
+    from distinterp.jobs.calibrate import THRESHOLDS
+
+    ids = torch.zeros((8, 2), dtype=torch.int64)
+    n_beta = 1000 / math.log(1000)
+    common = dict(
+        loss_fn=toy.dln_population_loss,
+        n_beta=n_beta,
+        localization=1.0,
+        batch_size=1,
+        num_init_loss_batches=1,
+    )
+    rows = []
+    times = [0.05, 0.1] if smoke else [1.0, 3.0, 10.0]
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lr in [1e-3, 3e-3]:
+            model = toy.DeepLinearNetwork([4, 3, 5], 0, point="deepest")
+            ref_draws = round((0.2 if smoke else 20.0) / lr)
+            ref = distinterp.diagnose(
+                distinterp.sample(
+                    model, ids, {}, output_path=f"{tmp}/ref{lr}.zarr", lr=lr, num_draws=ref_draws, **common
+                )
+            ).checks
+            trace = np.asarray(ref.loss_trace.values)
+            half = trace.shape[1] // 2
+            per_chain = n_beta * (np.nanmean(trace[:, half:], axis=1) - float(ref.init_loss))
+            truth, se = float(per_chain.mean()), float(per_chain.std(ddof=1) / 2)
+            for t in times:
+                draws = max(8, round(t / lr))
+                path = f"{tmp}/cell{lr}_{draws}.zarr"
+                distinterp.sample(model, ids, {}, output_path=path, lr=lr, num_draws=draws, **common)
+                verdict = distinterp.diagnose(path)
+                strict = distinterp.diagnose(path, thresholds=THRESHOLDS)
+                llc = float(verdict.checks.llc_mean)
+                rows.append(
+                    {
+                        "lr": lr,
+                        "time": t,
+                        "draws": draws,
+                        "llc": llc,
+                        "truth": truth,
+                        "off": llc / truth - 1,
+                        "unequilibrated": bool(abs(llc - truth) > 0.05 * abs(truth) + 2 * se),
+                        "diagnose_flags": not verdict.healthy,
+                        "diagnose_checks": [p.split(":")[0] for p in verdict.problems],
+                        "calibration_flags": not strict.healthy,
+                    }
+                )
+                r = rows[-1]
+                print(
+                    f"lr {lr:g} time {t:5.1f} ({draws:6d} draws): LLC {llc:6.3f} vs {truth:6.3f} ({r['off']:+6.1%}) "
+                    f"{'NOT equilibrated' if r['unequilibrated'] else 'equilibrated    '}  diagnose: "
+                    f"{','.join(r['diagnose_checks']) or 'healthy'}; calibration cell: "
+                    f"{'flagged' if r['calibration_flags'] else 'counted'}",
+                    flush=True,
+                )
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json")
@@ -296,6 +365,11 @@ def main() -> None:
         default=0,
         help="check the cells of the first K runs against 4x longer runs",
     )
+    p.add_argument(
+        "--equilibration",
+        action="store_true",
+        help="only diagnose() against the truth (cells of known length)",
+    )
     args = p.parse_args()
     import torch
 
@@ -304,6 +378,9 @@ def main() -> None:
 
     logging.getLogger("distinterp").setLevel(logging.ERROR)
     sys.path.insert(0, str(ROOT))
+    if args.equilibration:
+        harness.write_json(args.json, {"equilibration": equilibration_table(args.smoke)})
+        return
     kinds = set(args.cases.split(","))
     suite = [c for c in cases(args.n, args.seeds, args.smoke) if c.kind in kinds and args.only in c.name]
     grid = None if args.grid == "default" else BENCH_GRID
