@@ -69,17 +69,18 @@ def cell_draws(
     max_draws: int,
     top_lr: float,
     relaxations: float = RELAXATIONS,
+    steps_per_draw: int = 1,
 ) -> int:
     """Draws for one cell, so each runs long enough at its lr: relaxations x 2 / localization units of
     Langevin time lr x steps, or with no localization the time of num_draws at the grid's largest lr;
-    never fewer than num_draws, never more than max_draws. A fixed draw count instead leaves the
-    small-lr cells in their transient, which is what fooled a rule that looked for flatness."""
+    never fewer than num_draws, never more than max_draws (a draw is steps_per_draw SGLD steps). A fixed
+    draw count leaves the small-lr cells in their transient, which is what fooled a flatness rule."""
     if num_draws < 1 or max_draws < num_draws:
         raise ValueError(f"max_draws: must be >= num_draws ({num_draws}) >= 1, got {max_draws}")
     if not lr > 0 or not top_lr > 0:
         raise ValueError(f"grid['lr']: step sizes must be > 0, got {lr}")
-    time = relaxations * 2.0 / localization if localization > 0 else num_draws * top_lr
-    return int(min(max_draws, max(num_draws, math.ceil(time / lr - 1e-9))))
+    time = relaxations * 2.0 / localization if localization > 0 else num_draws * steps_per_draw * top_lr
+    return int(min(max_draws, max(num_draws, math.ceil(time / (lr * steps_per_draw) - 1e-9))))
 
 
 THRESHOLDS = Thresholds(
@@ -91,8 +92,8 @@ et al., Bayesian Data Analysis, 3rd ed., sec. 11.4) rather than 1.01, and the bu
 the running-LLC plateau check: it measures the transient's share of the estimate itself, which is what
 the rule needs, held to 2.5 % rather than diagnose()'s 5 %: the extrapolation multiplies a cell's error
 by up to 1 + h / (h' - h) = 1.46 for half-decade steps, and the check sees only part of a slow transient
-(the 4-3-5 regression at 2 time units: -4.6 % seen, -6.5 % against a 5x longer run). Geweke's test is off (1e9): with no burn-in it flags
-any visible start-up of a single chain however small its share of the estimate (the deep linear
+(the 4-3-5 regression at 2 time units: -4.6 % seen, -6.5 % against a 5x longer run). Geweke's test is
+off (1e9): with no burn-in it flags any visible start-up of a single chain however small its share of the estimate (the deep linear
 network's lr 1e-3 cells at localization 1: |z| 4.2 in one chain, transient share -4.6 %). The [0, d/2]
 bound is off too: a large lr overshooting d/2 is the discretisation bias that the rule measures and
 extrapolates away. A production run is diagnosed with the default thresholds."""
@@ -199,7 +200,13 @@ def calibrate(
         if scaled:
             loc = float(cell.get("localization", sample_kwargs.get("localization", 0.0)))
             kwargs["num_draws"] = cell_draws(
-                float(cell["lr"]), loc, num_draws=base, max_draws=cap, top_lr=top_lr, relaxations=relaxations
+                float(cell["lr"]),
+                loc,
+                num_draws=base,
+                max_draws=cap,
+                top_lr=top_lr,
+                relaxations=relaxations,
+                steps_per_draw=int(sample_kwargs.get("num_steps_bw_draws", 1)),
             )
         if run_settings is not None:  # the CLI: what `distinterp sample` of this cell records
             recorded = dict(run_settings)
