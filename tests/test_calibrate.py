@@ -266,6 +266,7 @@ def test_best_and_extrapolate_reproduce_the_calibrated_estimate(tmp_path, caplog
         )
     assert cal is not None and cal.root and f"go to {cal.root}" in caplog.text
     assert cal.table.num_draws.values.tolist() == [300, 150]  # 0.6 time units / lr, at least 150
+    assert cal.table.capped.values.tolist() == [False, False]  # 300 = max_draws is the whole time
     assert cal.extrapolate == [{"lr": 4e-3, "num_draws": 150}], cal.reason
     assert cal.best is not None and cal.best["num_draws"] == 300 and cal.best["lr"] == 2e-3
     res = distinterp.llc(

@@ -195,6 +195,7 @@ def calibrate(
             int(sample_kwargs.get("batch_size", 32)), int(sample_kwargs.get("gradient_accumulation_steps", 1))
         )  # devinterp's b / log(b) for the effective batch b
     runs = []
+    capped: list[str] = []  # cells whose Langevin time the cap cut short: the rule does not count them
     for cell in cells:
         kwargs: dict[str, Any] = dict(cell)
         if scaled:
@@ -208,6 +209,17 @@ def calibrate(
                 relaxations=relaxations,
                 steps_per_draw=int(sample_kwargs.get("num_steps_bw_draws", 1)),
             )
+            uncapped = cell_draws(
+                float(cell["lr"]),
+                loc,
+                num_draws=base,
+                max_draws=1 << 62,
+                top_lr=top_lr,
+                relaxations=relaxations,
+                steps_per_draw=int(sample_kwargs.get("num_steps_bw_draws", 1)),
+            )
+            if uncapped > kwargs["num_draws"]:
+                capped.append(cell_label(cell))
         if run_settings is not None:  # the CLI: what `distinterp sample` of this cell records
             recorded = dict(run_settings)
             recorded["sampler"] = {
@@ -226,7 +238,10 @@ def calibrate(
         storage_options=storage_options,
         array_task=array_task,
         common=common,
-        extra={"grid": [[k, list(v)] for k, v in grid.items()]},  # a list: JSON keeps its order
+        extra={
+            "grid": [[k, list(v)] for k, v in grid.items()],  # a list: JSON keeps its order
+            **({"capped": capped} if capped else {}),
+        },
     )
     if not runtime().is_coordinator or not stores_complete(root, [r.label for r in runs]):
         return None
@@ -259,12 +274,14 @@ def choose_cell(
     keys = [tuple(_rank(grid[n], c[n], n in PREFERENCE) for n in others) for c in cells]
     order = {k: i for i, k in enumerate(sorted(set(keys)))}
     healthy = table["healthy"].values if "healthy" in table else np.isfinite(table.llc_mean.values)
+    short = np.isin(table.cell.values, list(record.get("capped", [])))
+    table = table.assign(capped=("cell", short))
     picked: Choice = choose(
         [c["lr"] for c in cells],
         [order[k] for k in keys],
         table.llc_mean.values,
         table.llc_sem.values,
-        healthy,
+        np.asarray(healthy, dtype=bool) & ~short,
         tolerance=tolerance,
     )
     best = None
