@@ -120,7 +120,11 @@ def cases(n: int, seeds: int, smoke: bool) -> list[Case]:
             float(lam),
             m,
             n_beta,
-            target=lambda loc: toy.monomial_expected_llc(k, n_beta, loc, product=product),
+            target=lambda loc: (
+                toy.monomial_expected_llc(k, n_beta, loc, product=product)
+                if loc > 0 or not product
+                else float("nan")  # improper without localization: no finite-n target
+            ),
         )
 
     def bigram(V: int) -> Case:
