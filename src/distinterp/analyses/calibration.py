@@ -25,9 +25,9 @@ pulling every estimate down. So:
 
 The rule:
 1. Candidates are healthy cells (the diagnostics' verdict, plateau check included) with a finite,
-   positive estimate that ran their whole Langevin time (`jobs.calibrate` passes cells the draw cap
-   cut short as unhealthy: the plateau check cannot see a transient much longer than the run, e.g. the
-   4-3-5 regression at 1 time unit, -12 % against the truth, passed it).
+   positive estimate that ran at least 25 % of their Langevin time (`jobs.calibrate` passes cells the
+   draw cap cut shorter as unhealthy: the plateau check cannot see a transient much longer than the
+   run, e.g. the 4-3-5 regression at 1 time unit of 10, -12 % against the truth, passed it).
 2. Groups are the settings of the other grid fields, ordered least localization first; the chosen group
    is the first with two neighbouring lr (adjacent in its sorted lr) that are both candidates.
 3. In it, the run of neighbouring candidates that starts at its smallest candidate lr; its smallest
