@@ -391,7 +391,7 @@ def main() -> None:
     if args.equilibration:
         harness.write_json(args.json, {"equilibration": equilibration_table(args.smoke)})
         return
-    kinds = set(args.cases.split(","))
+    kinds = {"population", "empirical"} if args.smoke else set(args.cases.split(","))
     suite = [c for c in cases(args.n, args.seeds, args.smoke) if c.kind in kinds and args.only in c.name]
     grid = None if args.grid == "default" else BENCH_GRID
     if args.smoke:
