@@ -1,12 +1,10 @@
 """Trajectory and calibration jobs: wall time of a 40-checkpoint trajectory and of a 3 x 3 calibration
-grid on 1 vs 2 ranks (torchrun), and the calibration rule's known answers from the full default grid.
+grid on 1 vs 2 ranks (torchrun). The calibration rule's known answers are benchmarks/known_answers.py.
 
-    python benchmarks/bench_trajectory.py [--json out.json] [--smoke] [--known-answers]
+    python benchmarks/bench_trajectory.py [--json out.json] [--smoke]
 
 Each layout is a fresh process (torchrun for 2 ranks) that times its own trajectory() and calibrate()
-calls, so start-up and imports are excluded. --smoke runs tiny sizes in seconds (a test runs it);
---known-answers runs calibrate() from the full default grid (30 cells) on the monomials, the bigram
-(V=6) and a 3-layer deep linear network, and prints each estimate against the learning coefficient.
+calls, so start-up and imports are excluded. --smoke runs tiny sizes in seconds (a test runs it).
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -68,7 +65,9 @@ def child(spec: dict) -> None:
         grid = {"lr": [1e-4, 1e-3, 1e-2][:n], "localization": [0.0, 10.0, 100.0][:n]}
         start = time.perf_counter()
         model = toy.tiny_gpt2(32, 1, 0, n_positions=32)
-        calibrate(model, ds, {"train": ds}, output_path=f"{base}/cal", grid=grid, **kwargs)
+        calibrate(
+            model, ds, {"train": ds}, output_path=f"{base}/cal", grid=grid, scale_draws=False, **kwargs
+        )  # fixed draws per cell: this times layouts, not the rule (known_answers.py measures that)
         runtime().barrier()
         seconds["calibration"] = time.perf_counter() - start
     harness.report(seconds)
@@ -81,77 +80,10 @@ def measure(nproc: int, sizes: dict) -> dict[str, float]:
     return harness.run_child(__file__, {"sizes": sizes}, nproc=nproc, threads=1)
 
 
-def known_answers(draws: int) -> list[dict]:
-    """calibrate() from the full default grid on three problems with a known learning coefficient."""
-    import numpy as np
-    import torch
-
-    from distinterp import toy
-    from distinterp.jobs.calibrate import calibrate
-
-    sys.path.insert(0, str(ROOT))
-    from tests.test_known_answers import MONOMIAL_K, Monomials, monomial_loss
-
-    torch.set_num_threads(1)
-    ids = torch.zeros((64, 2), dtype=torch.int64)
-    d = toy.BIGRAM_DEMO
-    data = toy.markov_dataset(
-        toy.markov_chain(d["V"], d["chain_seed"]), d["seq_len"], d["n_rows"], d["data_seed"]
-    )
-    widths, rank = [3, 2, 2, 3], 1
-    problems = [
-        (
-            "monomials w1^2 + w2^4",
-            Monomials(MONOMIAL_K),
-            ids,
-            monomial_loss,
-            {},
-            sum(1 / (2 * k) for k in MONOMIAL_K),
-        ),
-        ("bigram V=6, n_beta=1000", toy.bigram_mle(data, d["V"]), data, None, {"n_beta": 1000.0}, 15.0),
-        (
-            f"deep linear {widths} rank {rank}, n_beta=1000",
-            toy.DeepLinearNetwork(widths, rank),
-            ids,
-            toy.dln_population_loss,
-            {"n_beta": 1000.0},
-            float(toy.dln_learning_coefficient(widths, rank)[0]),
-        ),
-    ]
-    rows = []
-    for name, model, data_, loss_fn, extra, lam in problems:
-        with tempfile.TemporaryDirectory() as tmp:
-            start = time.perf_counter()
-            cal = calibrate(
-                model, data_, {}, loss_fn=loss_fn, output_path=f"{tmp}/cal", num_draws=draws, **extra
-            )
-            seconds = time.perf_counter() - start
-        est = float(cal.estimate) if cal is not None else float("nan")
-        rows.append(
-            {
-                "problem": name,
-                "lambda": lam,
-                "estimate": est,
-                "relative_error": (est - lam) / lam if np.isfinite(est) else None,
-                "best": {k: v for k, v in (cal.best or {}).items() if k in ("lr", "localization", "n_beta")},
-                "reason": cal.reason if cal is not None else "",
-                "seconds": seconds,
-            }
-        )
-        print(
-            f"{name:42s} lambda {lam:7.3f}  estimate {est:8.3f}  ({rows[-1]['relative_error']:+.1%})  "
-            f"{rows[-1]['best']}  {seconds:.0f} s\n    {rows[-1]['reason']}",
-            flush=True,
-        )
-    return rows
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--json")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: seconds, not minutes")
-    p.add_argument("--known-answers", action="store_true", help="also calibrate the known answers (minutes)")
-    p.add_argument("--draws", type=int, default=1000, help="draws per calibration cell for --known-answers")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -170,8 +102,6 @@ def main() -> None:
         )
         print(f"{kind:12s} {what:16s} 1 rank {one:7.2f} s   2 ranks {two:7.2f} s   speed-up {one / two:.2f}x")
         results["timings"].append({"kind": kind, "what": what, "seconds_1_rank": one, "seconds_2_ranks": two})
-    if args.known_answers:
-        results["known_answers"] = known_answers(args.draws)
     harness.write_json(args.json, results)
 
 

@@ -20,6 +20,7 @@ from distinterp.analyses.diagnostics import (
     outlier_threshold,
     split_rhat_ess,
 )
+from distinterp.analyses.equilibration import nested_rhat, running_llc_plateau
 from tests.conftest import SMALL, devinterp_sample, tiny_gpt2, token_dataset
 
 INIT = 1.0
@@ -96,6 +97,27 @@ def test_pure_statistics_have_known_answers() -> None:
     assert abs(t[4]) > cut and (abs(t[:4]) < cut).all()
 
 
+def test_equilibration_statistics_have_known_answers() -> None:
+    """The plateau statistics of a stationary run are ~0; of a run still relaxing, the transient's share of
+    the all-steps mean; nested R-hat is ~1 for exchangeable chains and sees one offset superchain."""
+    flat = 1.0 + 0.05 + ar1(4, 4000, sd=0.001)
+    p = running_llc_plateau(flat, 1.0, 100.0)
+    assert p.llc_all == pytest.approx(5.0, rel=0.02) and p.equilibrated(0.05, 2.0)
+    assert abs(p.transient) < 0.01 and abs(p.drift) < 0.01
+    steps = np.arange(4000)
+    rising = 1.0 + 0.05 * (1 - np.exp(-steps / 1000.0))[None, :] + 0 * flat
+    r = running_llc_plateau(rising, 1.0, 100.0)
+    tail = 5 * (1 - np.exp(-steps[2000:] / 1000.0)).mean()
+    assert r.llc_tail == pytest.approx(tail) and r.transient == pytest.approx(r.llc_all / tail - 1)
+    assert r.drift > 0.05 and not r.equilibrated(0.05, 2.0)
+    x = ar1(8, 1000, sd=1.0)
+    assert nested_rhat(x, 4) == pytest.approx(1.0, abs=0.01)
+    shifted = x.copy()
+    shifted[:2] += 2.0
+    assert nested_rhat(shifted, 4) > 1.1
+    assert np.isnan(nested_rhat(x[:7], 4))  # chains must split evenly
+
+
 def test_healthy_synthetic_store() -> None:
     diag = diagnose(synthetic(healthy_traces()))
     assert diag.healthy, diag.problems
@@ -108,6 +130,8 @@ def test_healthy_synthetic_store() -> None:
     ("flaw", "check", "chains", "fix"),
     [
         ("trend", "stationarity", [2], "more draws"),
+        ("rising", "plateau", [0, 1, 2, 3], "longer at smaller lr"),
+        ("group_offset", "nested_rhat", list(range(8)), "more draws per chain"),
         ("offset", "outlier", [3], "lower lr"),
         ("offset", "rhat", [0, 1, 2, 3], "more draws"),
         ("below", "below_init", [0, 1, 2, 3], "raise localization"),
@@ -123,6 +147,11 @@ def test_each_check_flags_its_flaw(flaw: str, check: str, chains: list[int], fix
     traces, kw = healthy_traces(), {}
     if flaw == "trend":
         traces[2] += np.linspace(0, 0.2, traces.shape[1])
+    elif flaw == "rising":  # every chain still relaxing towards LLC 5, in step: R-hat cannot see it
+        traces = INIT + 0.05 * (1 - np.exp(-np.arange(400) / 150.0)) + ar1(4, 400, sd=0.001)
+    elif flaw == "group_offset":  # 8 chains; the second superchain's pair sits above the rest
+        traces = INIT + 0.05 + ar1(8, 400)
+        traces[2:4] += 0.004
     elif flaw == "offset":
         traces[3] += 1.0
     elif flaw == "below":
@@ -164,7 +193,10 @@ def bigram_run(path: Path, **overrides: Any) -> xr.DataTree:
 
 
 def test_bigram_at_its_mle_is_healthy_with_the_known_llc(tmp_path: Path) -> None:
-    tree = bigram_run(tmp_path / "run.zarr")
+    """Long enough to equilibrate: at bigram_run's 400 steps of lr 1e-3 the all-steps LLC (3.06) was the
+    transient (-19 % against the last half's 3.76) cancelling the step-size bias, and the plateau check
+    flags it; 2200 steps of lr 5e-4 settle (3.10, last half 3.01)."""
+    tree = bigram_run(tmp_path / "run.zarr", lr=5e-4, num_draws=2000, num_burnin_steps=200)
     diag = diagnose(tree)
     assert diag.healthy, diag.problems
     c = diag.checks

@@ -175,3 +175,55 @@ def test_tiny_gpt2_is_seeded_and_leaves_the_global_rng_alone():
     wa, wb, wc = (m.get_input_embeddings().weight for m in (a, b, c))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
     assert a.config.vocab_size == 10 and a.config.resid_pdrop == 0.0
+
+
+# ─── The known-answer suite's models ─────────────────────────────────────────────────────────────
+
+
+def test_deepest_dln_point_has_every_layer_at_rank_r_and_is_a_true_parameter():
+    """point='deepest': each layer has rank r (rank 0: the origin), the product is the target, K = 0."""
+    for widths, rank in [([3, 2, 6], 1), ([4, 3, 5], 0), ([3, 2, 3, 2, 3], 1)]:
+        model = toy.DeepLinearNetwork(widths, rank, seed=1, point="deepest")
+        assert [int(torch.linalg.matrix_rank(w.double(), tol=1e-5)) for w in model.weights] == [rank] * (
+            len(widths) - 1
+        )
+        ids = torch.zeros((2, 2), dtype=torch.int64)
+        assert float(toy.dln_population_loss(model, ids).detach().max()) == pytest.approx(0.0, abs=1e-10)
+    with pytest.raises(ValueError, match="point"):
+        toy.DeepLinearNetwork([2, 2, 2], 1, point="deep")
+
+
+def test_dln_empirical_loss_is_the_regression_nll_of_the_stored_samples():
+    model = toy.DeepLinearNetwork([3, 2, 4], 1, point="deepest")
+    ids = toy.dln_regression_data(model, 50, seed=3)
+    assert ids.shape == (50, 2) and ids[:, 0].tolist() == list(range(50))
+    loss = toy.dln_empirical_loss(model, ids[[4, 7]])
+    x, y = model.data_x[[4, 7]].double(), model.data_y[[4, 7]].double()
+    expected = 0.5 * ((y - x @ model.product().double().T) ** 2).sum(dim=1, keepdim=True)
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
+    other = toy.DeepLinearNetwork([3, 2, 4], 1, point="deepest")
+    toy.dln_regression_data(other, 50, seed=4)
+    assert not torch.equal(model.data_y, other.data_y)
+
+
+def test_monomial_coefficients_and_their_finite_n_targets():
+    """Sum: lambda = sum 1/(2k), exactly the target without localization; normal crossing: min 1/(2k) with
+    multiplicity; localization lowers the target (quadrature), less as n_beta grows."""
+    from fractions import Fraction
+
+    assert toy.monomial_learning_coefficient((1, 2)) == (Fraction(3, 4), 1)
+    assert toy.monomial_learning_coefficient((1, 2), product=True) == (Fraction(1, 4), 1)
+    assert toy.monomial_learning_coefficient((2, 2), product=True) == (Fraction(1, 4), 2)
+    assert toy.monomial_expected_llc((1, 2), 9.23) == 0.75
+    assert toy.monomial_expected_llc((1,), 100.0, 1.0) == pytest.approx(100 / 201, rel=1e-6)  # n / (2n + loc)
+    low, high = (toy.monomial_expected_llc((2,), n, 1.0) for n in (100.0, 1e4))
+    assert low < high < 0.25 and high == pytest.approx(0.25, rel=0.01)
+    crossing = toy.monomial_expected_llc((1, 2), 1e3, 1.0, product=True)
+    assert 0.2 < crossing < 0.25
+    with pytest.raises(ValueError, match="localization > 0"):
+        toy.monomial_expected_llc((1, 2), 1e3, product=True)
+    model = toy.Monomials((1, 2), product=True)
+    with torch.no_grad():
+        model.w.copy_(torch.tensor([2.0, 0.5]))
+    loss = toy.monomial_loss(model, torch.zeros((1, 2), dtype=torch.int64)).detach()
+    assert float(loss.max()) == pytest.approx(4 * 0.0625)

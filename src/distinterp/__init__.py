@@ -35,6 +35,7 @@ __all__ = [
     "batch_corrcoef",
     "batch_cov",
     "bif",
+    "calibrate",
     "compute_bif",
     "compute_llc",
     "compute_per_token_loss",
@@ -49,15 +50,25 @@ __all__ = [
     "sample",
     "sgld_step",
     "susceptibilities",
+    "trajectory",
     "xr_corrcoef_with_torch_backend",
 ]
 from distinterp._version import __version__ as __version__
 
 
 def __getattr__(name: str) -> object:
-    """`distinterp.report` is imported on first use: it brings matplotlib, which sampling never needs."""
+    """`distinterp.report`, `calibrate` and `trajectory` are imported on first use: report brings
+    matplotlib, and the sweeps the job machinery, which sampling never needs."""
     if name == "report":
         from distinterp.jobs.report import report
 
         return report
+    if name == "calibrate":
+        from distinterp.jobs.calibrate import calibrate
+
+        return calibrate
+    if name == "trajectory":
+        from distinterp.jobs.trajectory import trajectory
+
+        return trajectory
     raise AttributeError(f"module 'distinterp' has no attribute {name!r}")

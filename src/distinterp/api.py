@@ -3,7 +3,9 @@ imports the other."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from distinterp.analyses.bif import (
     _check_options,
     compute_bif,
 )
+from distinterp.analyses.calibration import extrapolate_to_zero
 from distinterp.analyses.llc import compute_llc
 from distinterp.analyses.susceptibilities import (
     Restriction,
@@ -38,21 +41,51 @@ def llc(
     n_beta: float,
     param_masks: dict[str, Any] | None = None,
     loss_fn: Any = None,
+    extrapolate: Sequence[Mapping[str, Any]] | None = None,
     **kwargs: Any,
 ) -> xr.Dataset:
-    """Sample and compute the LLC in one call (kwargs go to sample())."""
+    """Sample and compute the LLC in one call (kwargs go to sample()).
 
-    tree = sample(
-        model=model,
-        dataset=dataset,
-        observables=observables,
-        lr=lr,
-        n_beta=n_beta,
-        param_masks=param_masks,
-        loss_fn=loss_fn,
-        **kwargs,
+    `extrapolate` (a calibration's `.extrapolate`: [{lr, num_draws}, ...]) also samples those step sizes,
+    each into `<output_path stem>.lr=<lr>.zarr`, and adds `llc_extrapolated`, the straight line through
+    every lr's estimate taken to lr -> 0 (`analyses.calibration.extrapolate_to_zero`), and `llc_by_lr`.
+    """
+    run = dict(
+        model=model, dataset=dataset, observables=observables, param_masks=param_masks, loss_fn=loss_fn
     )
-    return compute_llc(tree)
+    if extrapolate:
+        path = kwargs.get("output_path")
+        if not isinstance(path, (str, os.PathLike)):
+            raise ValueError(
+                "extrapolate: needs output_path (a path or URL) to put each step size's store beside it"
+            )
+        for other in extrapolate:
+            if "lr" not in other or not float(other["lr"]) > 0 or float(other["lr"]) == float(lr):
+                raise ValueError(
+                    f"extrapolate: each entry needs an lr > 0 other than lr={lr:g}, got {dict(other)}"
+                )
+    result = compute_llc(sample(**run, lr=lr, n_beta=n_beta, **kwargs))
+    if not extrapolate:
+        return result
+    stem = str(kwargs["output_path"]).rstrip("/").removesuffix(".zarr")
+    lrs, means, sems = [float(lr)], [float(result.llc_mean)], [_sem(result)]
+    for other in extrapolate:
+        settings = {**kwargs, **other, "output_path": f"{stem}.lr={float(other['lr']):g}.zarr"}
+        res = compute_llc(sample(**run, n_beta=n_beta, **settings))
+        lrs.append(float(other["lr"]))
+        means.append(float(res.llc_mean))
+        sems.append(_sem(res))
+    return result.assign(
+        llc_extrapolated=extrapolate_to_zero(lrs, means, sems),
+        llc_by_lr=xr.DataArray(means, dims="lr", coords={"lr": lrs}),
+    )
+
+
+def _sem(res: xr.Dataset) -> float:
+    """Standard error of the mean LLC over chains."""
+    n = int(res.llc_per_chain.size)
+    std: float = float(res.llc_std)
+    return std / math.sqrt(max(n - 1, 1))
 
 
 def bif(

@@ -34,14 +34,20 @@ __all__ = [
     "BigramConfig",
     "BigramLM",
     "DeepLinearNetwork",
+    "Monomials",
     "bigram_counts",
     "bigram_expected_llc",
     "bigram_learning_coefficient",
     "bigram_mle",
+    "dln_empirical_loss",
     "dln_learning_coefficient",
     "dln_population_loss",
+    "dln_regression_data",
     "markov_chain",
     "markov_dataset",
+    "monomial_expected_llc",
+    "monomial_learning_coefficient",
+    "monomial_loss",
     "rrr_learning_coefficient",
     "stationary_distribution",
     "tiny_gpt2",
@@ -285,27 +291,39 @@ def tiny_gpt2(
 class DeepLinearNetwork(torch.nn.Module):
     """x -> W_L ... W_1 x with widths H_1 (input) ... H_{L+1} (output), at a true parameter of rank r.
 
-    The weights are a seeded random factorisation whose product W* has rank `rank` (the last layer is
-    projected onto r singular directions). With the population loss of `dln_population_loss` this is a
-    singular model at a true parameter, whose learning coefficient Aoyagi 2024 gives in closed form.
+    point="generic": a seeded random factorisation whose product W* has rank `rank` (the last layer is
+    projected onto r singular directions; the other layers have full rank). point="deepest": every layer
+    has rank r (W_l = U_{l+1} S_l U_l^T, U_l orthonormal H_l x r; rank 0 is the origin), the most singular
+    point of the true set, where the local learning coefficient is the global one of Aoyagi 2024 (at a
+    generic point it can be larger: at rank 0 with W_1 of full rank, K is quadratic in W_2). With the
+    population loss of `dln_population_loss` this is a singular model at a true parameter.
     """
 
-    def __init__(self, widths: list[int], rank: int, seed: int = 0) -> None:
+    target: torch.Tensor
+    data_x: torch.Tensor
+    data_y: torch.Tensor
+
+    def __init__(self, widths: list[int], rank: int, seed: int = 0, *, point: str = "generic") -> None:
         super().__init__()
         if len(widths) < 3 or min(widths) < 1:
             raise ValueError(f"widths: need >= 3 positive widths (>= 2 layers), got {widths}")
         if not 0 <= rank <= min(widths):
             raise ValueError(f"rank: must be in [0, min(widths)={min(widths)}], got {rank}")
+        if point not in ("generic", "deepest"):
+            raise ValueError(f"point: 'generic' or 'deepest', got {point!r}")
         g = torch.Generator().manual_seed(seed)
-        ws = [
-            torch.randn(b, a, generator=g, dtype=torch.float64) / a**0.5
-            for a, b in itertools.pairwise(widths)
-        ]
-        prefix = ws[0]
-        for w in ws[1:-1]:
-            prefix = w @ prefix
-        u, _, _ = torch.linalg.svd(ws[-1] @ prefix)
-        ws[-1] = u[:, :rank] @ u[:, :rank].T @ ws[-1]  # product now has rank <= r (= r for generic seeds)
+        if point == "deepest":
+            ws = _deepest_factors(widths, rank, g)
+        else:
+            ws = [
+                torch.randn(b, a, generator=g, dtype=torch.float64) / a**0.5
+                for a, b in itertools.pairwise(widths)
+            ]
+            prefix = ws[0]
+            for w in ws[1:-1]:
+                prefix = w @ prefix
+            u, _, _ = torch.linalg.svd(ws[-1] @ prefix)
+            ws[-1] = u[:, :rank] @ u[:, :rank].T @ ws[-1]  # product has rank <= r (= r for generic seeds)
         self.widths = list(widths)
         self.weights = torch.nn.ParameterList([torch.nn.Parameter(w.float()) for w in ws])
         self.register_buffer("target", self.product().detach().clone())
@@ -316,6 +334,49 @@ class DeepLinearNetwork(torch.nn.Module):
         for w in self.weights[1:]:
             out = w @ out
         return out
+
+
+def _deepest_factors(widths: list[int], rank: int, g: torch.Generator) -> list[torch.Tensor]:
+    """Layers W_l = U_{l+1} S_l U_l^T of rank r each (U_l: H_l x r orthonormal, S_l: r x r, well conditioned)."""
+    us = [torch.linalg.qr(torch.randn(h, rank, generator=g, dtype=torch.float64))[0] for h in widths]
+    out = []
+    for a, b in itertools.pairwise(range(len(widths))):
+        s = torch.eye(rank, dtype=torch.float64) + 0.3 * torch.randn(
+            rank, rank, generator=g, dtype=torch.float64
+        )
+        out.append(us[b] @ s @ us[a].T)
+    return out
+
+
+def dln_regression_data(
+    model: DeepLinearNetwork, n: int, seed: int = 0, *, noise: float = 1.0
+) -> torch.Tensor:
+    """n samples x ~ N(0, I), y = W* x + noise N(0, I), kept on the model as buffers; returns the dataset.
+
+    The dataset is (n, 2) int64 "token ids" whose first column indexes the samples, so sample() draws
+    minibatches of sample indices and `dln_empirical_loss` looks them up (the second column is unused).
+    """
+    if n < 1:
+        raise ValueError(f"n: need at least 1 sample, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, model.widths[0], generator=g, dtype=torch.float64)
+    y = x @ model.target.double().T + noise * torch.randn(
+        n, model.widths[-1], generator=g, dtype=torch.float64
+    )
+    model.register_buffer("data_x", x.float())
+    model.register_buffer("data_y", y.float())
+    ids = torch.zeros(n, 2, dtype=torch.int64)
+    ids[:, 0] = torch.arange(n)
+    return ids
+
+
+def dln_empirical_loss(model: DeepLinearNetwork, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per-sample loss ||y - W(w) x||^2 / 2 (the negative log-likelihood up to a constant) of the samples
+    `dln_regression_data` stored, indexed by input_ids[:, 0]; shape (batch, 1)."""
+    idx = input_ids[:, 0]
+    x, y = model.data_x[idx], model.data_y[idx]
+    residual = y - x @ model.product().T
+    return 0.5 * (residual**2).sum(dim=1, keepdim=True)
 
 
 def dln_population_loss(model: DeepLinearNetwork, input_ids: torch.Tensor) -> torch.Tensor:
@@ -375,3 +436,82 @@ def rrr_learning_coefficient(n_in: int, n_hidden: int, n_out: int, rank: int) ->
         return Fraction(M * N, 2)
     odd = (M + H + N + r) % 2
     return Fraction(2 * (H + r) * (M + N) - (M - N) ** 2 - (H + r) ** 2 + odd, 8)
+
+
+# --------------------------------------------------------------------------------------------- monomials
+
+
+class Monomials(torch.nn.Module):
+    """Parameters w (one per exponent), starting at the minimum w = 0; exponents 2k in a buffer.
+
+    With `monomial_loss` the potential is sum_i w_i^(2 k_i) (product=False: lambda = sum_i 1/(2 k_i),
+    multiplicity 1) or the normal crossing prod_i w_i^(2 k_i) (product=True: lambda = min_i 1/(2 k_i),
+    multiplicity = how many k_i attain the max; improper without localization).
+    """
+
+    two_k: torch.Tensor
+
+    def __init__(self, k: tuple[int, ...], *, product: bool = False) -> None:
+        super().__init__()
+        if not k or min(k) < 1:
+            raise ValueError(f"k: need >= 1 positive exponent, got {k}")
+        self.k = tuple(int(x) for x in k)
+        self.product = bool(product)
+        self.register_buffer("two_k", 2 * torch.tensor(k, dtype=torch.float32))
+        self.w = torch.nn.Parameter(torch.zeros(len(k)))
+
+
+def monomial_loss(model: Monomials, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per-token loss = K(w) at every (row, position); the tokens only give the shape, so there is no
+    minibatch noise and n_beta is the inverse temperature of exp(-n_beta K)."""
+    terms = model.w**model.two_k
+    loss = terms.prod() if getattr(model, "product", False) else terms.sum()
+    return loss.expand(input_ids.shape[0], input_ids.shape[1] - 1)
+
+
+def monomial_learning_coefficient(k: tuple[int, ...], *, product: bool = False) -> tuple[Fraction, int]:
+    """(lambda, multiplicity) of sum_i w_i^(2k_i) (sum_i 1/(2k_i), 1) or prod_i w_i^(2k_i) (Watanabe 2009,
+    normal crossing with a flat prior: min_i 1/(2k_i), the number of i attaining it)."""
+    if not product:
+        return sum((Fraction(1, 2 * x) for x in k), Fraction(0)), 1
+    top = max(k)
+    return Fraction(1, 2 * top), sum(1 for x in k if x == top)
+
+
+def monomial_expected_llc(
+    k: tuple[int, ...], n_beta: float, localization: float = 0.0, *, product: bool = False
+) -> float:
+    """The exact value the LLC estimator targets, E[n_beta K] under exp(-n_beta K - localization |w|^2 / 2)
+    (no SGLD error), by quadrature: 1-D per term for the sum, nested for a 2-term product. The sum with no
+    localization gives sum 1/(2k_i) at any n_beta (integrate by parts); a product needs localization > 0."""
+    from scipy import integrate
+
+    if not n_beta > 0 or localization < 0:
+        raise ValueError(f"n_beta must be > 0 and localization >= 0, got {n_beta}, {localization}")
+    if not product:
+        if localization == 0:
+            return float(sum(1 / (2 * x) for x in k))
+        total = 0.0
+        for x in k:
+
+            def density(t: float, x: int = x, power: int = 0) -> float:
+                nk = n_beta * t ** (2 * x)
+                return float(nk**power * np.exp(-nk - localization * t * t / 2))
+
+            num = integrate.quad(density, 0, np.inf, args=(x, 1), limit=200)[0]
+            total += num / integrate.quad(density, 0, np.inf, args=(x, 0), limit=200)[0]
+        return total
+    if len(k) != 2 or localization <= 0:
+        raise ValueError("monomial_expected_llc: a product needs exactly 2 exponents and localization > 0")
+    a, b = 2 * k[0], 2 * k[1]
+
+    def inner(t: float, power: int) -> float:  # integral over u of (n K)^power exp(-n K - loc u^2 / 2)
+        def f(u: float) -> float:
+            nk = n_beta * t**a * u**b
+            return float(nk**power * np.exp(-nk - localization * u * u / 2))
+
+        return float(integrate.quad(f, 0, np.inf, limit=200)[0])
+
+    outer = lambda t, p: inner(t, p) * np.exp(-localization * t * t / 2)  # noqa: E731
+    num = integrate.quad(outer, 0, np.inf, args=(1,), limit=200)[0]
+    return float(num / integrate.quad(outer, 0, np.inf, args=(0,), limit=200)[0])

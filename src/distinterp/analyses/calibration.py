@@ -1,38 +1,47 @@
 """The calibration choice rule: which sampler setting of an (lr x other settings) sweep to use, and the
 estimate it gives. Pure: arrays in, a choice and its reason out.
 
-Why this rule. The LLC estimate of a finite run, against the step size lr, carries two biases: with too
-small an lr the chains have not left the checkpoint within the run, and the estimator (which averages
-every step) takes in that transient, biased towards 0 (the diagnostics see it: chains that disagree,
-R-hat, or drift, stationarity); with a larger lr the discretisation biases it up, to first order in lr
-(Vollmer, Zygalakis & Teh 2016, JMLR 17, "Exploration of the (non-)asymptotic bias and variance of
-stochastic gradient Langevin dynamics"), until chains diverge. So the estimate is flattest in lr where
-the run has equilibrated and the discretisation is still first order, and there two step sizes h < h'
-remove the first-order term by
-Richardson extrapolation, m(h) - (m(h') - m(h)) h / (h' - h) (Durmus, Simsekli, Moulines, Badeau &
-Richard 2016, NeurIPS, "Stochastic gradient Richardson-Romberg Markov chain Monte Carlo").
-Localization pulls chains back towards the checkpoint, which keeps them from wandering along flat or
-descending directions, but it biases the estimate towards 0 and flattens the curve for the wrong
-reason; so the least localization with a healthy cell is preferred over a flatter curve.
+Why this rule. The LLC estimate of a finite run, against the step size lr, carries two biases. With a
+large lr the discretisation (and minibatch-gradient noise) biases it, to first order in lr (Vollmer,
+Zygalakis & Teh 2016, JMLR 17, "Exploration of the (non-)asymptotic bias and variance of stochastic
+gradient Langevin dynamics"), until chains diverge. With a small lr the chains need more steps to
+forget the checkpoint: relaxation takes a fixed Langevin *time* lr x steps, so a fixed number of draws
+per cell leaves the small-lr cells in their transient, where the estimator (which averages every step)
+is biased towards 0. A rule that looks for the flattest stretch of the curve is then fooled: a
+transient cell next to a biased one can look flat, and strong localization flattens the curve by
+pulling every estimate down. So:
+
+- the cells are long enough to equilibrate at every lr (`jobs.calibrate` gives each cell the same
+  Langevin time, draws proportional to 1/lr, up to a cap), and a cell counts only when the diagnostics,
+  which include the running-LLC plateau check (`analyses.equilibration`), say it has equilibrated;
+- among equilibrated cells the smallest lr has the least discretisation bias, and the first-order
+  term is removed by a straight-line fit of the estimate against lr over the smallest equilibrated
+  lrs, extrapolated to lr -> 0 (Richardson-Romberg: Durmus, Simsekli, Moulines, Badeau & Richard 2016,
+  NeurIPS, "Stochastic gradient Richardson-Romberg Markov chain Monte Carlo"), rather than over one pair;
+- localization is chosen for mixing, not flatness: the least localization whose cells equilibrate (it
+  biases the estimate towards 0 by an amount that grows with localization / n_beta^(1/2) for quartic
+  directions: `toy.monomial_expected_llc` gives -1 % at localization 1 and -10 % at 10 for w^4 at n_beta
+  1000, so the least that mixes is the least biased).
 
 The rule:
-1. Candidates are healthy cells (the diagnostics' verdict) with a finite, positive estimate.
+1. Candidates are healthy cells (the diagnostics' verdict, plateau check included) with a finite,
+   positive estimate that ran at least 25 % of their Langevin time (`jobs.calibrate` passes cells the
+   draw cap cut shorter as unhealthy: the plateau check cannot see a transient much longer than the
+   run, e.g. the 4-3-5 regression at 1 time unit of 10, -12 % against the truth, passed it).
 2. Groups are the settings of the other grid fields, ordered least localization first; the chosen group
-   is the first with a pair of neighbouring lr (adjacent in its sorted lr) that are both candidates.
-3. In it the flattest pair, smallest |d log LLC / d log lr|, is chosen, and its smaller lr. The
-   transient makes the curve steep (LLC ~ lr while chains have not moved: a diagnosis cannot always
-   see it when minibatch noise dominates the loss, as for the bigram at lr 1e-6), instability makes it
-   steep again; the flattest stretch is where the run equilibrated and the discretisation is first
-   order. If its slope is at most FIRST_ORDER_SLOPE, the estimate is the Richardson extrapolation of the
-   pair to lr -> 0; else the smaller lr's own. `confirmed` when the pair agrees within `tolerance`.
+   is the first with two neighbouring lr (adjacent in its sorted lr) that are both candidates.
+3. In it, the run of neighbouring candidates that starts at its smallest candidate lr; its smallest
+   `FIT_CELLS` lr are fitted by LLC = a + b lr (weighted by their standard errors). If the two smallest
+   move by at most FIRST_ORDER_SLOPE in log-log (first order), the estimate is a, the extrapolation to
+   lr -> 0; else the smallest lr's own. The chosen lr is the smallest candidate (least biased, and its
+   cell length is the one known to equilibrate). `confirmed` when the smallest lr's own estimate and
+   the extrapolation agree within `tolerance` (plus two standard errors): the discretisation bias at
+   the chosen lr is small.
 4. No such pair: the first group's smallest healthy lr, unconfirmed; no candidate: no choice.
 
-Limits (measured in tests/test_calibrate.py and benchmarks/bench_trajectory.py): the choice is only as
-fine as the lr grid (half a decade apart by default); a run at the chosen lr alone keeps that lr's
-first-order bias (the extrapolated estimate needs its neighbour's run too); longer runs equilibrate at
-smaller lr, so calibrate with the draws the production run will have; the extrapolation assumes both
-step sizes are in the first-order regime; and the rule is only as good as the health verdict: at a point
-that is not a local minimum no lr is right, and the diagnostics should flag every cell.
+Limits: the choice is only as fine as the lr grid; a run at the chosen lr alone keeps its first-order
+bias (`llc(..., extrapolate=...)` reruns the fitted lrs and returns the extrapolation too); the rule is
+only as good as the health verdict, so at a point that is not a local minimum it should make no choice.
 """
 
 from __future__ import annotations
@@ -45,26 +54,50 @@ from dataclasses import dataclass
 import numpy as np
 
 TOLERANCE = 0.1
-"""The chosen lr is `confirmed` when the next larger lr's estimate differs by at most this fraction of
-their mean, plus two standard errors of the difference."""
-
+"""`confirmed` when the chosen lr's own estimate and the extrapolation differ by at most this fraction of
+the extrapolation, plus two standard errors."""
 
 FIRST_ORDER_SLOPE = 0.25
-"""Extrapolate only when the pair's |d log LLC / d log lr| is at most this (a half-decade step moves the
-estimate by < 33 %): steeper, the pair is in the transient (slope ~1, LLC ~ lr) or near instability,
-and a straight line in lr misleads."""
+"""Extrapolate only when the two smallest equilibrated lr's |d log LLC / d log lr| is at most this (a
+half-decade step moves the estimate by < 33 %): steeper, the pair is near instability or still in a
+transient the diagnostics missed, and a straight line in lr misleads."""
+
+Floats = Sequence[float] | np.ndarray
+"""A 1-D run of numbers: a list or an array."""
+
+FIT_CELLS = 3
+"""How many of the smallest equilibrated neighbouring lr the straight line is fitted to (2 = Richardson)."""
 
 
 @dataclass(frozen=True)
 class Choice:
-    """The chosen lr, the cells it rests on (indices into the inputs: the chosen one, then its larger-lr
-    neighbour when healthy), the LLC estimate the rule gives, and why; lr None when nothing qualified."""
+    """The chosen lr, the cells it rests on (indices into the inputs: the chosen one first, then the other
+    fitted lrs), the LLC estimate the rule gives, and why; lr None when nothing qualified."""
 
     lr: float | None
     cells: tuple[int, ...]
     reason: str
     confirmed: bool
     estimate: float = float("nan")
+    extrapolated: bool = False
+
+
+def extrapolate_to_zero(lr: Floats, llc_mean: Floats, llc_sem: Floats) -> float:
+    """Intercept of the weighted least-squares line LLC = a + b lr: the estimate at lr -> 0 (two points:
+    Richardson extrapolation). Standard errors below 1 % of the mean are floored there."""
+    return fit_line(lr, llc_mean, llc_sem)[0]
+
+
+def fit_line(lr: Floats, llc_mean: Floats, llc_sem: Floats) -> tuple[float, float]:
+    """(a, b) of the weighted least-squares line LLC = a + b lr."""
+    x, y, s = (np.asarray(v, dtype=np.float64) for v in (lr, llc_mean, llc_sem))
+    if x.size < 2 or np.unique(x).size < 2:
+        raise ValueError(f"lr: need at least two distinct step sizes to extrapolate, got {list(x)}")
+    s = np.maximum(np.where(np.isfinite(s), s, 0.0), 0.01 * np.abs(y).mean() + 1e-12)
+    w = 1.0 / s**2
+    design = np.stack([np.ones_like(x), x], axis=1)
+    a, b = np.linalg.solve(design.T @ (w[:, None] * design), design.T @ (w * y))
+    return float(a), float(b)
 
 
 def choose(
@@ -75,6 +108,7 @@ def choose(
     healthy: Sequence[bool],
     *,
     tolerance: float = TOLERANCE,
+    fit_cells: int = FIT_CELLS,
 ) -> Choice:
     """Apply the rule above. `group[i]` ranks cell i's other settings (0 = most preferred, e.g. the least
     localization)."""
@@ -82,14 +116,15 @@ def choose(
     grp = np.asarray(group, dtype=np.int64)
     ok = np.asarray(healthy, dtype=bool) & np.isfinite(mean) & (mean > 0)
     sem = np.where(np.isfinite(sem), sem, 0.0)
+    if fit_cells < 2:
+        raise ValueError(f"fit_cells: need at least 2 step sizes to fit a line, got {fit_cells}")
     if not ok.any():
         return Choice(
             None, (), "no cell is healthy with a positive LLC; widen the grid or lengthen the runs", False
         )
     for g in sorted(set(grp[ok].tolist())):
         cells = sorted(np.flatnonzero(grp == g).tolist(), key=lambda j: lr_a[j])
-        pairs = [(a, b) for a, b in itertools.pairwise(cells) if ok[a] and ok[b]]
-        if pairs:
+        if any(ok[a] and ok[b] for a, b in itertools.pairwise(cells)):
             break
     else:
         g = int(grp[ok].min())
@@ -97,34 +132,47 @@ def choose(
         return Choice(
             float(lr_a[i]),
             (i,),
-            f"UNCONFIRMED: no two neighbouring lr are both healthy; lr={lr_a[i]:g} is the smallest healthy "
-            f"lr (LLC {mean[i]:.4g})",
+            f"UNCONFIRMED: no two neighbouring lr are both equilibrated; lr={lr_a[i]:g} is the smallest "
+            f"healthy lr (LLC {mean[i]:.4g})",
             False,
             float(mean[i]),
         )
-
-    def slope(p: tuple[int, int]) -> float:
-        return abs(math.log(mean[p[1]] / mean[p[0]]) / math.log(lr_a[p[1]] / lr_a[p[0]]))
-
-    a, b = min(pairs, key=slope)
-    diff, scale = abs(mean[b] - mean[a]), (mean[a] + mean[b]) / 2
-    confirmed = bool(diff <= tolerance * scale + 2 * float(np.hypot(sem[a], sem[b])))
-    pair = f"lr={lr_a[a]:g} -> {lr_a[b]:g}: LLC {mean[a]:.4g} -> {mean[b]:.4g}, log-slope {slope((a, b)):.2f}"
-    if slope((a, b)) > FIRST_ORDER_SLOPE:
+    first = next(k for k, (a, b) in enumerate(itertools.pairwise(cells)) if ok[a] and ok[b])
+    run = [cells[first]]
+    for j in cells[first + 1 :]:
+        if not ok[j]:
+            break
+        run.append(j)
+    fit = run[:fit_cells]
+    a, b = fit[0], fit[1]
+    slope = abs(math.log(mean[b] / mean[a]) / math.log(lr_a[b] / lr_a[a]))
+    values = ", ".join(f"{lr_a[j]:g}: {mean[j]:.4g}" for j in fit)
+    if slope > FIRST_ORDER_SLOPE:
         return Choice(
             float(lr_a[a]),
-            (a, b),
-            f"UNCONFIRMED: flattest healthy pair {pair}, steeper than {FIRST_ORDER_SLOPE:g}: not first-order, "
-            f"so lr={lr_a[a]:g}'s own estimate",
+            tuple(fit),
+            f"UNCONFIRMED: smallest equilibrated lr {values}; log-slope {slope:.2f} > {FIRST_ORDER_SLOPE:g} "
+            f"is not first order, so lr={lr_a[a]:g}'s own estimate",
             False,
             float(mean[a]),
         )
-    extrapolated = float(mean[a] - (mean[b] - mean[a]) * lr_a[a] / (lr_a[b] - lr_a[a]))
+    while True:  # drop the largest lr while the points are not on a line (curvature: past first order)
+        estimate, slope_b = fit_line(lr_a[fit], mean[fit], sem[fit])
+        line = estimate + slope_b * lr_a[fit]
+        off = np.abs(mean[fit] - line) - 2 * sem[fit] - tolerance / 2 * abs(estimate)
+        if len(fit) == 2 or not (off > 0).any():
+            break
+        fit = fit[:-1]
+    values = ", ".join(f"{lr_a[j]:g}: {mean[j]:.4g}" for j in fit)
+    diff = abs(mean[a] - estimate)
+    confirmed = bool(diff <= tolerance * abs(estimate) + 2 * float(np.hypot(sem[a], sem[b])))
     return Choice(
         float(lr_a[a]),
-        (a, b),
-        f"{'confirmed' if confirmed else 'UNCONFIRMED'} ({'within' if confirmed else 'beyond'} {tolerance:.0%}): "
-        f"flattest healthy pair {pair}; extrapolated to lr -> 0: {extrapolated:.4g}",
+        tuple(fit),
+        f"{'confirmed' if confirmed else 'UNCONFIRMED'}: smallest equilibrated lr {values} (LLC by lr); "
+        f"straight line to lr -> 0: {estimate:.4g}, {'within' if confirmed else 'beyond'} {tolerance:.0%} of "
+        f"lr={lr_a[a]:g}'s own",
         confirmed,
-        extrapolated,
+        estimate,
+        True,
     )

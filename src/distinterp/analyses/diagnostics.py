@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from distinterp.analyses.chains import chain_status, llc_estimate
+from distinterp.analyses.equilibration import nested_rhat, running_llc_plateau
 from distinterp.errors import UnhealthyRunWarning as UnhealthyRunWarning  # re-exported: its old home
 from distinterp.progress import progress_bar
 from distinterp.store import STEPS_DONE, Location, open_tree
@@ -29,7 +30,9 @@ CHECKS = (
     "diverged",
     "incomplete",
     "stationarity",
+    "plateau",
     "rhat",
+    "nested_rhat",
     "ess",
     "below_init",
     "bounds",
@@ -59,6 +62,27 @@ class Thresholds:
     """Geweke's first window, as a fraction of the chain (Geweke 1992)."""
     geweke_last: float = 0.5
     """Geweke's last window, as a fraction of the chain (Geweke 1992)."""
+    plateau_tolerance: float = 0.05
+    """Running-LLC plateau (`analyses.equilibration`): the LLC over every step may differ from the LLC over
+    the last `plateau_tail` of the steps, and that tail's two halves from each other, by at most this
+    fraction (beyond `plateau_z` standard errors over chains). The estimator averages every step, so the
+    first difference is the transient's share of the reported number: half the 10 % a calibrated estimate
+    is held to, so a cell that passes has a transient that cannot take it there alone. A chain whose
+    running LLC is still rising fails it even when the chains agree with each other (R-hat passes)."""
+    plateau_tail: float = 0.5
+    """The last part of the chain the plateau check compares against (the second half, as split R-hat
+    and Geweke's last window)."""
+    plateau_z: float = 2.0
+    """Standard errors over chains that a plateau difference must exceed the tolerance by (a two-sided
+    ~5 % test with the chains as independent replicates)."""
+    nested_rhat: float = 1.01
+    """Nested R-hat (Margossian et al. 2023, arXiv 2110.13017) above this: groups of chains disagree. The
+    same line as R-hat's (Vehtari et al. 2021); it runs when there are at least `nested_min_chains`
+    chains, in `superchains` groups of consecutive chains, the many-short-chains regime it was made for."""
+    nested_min_chains: int = 8
+    """Chains needed before nested R-hat runs (at least two per superchain)."""
+    superchains: int = 4
+    """Superchains nested R-hat groups the chains into (consecutive chains; all start at the checkpoint)."""
     below_init_z: float = 1.96
     """A step's minibatch loss is 'below the initial loss beyond minibatch noise' when it is more than
     this many standard errors (std over the minibatch rows / sqrt(rows)) below it: a one-sided 2.5 % test."""
@@ -333,8 +357,34 @@ def diagnose(
             + f" > {t.geweke_z:g}; loss {trend}); more draws or burn-in, or lower lr"
         )
 
+    # The running LLC: has the reported (all-steps) estimate reached its plateau?
+    plateau = running_llc_plateau(trace[finite], init, n_beta, t.plateau_tail) if finite else None
+    if plateau is not None and np.isfinite(plateau.transient):
+        ran.append("plateau")
+        if not plateau.equilibrated(t.plateau_tolerance, t.plateau_z):
+            flagged["plateau"][finite] = True
+            problems.append(
+                f"plateau: the running LLC has not settled: all steps {plateau.llc_all:.4g} vs the last "
+                f"{t.plateau_tail:.0%} {plateau.llc_tail:.4g} ({plateau.transient:+.1%} +- {plateau.transient_se:.1%}), "
+                f"drift within that tail {plateau.drift:+.1%} +- {plateau.drift_se:.1%} (tolerance "
+                f"{t.plateau_tolerance:.0%}); more draws (longer at smaller lr), or a larger lr"
+            )
+
     # Across chains: R-hat and ESS over the common length of the finite chains
     common = min((lengths[c] for c in finite), default=0)
+    nrhat = float("nan")
+    groups = t.superchains
+    if len(finite) >= max(t.nested_min_chains, 2 * groups):
+        usable = len(finite) - len(finite) % groups
+        nrhat = nested_rhat(trace[finite[:usable], :common], groups)
+        if np.isfinite(nrhat):
+            ran.append("nested_rhat")
+            if nrhat > t.nested_rhat:
+                flagged["nested_rhat"][finite[:usable]] = True
+                problems.append(
+                    f"nested_rhat: nested R-hat over {groups} superchains is {nrhat:.3f} > {t.nested_rhat:g}: "
+                    "groups of chains disagree; more draws per chain"
+                )
     rhat, ess = split_rhat_ess(trace[finite, :common]) if finite else (float("nan"), float("nan"))
     if np.isfinite(rhat):
         ran += ["rhat", "ess"]
@@ -422,6 +472,10 @@ def diagnose(
             "init_loss": init,
             "n_beta": n_beta,
             "rhat": rhat,
+            "nested_rhat": nrhat,
+            "llc_tail": float("nan") if plateau is None else plateau.llc_tail,
+            "plateau_transient": float("nan") if plateau is None else plateau.transient,
+            "plateau_drift": float("nan") if plateau is None else plateau.drift,
             "ess_bulk": ess,
             "llc_mean": float(np.mean(llc_use)),
             "llc_std": float(np.std(llc_use)),

@@ -301,6 +301,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if cal.best is not None:
             print("sampler settings to use:")
             print(yaml.safe_dump({"sampler": cal.best}, sort_keys=False).rstrip())
+        if cal.extrapolate:
+            runs = ", ".join(", ".join(f"{k}={v:g}" for k, v in run.items()) for run in cal.extrapolate)
+            print(f"the estimate {cal.estimate:.4g} is the line to lr -> 0 through this lr and {runs}")
     return 0
 
 

@@ -34,7 +34,7 @@ OWN: dict[str, frozenset[str]] = {
     "bif": frozenset({"bif"}),
     "susceptibilities": frozenset({"susceptibilities"}),
     "trajectory": frozenset({"checkpoints"}),
-    "calibrate": frozenset({"grid", "tolerance"}),
+    "calibrate": frozenset({"grid", "tolerance", "scale_draws", "max_draws", "relaxations"}),
 }
 """Each job's own section."""
 OTHER_COMMANDS = frozenset({"bif", "susceptibilities"})

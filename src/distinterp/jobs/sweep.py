@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import re
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -196,6 +197,16 @@ def chains_done(location: Location, chains: Sequence[int], num_steps: int) -> bo
 def stores_complete(root: Location, labels: Sequence[str]) -> bool:
     """Whether the store of every label under the sweep's root is marked completed."""
     return all((read_root_attrs(child(root, label)) or {}).get("completed") == 1 for label in labels)
+
+
+def temporary_root(kind: str) -> str:
+    """A new temporary directory for a sweep with no output_path (rank 0 makes it, every rank gets its
+    path), logged as a warning so the user knows where the stores went."""
+    rt = runtime()
+    path = tempfile.mkdtemp(prefix=f"distinterp-{kind}-") if rt.is_coordinator else None
+    path = rt.broadcast(path)
+    logger.warning("%s: no output_path given; the stores go to %s", kind, path)
+    return str(path)
 
 
 def run_sweep(

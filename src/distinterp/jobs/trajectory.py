@@ -27,7 +27,15 @@ from distinterp.jobs.sources import (
     load_observables,
     tokenizer_name,
 )
-from distinterp.jobs.sweep import ModelOrLoader, Run, aggregate_sweep, check_label, run_sweep, stores_complete
+from distinterp.jobs.sweep import (
+    ModelOrLoader,
+    Run,
+    aggregate_sweep,
+    check_label,
+    run_sweep,
+    stores_complete,
+    temporary_root,
+)
 from distinterp.parallel.distributed import runtime
 
 ANALYSES = ("llc",)
@@ -40,7 +48,7 @@ def trajectory(
     dataset: Any,
     observables: dict[str, Any],
     *,
-    output_path: str | Path,
+    output_path: str | Path | None = None,
     analyses: Sequence[str] = ("llc",),
     storage_options: dict[str, Any] | None = None,
     array_task: tuple[int, int] | None = None,
@@ -52,7 +60,8 @@ def trajectory(
     when that checkpoint's turn comes so that only one is in memory. Each store equals a standalone
     `sample(model, dataset, observables, **sample_kwargs)`. `array_task=(i, n)`: this job runs block i
     of n of the (checkpoint, chain) list. Collective under torchrun; rank 0 returns the aggregate once
-    every store is complete, other ranks and unfinished trajectories None.
+    every store is complete, other ranks and unfinished trajectories None. output_path None: a new
+    temporary directory, logged (for interactive use).
     """
     unknown = sorted(set(analyses) - set(ANALYSES))
     if unknown:
@@ -60,6 +69,8 @@ def trajectory(
     if not isinstance(checkpoints, Mapping) or not checkpoints:
         raise ValueError("checkpoints: expected a non-empty mapping of label -> model or loader")
     runs = [Run(check_label(label, "checkpoint label"), model) for label, model in checkpoints.items()]
+    if output_path is None:
+        output_path = temporary_root("trajectory")
     root = run_sweep(
         "trajectory",
         runs,
