@@ -192,7 +192,7 @@ class ArraySpec:
             data_type=get_data_type_from_native_dtype(np_dtype),
             chunk_grid=RegularChunkGrid(chunk_shape=self.chunks),
             chunk_key_encoding=DefaultChunkKeyEncoding(separator="/"),
-            codecs=[BytesCodec(), ZstdCodec(level=0, checksum=False)],
+            codecs=[BytesCodec(), ZstdCodec(level=0, checksum=True)],  # zstd's frame checksum: verified on read
             fill_value=fill,
             attributes=attrs or None,
             dimension_names=self.dims,
@@ -348,8 +348,11 @@ def check_reachable(location: Location) -> None:
     try:
         fs = fsspec.filesystem(protocol, skip_instance_cache=True, **options)
         fs.info(f"{path.rstrip('/')}/zarr.json")
-    except FileNotFoundError:
-        return  # reachable; no store there yet
+    except FileNotFoundError:  # reachable; no store there yet (but on S3 the bucket must exist)
+        from distinterp.remote import check_bucket
+
+        check_bucket(fs, location, path)
+        return
     except Exception as e:  # botocore, aiohttp and OSError types: the endpoint, credentials or bucket
         endpoint = options.get("client_kwargs", {}).get("endpoint_url", "the default endpoint")
         raise StoreError(
@@ -442,7 +445,7 @@ def ensure(location: Location, schema: Schema) -> None:
 
 def write_once(location: Location, name: str, value: np.ndarray) -> None:
     """Write a whole small array (observable input ids, n_beta): by the coordinator only."""
-    arr = zarr.open_array(location.zarr_store(), path=name, mode="r+")
+    arr = zarr.open_array(location.zarr_store(), path=name, mode="r+", config={"write_empty_chunks": True})
     arr[...] = value
 
 
@@ -490,7 +493,10 @@ class StoreWriter:
         store = location.zarr_store()
         self.location = location
         self.schema = schema
-        self.arrays = {name: zarr.open_array(store, path=name, mode="r+") for name in schema.arrays}
+        self.arrays = {  # every chunk stored, even one equal to the fill value: a missing chunk is then a loss
+            name: zarr.open_array(store, path=name, mode="r+", config={"write_empty_chunks": True})
+            for name in schema.arrays
+        }
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distinterp-writer")
         self._pending: list[Future[None]] = []
         self._sem = threading.BoundedSemaphore(max_pending)
