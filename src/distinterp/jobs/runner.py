@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +99,7 @@ def load_inputs(settings: SampleSettings) -> Inputs:
 
 
 def run_sample(
-    settings: SampleSettings, inputs: Inputs | None = None
+    settings: SampleSettings, inputs: Inputs | None = None, rerun_chains: Sequence[int] | None = None
 ) -> tuple[xr.DataTree, dict[str, xr.Dataset]]:
     """Sample as the settings say; analyses (and W&B logging, when set) run on rank 0 once the store is
     complete. `inputs`: already loaded (one load for several restrictions' runs)."""
@@ -142,6 +143,7 @@ def run_sample(
             chains_per_batch=settings.parallel.chains_per_batch,
             fsdp_size=settings.parallel.fsdp_size,
             noise=settings.parallel.noise,
+            rerun_chains=rerun_chains,
             **sampler,
         )
     except OSError as e:  # a full disk, a directory removed mid-run, permissions changed
