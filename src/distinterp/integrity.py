@@ -8,6 +8,7 @@ whole store chunk by chunk (`distinterp inspect STORE --verify`).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -296,3 +297,28 @@ def explain(location: Location, error: BaseException) -> DamagedStoreError | Non
         ChunkProblem("?", (), "damaged", "unknown chunk", None, redact(str(error)))
     ]
     return DamagedStoreError(damage_message(location, problems, settings_hint(location)), problems)
+
+
+# ─── Checkpoints ─────────────────────────────────────────────────────────────
+
+SEAL = b"distinterp-checkpoint-sha256\n"
+"""Leads a checkpoint file: then the SHA-256 of the payload (32 bytes), then the payload (torch.save's)."""
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint whose bytes do not match the digest it was saved with (or that cannot be unpickled)."""
+
+
+def seal(payload: bytes) -> bytes:
+    """A checkpoint's bytes with their digest in front, so a damaged copy is never loaded as state."""
+    return SEAL + hashlib.sha256(payload).digest() + payload
+
+
+def unseal(data: bytes) -> bytes:
+    """The payload of sealed bytes, checked against its digest; unsealed bytes (older checkpoints) as is."""
+    if not data.startswith(SEAL):
+        return data
+    digest, payload = data[len(SEAL) : len(SEAL) + 32], data[len(SEAL) + 32 :]
+    if hashlib.sha256(payload).digest() != digest:
+        raise DamagedCheckpoint("its bytes do not match the SHA-256 it was saved with")
+    return payload
