@@ -472,8 +472,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """Config, schema, layout, progress, sizes, analyses beside the store, and the diagnosis."""
     from distinterp.jobs.inspection import describe
     from distinterp.jobs.verification import checksum_line, verify_store
+    from distinterp.remote import require_reachable
 
     options = _storage_options(args.storage_options)
+    require_reachable(args.store, options)
     if args.verify:
         return verify_store(args.store, options)
     lines, diagnosis = describe(args.store, _storage_options(args.storage_options))
