@@ -218,26 +218,30 @@ def verify(
     workers = workers or (2 if location.is_local else REMOTE_READERS)
     problems: list[ChunkProblem] = []
     unchecksummed: list[str] = []
-    jobs: list[tuple[zarr.Array[Any], str, tuple[int, ...], tuple[str, ...]]] = []
-    for name in sorted(group.array_keys()):
-        arr = zarr.open_array(store, path=name, mode="r")
-        if not checksummed(arr.metadata):
-            unchecksummed.append(name)
-        dims = tuple(str(d) for d in getattr(arr.metadata, "dimension_names", None) or ())
-        present = _present(store, name)
-        for index in chunk_grid(arr.shape, arr.chunks):
-            chain, words = covers(dims, arr.shape, arr.chunks, index)
-            if only is not None and (chain is None or chain not in only):
-                continue
-            key = f"{name}/{arr.metadata.encode_chunk_key(index)}"
-            if key in present:
-                jobs.append((arr, name, index, dims))
-            elif expected(name, dims, arr.shape, arr.chunks, index, progress, sampler):
-                problems.append(ChunkProblem(name, index, "missing", words, chain, "not in the store"))
-                if on_problem:
-                    on_problem(problems[-1])
+    Job = tuple[zarr.Array[Any], str, tuple[int, ...], tuple[str, ...]]
+    counted = [0]
 
-    def read(job: tuple[zarr.Array[Any], str, tuple[int, ...], tuple[str, ...]]) -> ChunkProblem | None:
+    def jobs() -> Iterator[Job]:
+        """The chunks to read, lazily (a listing per array); missing ones are recorded on the way."""
+        for name in sorted(group.array_keys()):
+            arr = zarr.open_array(store, path=name, mode="r")
+            if not checksummed(arr.metadata):
+                unchecksummed.append(name)
+            dims = tuple(str(d) for d in getattr(arr.metadata, "dimension_names", None) or ())
+            present = _present(store, name)
+            for index in chunk_grid(arr.shape, arr.chunks):
+                chain, words = covers(dims, arr.shape, arr.chunks, index)
+                if only is not None and (chain is None or chain not in only):
+                    continue
+                if f"{name}/{arr.metadata.encode_chunk_key(index)}" in present:
+                    counted[0] += 1
+                    yield arr, name, index, dims
+                elif expected(name, dims, arr.shape, arr.chunks, index, progress, sampler):
+                    problems.append(ChunkProblem(name, index, "missing", words, chain, "not in the store"))
+                    if on_problem:
+                        on_problem(problems[-1])
+
+    def read(job: Job) -> ChunkProblem | None:
         arr, name, index, dims = job
         try:
             arr[chunk_slices(arr.shape, arr.chunks, index)]  # decoded and dropped: memory stays bounded
@@ -249,13 +253,14 @@ def verify(
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="distinterp-verify") as pool:
         window: list[Future[ChunkProblem | None]] = []
-        for job in jobs:
+        for job in jobs():
             window.append(pool.submit(read, job))
             if len(window) >= 4 * workers:
                 _collect(window[:workers], problems, on_problem)
                 window = window[workers:]
         _collect(window, problems, on_problem)
-    return Verification(problems=problems, chunks_read=len(jobs), unchecksummed=unchecksummed)
+    problems.sort(key=lambda p: (p.array, p.chunk))
+    return Verification(problems=problems, chunks_read=counted[0], unchecksummed=unchecksummed)
 
 
 def _collect(
