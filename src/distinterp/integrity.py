@@ -259,6 +259,7 @@ def verify(
                 _collect(window[:workers], problems, on_problem)
                 window = window[workers:]
         _collect(window, problems, on_problem)
+    store.close()
     problems.sort(key=lambda p: (p.array, p.chunk))
     return Verification(problems=problems, chunks_read=counted[0], unchecksummed=unchecksummed)
 

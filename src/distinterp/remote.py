@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from distinterp.store import Location, StoreError, check_reachable, read_root_attrs
+from distinterp.store import Location, StoreError, check_reachable
 
 
 def check_bucket(fs: Any, location: Location, path: str) -> None:
@@ -26,13 +26,12 @@ def check_bucket(fs: Any, location: Location, path: str) -> None:
         return
 
 
-def require_store(location: Location) -> dict[str, Any]:
-    """The store's root attributes; one line, fast, when its endpoint or bucket cannot be reached
-    (StoreError) or no store is there (FileNotFoundError 'no store at ...', local or remote alike)."""
-    attrs = read_root_attrs(location)  # checks reachability first: one request, no retries
-    if attrs is None:
+def require_store(location: Location) -> None:
+    """One line, fast, when a store's endpoint or bucket cannot be reached (StoreError) or no store is
+    there (FileNotFoundError 'no store at ...', local or remote alike). One request: a second S3
+    client here leaves pages of aiohttp's 'attached to a different loop' tracebacks at exit."""
+    if not check_reachable(location):  # one request, no retries
         raise FileNotFoundError(f"no store at {location}")
-    return attrs
 
 
 def require_reachable(url: str, storage_options: dict[str, Any]) -> None:

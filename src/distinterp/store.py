@@ -332,11 +332,12 @@ def mismatch_message(location: Location, diffs: list[str]) -> str:
     )
 
 
-def check_reachable(location: Location) -> None:
+def check_reachable(location: Location) -> bool:
     """Fail fast, in one line, when a remote store's endpoint does not answer (a wrong endpoint_url, a server
-    that is down): one quick request, where botocore's standard retries would take a minute in silence."""
+    that is down): one quick request, where botocore's standard retries would take a minute in silence.
+    Returns whether a store (its zarr.json) is there."""
     if location.is_local:
-        return
+        return (location.local_path / "zarr.json").is_file()
     import fsspec
 
     protocol, _, path = location.url.partition("://")
@@ -352,7 +353,7 @@ def check_reachable(location: Location) -> None:
         from distinterp.remote import check_bucket
 
         check_bucket(fs, location, path)
-        return
+        return False
     except Exception as e:  # botocore, aiohttp and OSError types: the endpoint, credentials or bucket
         endpoint = options.get("client_kwargs", {}).get("endpoint_url", "the default endpoint")
         raise StoreError(
@@ -360,6 +361,7 @@ def check_reachable(location: Location) -> None:
             "output_path and storage_options (client_kwargs.endpoint_url, bucket; credentials: prefer AWS_* "
             "variables) and that the server is up"
         ) from e
+    return True
 
 
 def read_root_attrs(location: Location) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@ ones (exit 1 when any); and the one message a read command prints when it meets 
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import Any
@@ -15,6 +16,9 @@ from distinterp.store import Location
 def verify_store(url: str, storage_options: dict[str, Any]) -> int:
     """Print each damaged or missing chunk as it is found, then a summary; 1 when any, else 0."""
     location = Location(url, storage_options)
+    # aiobotocore closes the S3 clients of s3fs on a loop of their own and asyncio logs each as a page of
+    # "attached to a different loop" tracebacks (harmless: reads are unaffected); keep the report readable
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     require_store(location)
     start = time.perf_counter()
 
