@@ -8,7 +8,15 @@ import sys
 import time
 from typing import Any
 
-from distinterp.integrity import ChunkProblem, DamagedStoreError, explain, rerun_advice, settings_hint, verify
+from distinterp.integrity import (
+    ChunkProblem,
+    DamagedStoreError,
+    explain,
+    is_damage,
+    rerun_advice,
+    settings_hint,
+    verify,
+)
 from distinterp.remote import require_store
 from distinterp.store import Location
 
@@ -65,8 +73,9 @@ def damage_error(
     store: str | None, storage_options: dict[str, Any], error: BaseException
 ) -> DamagedStoreError | None:
     """A read command's error as the damaged chunks of its store, named (None: not a damaged chunk)."""
-    if store is None:
+    if store is None or not is_damage(error):
         return None
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # as in verify_store: S3 client-close noise
     damaged = explain(Location(store, storage_options), error)
     if damaged is not None:
         print(f"(verifying {store} to name the damaged chunks)", file=sys.stderr)
