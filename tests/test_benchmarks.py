@@ -19,6 +19,7 @@ SMOKES = {
     "bench_fsdp.py": [],  # one 2-rank torchrun job: fsdp_size 1 and 2, sharded holds less
     "accuracy_analyses.py": [],  # samples two tiny stores, runs every analysis in both packages
     "bench_trajectory.py": [],  # 1 vs 2 ranks: a trajectory of 3 checkpoints and a 2 x 2 calibration grid
+    "bench_checksum.py": [],  # sample() without / with the chunk checksum, and the codec alone
 }
 SLOW = {"bench_sampling.py", "bench_fsdp.py", "accuracy_analyses.py", "bench_trajectory.py"}
 
