@@ -31,34 +31,28 @@ def with_checksum(flag: bool) -> None:
 
     import distinterp.store
 
+    module = getattr(distinterp.store, "schema", distinterp.store)  # the store package, or the old store.py
+
     def codec(**kwargs: Any) -> Any:
         return zarr.codecs.ZstdCodec(**{**kwargs, "checksum": flag})
 
-    distinterp.store.ZstdCodec = codec  # type: ignore[assignment]
+    module.ZstdCodec = codec
 
 
 def codec_cost(shape: tuple[int, ...], repeats: int) -> dict[str, float]:
-    """ms per MiB to encode + decode one chunk through zarr's codec pipeline, without and with checksum."""
-    import zarr
+    """ms per MiB to encode + decode one chunk with zstd level 0 (numcodecs, as zarr's ZstdCodec), without
+    and with the checksum, interleaved and the fastest of `repeats` (robust on a busy machine)."""
+    from numcodecs import Zstd
 
-    rows = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    out: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for flag in (False, True):
-            arr = zarr.create_array(
-                f"{tmp}/{flag}",
-                shape=shape,
-                chunks=shape,
-                dtype="float32",
-                compressors=zarr.codecs.ZstdCodec(level=0, checksum=flag),
-            )
+    raw = np.random.default_rng(0).standard_normal(shape).astype(np.float32).tobytes()
+    codecs = {"without": Zstd(level=0, checksum=False), "with": Zstd(level=0, checksum=True)}
+    best = dict.fromkeys(codecs, float("inf"))
+    for _ in range(repeats):
+        for name, codec in codecs.items():
             start = time.perf_counter()
-            for _ in range(repeats):
-                arr[...] = rows
-                arr[...]
-            per_mib = (time.perf_counter() - start) / repeats / (rows.nbytes / 2**20)
-            out["with" if flag else "without"] = 1e3 * per_mib
-    return out
+            codec.decode(codec.encode(raw))
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: 1e3 * t / (len(raw) / 2**20) for name, t in best.items()}
 
 
 def main() -> None:
@@ -85,7 +79,7 @@ def main() -> None:
                 assert any(c["configuration"].get("checksum") for c in codecs) == (name == "with"), codecs
     with_checksum(True)
     shape = (1, 50, args.batch_size, args.seq_len - 1)
-    codec = codec_cost(shape, repeats=3 if args.smoke else 50)
+    codec = codec_cost(shape, repeats=3 if args.smoke else 300)
     result: dict[str, Any] = {"settings": vars(args), "codec_ms_per_MiB": codec}
     print(
         f"{'':10s} {'sample_s':>9s} {'busy ms/draw':>13s} {'blocked ms/draw':>16s}  ({args.rounds} rounds, median)"
@@ -103,7 +97,7 @@ def main() -> None:
     result["ratio_sample_s"] = ratio
     print(f"ratio     {ratio:9.4f}  (with / without checksum; goal within 1 %)")
     print(
-        f"codec     {codec['without']:.3f} -> {codec['with']:.3f} ms per MiB (encode + decode, chunk {shape})"
+        f"codec     {codec['without']:.3f} -> {codec['with']:.3f} ms per MiB (encode + decode, fastest of many, chunk {shape})"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

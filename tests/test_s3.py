@@ -237,7 +237,7 @@ def test_server_dies_mid_write_then_rerun_completes(
     """The S3 server dies after the first chunk: writes retry with backoff, then a StoreError names the
     store (no secrets) and the progress; after a restart the same call finishes a store equal to a clean run."""
     job = {"num_chains": 2, "num_draws": 300}  # 6 chunks per chain: the server dies with most still to come
-    monkeypatch.setattr(store, "WRITE_RETRY_S", (0.2, 0.4, 0.8))
+    monkeypatch.setattr(store.writer, "WRITE_RETRY_S", (0.2, 0.4, 0.8))
     options = {  # no botocore retries: the writer's own backoff is what is under test
         **server.storage_options,
         "config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}, "connect_timeout": 2},

@@ -1,10 +1,11 @@
 """distinterp: distributed SGLD sampling for LLC, BIF and susceptibilities, with devinterp 2.x's API."""
 
-from distinterp.analyses.bif import AnalysisInputError, bif, compute_bif
+from distinterp.analyses.bif import AnalysisInputError, compute_bif
 from distinterp.analyses.covariance import batch_corrcoef, batch_cov, xr_corrcoef_with_torch_backend
 from distinterp.analyses.diagnostics import Diagnosis, UnhealthyRunWarning, diagnose
-from distinterp.analyses.llc import compute_llc, llc
-from distinterp.analyses.susceptibilities import compute_susceptibilities, susceptibilities
+from distinterp.analyses.llc import compute_llc
+from distinterp.analyses.susceptibilities import compute_susceptibilities
+from distinterp.api import bif, llc, susceptibilities
 from distinterp.config import SamplerConfig
 from distinterp.loss import (
     NonFiniteLogitsError,
@@ -50,7 +51,7 @@ __all__ = [
     "susceptibilities",
     "xr_corrcoef_with_torch_backend",
 ]
-__version__ = "0.1.0"
+from distinterp._version import __version__ as __version__
 
 
 def __getattr__(name: str) -> object:

@@ -9,9 +9,7 @@ written atomically after the data they cover, and are deleted when the store com
 from __future__ import annotations
 
 import io
-import os
 import random
-import uuid
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +20,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from distinterp.integrity import seal, unseal
+from distinterp.paths import sibling
 from distinterp.sgld import ParamSlot
 from distinterp.store import Location
 
@@ -89,7 +88,7 @@ class CheckpointStore:
     """
 
     def __init__(self, location: Location, shard: tuple[int, int] | None = None):
-        self.url = location.url.rstrip("/") + ".checkpoints"
+        self.url = sibling(location.url, "checkpoints")
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **location.fsspec_options())
         self.shard = shard
 
@@ -115,16 +114,12 @@ class CheckpointStore:
                 self.fs.rm(self._shard_path(chain, step, rank))
 
     def _write(self, path: str, data: bytes) -> None:
+        """Atomic: a reader sees the old checkpoint or the new one (Location.write_atomic locally; one PUT,
+        atomic on object stores, through this store's file system otherwise)."""
         if isinstance(self.fs, LocalFileSystem):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex}.partial"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)  # atomic: a reader sees the old checkpoint or the new one
+            Location(path).write_atomic(data)
         else:
-            self.fs.pipe_file(path, data)  # one PUT: atomic on object stores
+            self.fs.pipe_file(path, data)
 
     def _shard_steps(self, chain: int) -> dict[int, list[int]]:
         """{shard rank: steps it has saved} for this layout's shards of `chain`."""

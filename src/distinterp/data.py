@@ -15,9 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-class DatasetError(ValueError):
-    """A dataset or observable given to sample() cannot be used; the message says which and why."""
+from distinterp.errors import DatasetError as DatasetError  # re-exported: its old home
 
 
 def to_obs_id(task_name: str) -> str:

@@ -8,12 +8,10 @@ from contextvars import ContextVar
 
 import torch
 
+from distinterp.errors import NonFiniteLogitsError as NonFiniteLogitsError  # re-exported: its old home
+
 LossFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 """(model, input_ids (batch, seq)) -> per-token loss (batch, seq - 1)."""
-
-
-class NonFiniteLogitsError(ValueError):
-    """Raised when a model's logits contain NaN or Inf."""
 
 
 _DEFER_FINITE_CHECK: ContextVar[bool] = ContextVar("defer_finite_check", default=False)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from distinterp.errors import WeightRestrictionError as WeightRestrictionError  # re-exported: its old home
 from distinterp.model_structures import (
     NORM_MODULE,
     STRUCTURES,
@@ -43,11 +44,6 @@ from distinterp.model_structures import (
     ModelStructure,
     supported_model_types,
 )
-
-
-class WeightRestrictionError(ValueError):
-    """A restriction that cannot be resolved on this model; the message lists what is valid."""
-
 
 ParamMasks = dict[str, torch.Tensor | None]
 """Parameter name -> bool mask of its shape, or None for the whole parameter."""

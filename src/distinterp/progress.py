@@ -15,7 +15,7 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from distinterp.analyses.llc import llc_estimate
+from distinterp.analyses.chains import llc_estimate
 from distinterp.parallel.plan import Plan
 from distinterp.store import Location, Schema, read_progress
 
@@ -76,7 +76,19 @@ class ProgressReporter:
     """Polls the store's per-chain progress on a thread: a bar with the true rate, ETA, running LLC and
     diverged chains; says when it resumes a run, and prints elapsed time and steps/s at the end."""
 
-    def __init__(self, location: Location, schema: Schema, plan: Plan, interval_s: float = 2.0):
+    def __init__(
+        self,
+        location: Location,
+        schema: Schema,
+        plan: Plan,
+        interval_s: float = 2.0,
+        *,
+        initial: np.ndarray | None = None,
+        resumable: bool = False,
+    ):
+        """`initial`: per-chain steps the store held before any rank started (read by rank 0 while it
+        prepared the store; read here otherwise); `resumable`: unfinished chains continue from
+        checkpoints (else they restart, and their old steps are not counted as done)."""
         self.location = location
         self.num_steps = schema.num_steps
         self.chains = list(plan.chains)
@@ -85,11 +97,12 @@ class ProgressReporter:
         self.llc = RunningLLC(
             location, schema.num_chains, float(schema.attrs["metadata"]["config"]["sampler"]["n_beta"])
         )
-        steps, _ = read_progress(location)
-        self.first = self._done(steps)
+        steps = read_progress(location)[0] if initial is None else initial
+        complete = int((steps[self.chains] >= self.num_steps).sum())
+        kept = steps if resumable else np.where(steps >= self.num_steps, steps, 0)
+        self.first = self._done(kept)
         self.diverged = 0
         self.live = list(self.chains)
-        complete = int((steps[self.chains] >= self.num_steps).sum())
         if self.first > 0:
             tqdm.write(
                 f"resuming: {complete} of {len(self.chains)} chains complete "
@@ -122,7 +135,7 @@ class ProgressReporter:
         done = self._done(steps)
         with self._lock:
             self.diverged = int((diverged[self.chains] >= 0).sum())
-            self._bar.update(done - self._bar.n)
+            self._bar.update(max(done - self._bar.n, 0))  # a restarted chain's rows are rewritten
             self._bar.set_postfix_str(
                 f"LLC≈{self.llc.estimate(live):.4g}, diverged {self.diverged}", refresh=True
             )
@@ -149,7 +162,7 @@ class ProgressReporter:
             done = self._bar.n
         self._bar.close()
         elapsed = time.monotonic() - self._start
-        new = done - self.first
+        new = max(done - self.first, 0)
         estimate = self.llc.estimate(self.live)
         line = (
             f"sampled {new} steps in {elapsed:.1f} s ({new / max(elapsed, 1e-9):.1f} steps/s, all ranks); "

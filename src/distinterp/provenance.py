@@ -22,13 +22,13 @@ import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
+from distinterp.errors import (
+    NumericEnvironmentWarning as NumericEnvironmentWarning,  # re-exported: its old home
+)
+from distinterp.paths import sibling
 from distinterp.store import Location, redact
 
 logger = logging.getLogger(__name__)
-
-
-class NumericEnvironmentWarning(UserWarning):
-    """A store is being continued under another numeric environment than the one it was created in."""
 
 
 def numeric_environment(
@@ -59,7 +59,7 @@ def numeric_environment(
 def numerics_url(location: Location) -> str:
     """Where continuations under another environment are recorded: `<store>.numerics/`, beside the store
     (zarr warns about foreign objects inside it), one JSON object per writer."""
-    return location.url.rstrip("/") + ".numerics"
+    return sibling(location.url, "numerics")
 
 
 def note_environment(

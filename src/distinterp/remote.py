@@ -4,26 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from distinterp.store import Location, StoreError, check_reachable
-
-
-def check_bucket(fs: Any, location: Location, path: str) -> None:
-    """On S3, a store path whose bucket does not exist: say so (writes would fail later, less clearly)."""
-    if not location.url.startswith(("s3://", "s3a://")):
-        return
-    bucket = path.split("/", 1)[0]
-    try:
-        fs.info(bucket)
-    except FileNotFoundError:
-        endpoint = (
-            location.fsspec_options().get("client_kwargs", {}).get("endpoint_url", "the default endpoint")
-        )
-        raise StoreError(
-            f"{location}: bucket '{bucket}' does not exist at {endpoint}; create it or choose an output_path "
-            "in an existing bucket"
-        ) from None
-    except Exception:  # noqa: BLE001 - no permission to look at the bucket itself: the store's own reads say more
-        return
+from distinterp.store import Location, check_reachable
 
 
 def require_store(location: Location) -> None:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import logging
 import tempfile
@@ -26,7 +25,8 @@ from distinterp.config import (
     merge_rmsprop_aliases,
     sampling_method_name,
 )
-from distinterp.data import Observable, build_observables, fingerprint, input_ids_tensor
+from distinterp.data import Observable, build_observables, input_ids_tensor
+from distinterp.identity import masks_fingerprint, model_fingerprint, store_identity  # noqa: F401 - re-exported
 from distinterp.loss import (
     AUTOCAST_DTYPES,
     LossFn,
@@ -39,8 +39,9 @@ from distinterp.loss import (
 )
 from distinterp.noise import DEFAULT_BLOCK, NoiseStream, resolve_noise
 from distinterp.parallel.distributed import Runtime, runtime
-from distinterp.parallel.engine import EngineFactory, engine_for
+from distinterp.parallel.engine import EngineFactory
 from distinterp.parallel.plan import Plan
+from distinterp.parallel.registry import engine_for
 from distinterp.progress import ProgressReporter
 from distinterp.provenance import note_environment, numeric_environment
 from distinterp.rerun import check_rerun_chains, damaged_chains, reset_chains
@@ -113,24 +114,65 @@ def sample(
 ) -> xr.DataTree:
     """Run SGLD chains and stream per-token losses into a zarr store; return it as a lazy DataTree.
 
-    Arguments and defaults are devinterp 2.x's `sample()`. Ours: `chains` = which chain indices this call
-    runs (default all; Slurm array tasks each pass a slice), `storage_options` = fsspec options for an
-    `output_path` URL such as s3://bucket/run.zarr (never written to the store), `epoch_mode` =
-    SamplerConfig's "cycle" (replay the first epoch) or "once" (error if data runs out),
-    `run_settings` = JSON provenance the creating job records in the store's attrs (the CLI's settings, so
-    `distinterp sample --from-store` reruns it; not part of the identity),
-    `checkpoint_every` = save each chain's state every this many steps (rounded up to the store's
-    chunk of 50) so a preempted chain continues mid-way; None restarts unfinished chains.
-    `fsdp_size` = ranks that shard one chain's model (world size = chain groups x fsdp_size);
-    `chains_per_batch` = chains a rank advances together as one batched computation (vmap; equal to one at
-    a time to float rounding without dropout);
-    `noise` = "devinterp" (its global-RNG stream, bitwise devinterp; the default for fsdp_size=1) or
-    "blocked" (layout-invariant, noise.py; the default and required for fsdp_size > 1). Off by default, for
-    speed on devices: `compile` = torch.compile the step's forward (True, or a backend name; float rounding
-    only), `autocast_dtype` = "bfloat16" (or "float16") matmuls with float32 losses and updates (~1e-2
-    relative; part of the store's identity). `rerun_chains` = chains to rewrite from their start (those a
-damaged chunk belongs to; the others stay untouched, a complete store included). Under torchrun, every
-    rank calls this with the same arguments; chains are sharded over ranks and every rank gets the tree.
+    devinterp 2.x's signature and defaults, plus the arguments marked (ours). Under torchrun every rank
+    calls this with the same arguments; chains are sharded over ranks and every rank gets the tree.
+
+    Args:
+        model: The model to sample around (its parameters are the chains' start, w*); never modified.
+        dataset: Token rows ('input_ids', equal length) the SGLD gradient is computed on.
+        observables: Name -> dataset, or name -> (dataset, batches_per_draw): probes evaluated at every
+            draw on fixed rows (chosen by obs_seed).
+        lr: SGLD learning rate (step size).
+        n_beta: Inverse temperature n*beta; higher stays closer to w*.
+        param_masks: Parameter name -> mask tensor (or None for the whole parameter); only these are
+            sampled, the rest are frozen. None: every parameter.
+        num_chains: Independent chains.
+        num_draws: Draws per chain (observables are evaluated at each).
+        batch_size: Rows per SGLD gradient (per micro-batch with gradient accumulation).
+        num_burnin_steps: Steps before the first draw.
+        num_steps_bw_draws: Steps between draws.
+        num_init_loss_batches: Batches averaged for the init loss L_n(w*).
+        init_seed: Seed of the chains' noise and batches (a chain depends only on it and its index).
+        batches_per_draw: Default batches per observable per draw.
+        obs_seed: Seed that picks the observables' fixed rows.
+        gradient_accumulation_steps: Micro-batches per SGLD step.
+        localization: Strength gamma of the pull toward w* (Lau et al. 2023); 0 disables.
+        noise_level: SGLD noise std sigma (1.0 keeps the posterior-sampling guarantee).
+        llc_weight_decay: Gaussian prior (L2) lambda centred at zero.
+        bounding_box_size: Keep the chain within this radius of w*; None disables.
+        sampling_method: "sgmcmc_sgld" (plain SGLD with localization) or "rmsprop_sgld" (preconditioned).
+        sampling_method_kwargs: Extra arguments of the method (e.g. rmsprop's alpha, eps).
+        rmsprop_eps: Alias of sampling_method_kwargs["eps"] (rmsprop_sgld only).
+        rmsprop_alpha: Alias of sampling_method_kwargs["alpha"] (rmsprop_sgld only).
+        shuffle: Shuffle the sampling data (per epoch, seeded).
+        match_sampling_input_ids_across_chains: Every chain sees the same batches at the same step.
+        init_noise: Gaussian noise std added to the start once before sampling; None: none.
+        device: Where chains run; None: cuda:LOCAL_RANK when CUDA is available, else cpu.
+        save_metrics: Also record metrics_* (gradient, noise, distance to w*) per chain and step.
+        output_path: The store: a local path or an fsspec URL (s3://bucket/run.zarr); None: a temp
+            directory (lost at exit). A rerun with the same arguments continues it.
+        loss_fn: (model, input_ids) -> per-token loss (batch, seq-1); None: next-token cross-entropy.
+        chains: (ours) The chain indices this call runs (default all); Slurm array tasks each pass a slice.
+        storage_options: (ours) fsspec options for an output_path URL; never written to the store.
+        epoch_mode: (ours) "cycle" replays the first epoch when data runs out; "once" raises instead.
+        checkpoint_every: (ours) Save each chain's state every this many steps (rounded up to the store's
+            chunk of 50) so a preempted chain continues mid-way; None restarts unfinished chains.
+        run_settings: (ours) JSON provenance recorded in the store's attrs (the CLI's settings, so
+            `distinterp sample --from-store` reruns it); not part of the identity.
+        fsdp_size: (ours) Ranks that shard one chain's model (world size = chain groups x fsdp_size).
+        chains_per_batch: (ours) Chains a rank advances together as one batched computation (vmap; equal
+            to one at a time to float rounding without dropout).
+        noise: (ours) "devinterp" (its global-RNG stream, bitwise devinterp; the default for fsdp_size=1)
+            or "blocked" (layout-invariant, noise.py; the default and required for fsdp_size > 1).
+        compile: (ours) torch.compile the step's forward (True, or a backend name; float rounding only).
+        autocast_dtype: (ours) "bfloat16" or "float16" matmuls with float32 losses and updates (~1e-2
+            relative; part of the store's identity).
+        rerun_chains: (ours) Chains to rewrite from their start (those a damaged chunk belongs to, as
+            `distinterp inspect --verify` names them); every other chunk stays untouched.
+
+    Returns:
+        The store as an xr.DataTree (lazy, zarr-backed): init_loss, sampling_loss, loss_<obs>,
+        input_ids_<obs>, n_beta, metrics_* (with save_metrics), and chain_steps_done / chain_diverged_step.
     """
     start = time.perf_counter()
     sampling_method = sampling_method_name(sampling_method)
@@ -203,12 +245,14 @@ damaged chunk belongs to; the others stay untouched, a complete store included).
 
     # Rank 0 validates or creates the store; every rank raises the same error if it cannot.
     state = None
+    initial = None  # the store's progress before any rank samples (for rank 0's progress display)
     error: BaseException | None = None
     if rt.is_coordinator:
         try:
             if rerun:
                 reset_chains(location, schema, rerun)
             state = _prepare_store(location, schema, obs_list, config)
+            initial = read_progress(location)[0]
         except BaseException as e:  # noqa: BLE001 - re-raised below, on every rank
             error = e
     state, error = rt.broadcast((state, error))
@@ -230,8 +274,10 @@ damaged chunk belongs to; the others stay untouched, a complete store included).
         noise=stream,
         compile=compile,
     )
-    _run_my_chains(plan, engine, setup, schema, location, checkpoint_every)
-    rt.barrier()
+    reporter = _run_my_chains(plan, engine, setup, schema, location, checkpoint_every, initial)
+    rt.barrier()  # every rank's last chunk is durable: the closing line counts them all
+    if reporter is not None:
+        reporter.stop(summary=True)
     if rt.is_coordinator:
         steps_done, _ = read_progress(location)
         if (steps_done >= schema.num_steps).all():
@@ -250,8 +296,10 @@ def _run_my_chains(
     schema: Schema,
     location: Location,
     checkpoint_every: int | None,
-) -> None:
-    """Run this rank's unfinished chains, group by group, through the plan's engine, into the store."""
+    initial: np.ndarray | None = None,
+) -> ProgressReporter | None:
+    """Run this rank's unfinished chains, group by group, through the plan's engine, into the store.
+    Returns rank 0's progress display, for its closing line once every rank is done."""
     c = setup.config
     steps_done, _ = read_progress(location)
     todo = [ch for ch in plan.my_chains if steps_done[ch] < schema.num_steps]
@@ -266,9 +314,12 @@ def _run_my_chains(
         note_environment(
             location, created_under, schema.attrs["distinterp"]["numerics"], todo, starts, plan.runtime.rank
         )
-    reporter = ProgressReporter(location, schema, plan) if plan.is_coordinator else None
+    reporter = (
+        ProgressReporter(location, schema, plan, initial=initial, resumable=bool(checkpoint_every))
+        if plan.is_coordinator
+        else None
+    )
     writer = StoreWriter(location, schema) if plan.is_writer else None
-    finished = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
@@ -288,12 +339,14 @@ def _run_my_chains(
                 )
                 for ch, step in diverged.items():
                     warnings.warn(f"Chain {ch} diverged at step {step} (non-finite loss)", stacklevel=4)
-        finished = True
+    except BaseException:
+        if reporter is not None:
+            reporter.stop(summary=False)
+        raise
     finally:
         if writer is not None:
             writer.close()
-        if reporter is not None:
-            reporter.stop(summary=finished)
+    return reporter
 
 
 def _schema(
@@ -312,29 +365,9 @@ def _schema(
     noise stream records it and its fsdp_size (`layout`): stores of another stream or layout are refused."""
     named = dict(model.named_parameters())
     numel = sum(int(m.count_nonzero()) if m is not None else named[n].numel() for n, m in masks.items())
-    identity = {
-        "sampler": config.model_dump(mode="json"),
-        "batches_per_draw": batches_per_draw,
-        "obs_seed": obs_seed,
-        "context_length": ids.shape[1] - 1,
-        "dataset": fingerprint(ids),
-        "observables": [
-            {
-                "name": o.name,
-                "obs_id": o.obs_id,
-                "batches_per_draw": o.batches_per_draw,
-                "data": o.fingerprint,
-            }
-            for o in obs_list
-        ],
-        "model": model_fingerprint(model),
-        "param_masks": masks_fingerprint(masks),
-        "loss_fn": None if loss_fn is None else getattr(loss_fn, "__qualname__", repr(loss_fn)),
-    }
-    if layout["noise"] != "devinterp":
-        identity["layout"] = layout
-    if autocast_dtype is not None:  # another computation: its rows must not mix with float32 ones
-        identity["autocast_dtype"] = autocast_dtype
+    identity = store_identity(
+        config, model, ids, obs_list, masks, loss_fn, batches_per_draw, obs_seed, layout, autocast_dtype
+    )
     schema = build_schema(
         sampler=config.reference_dump(),
         num_chains=config.num_chains,
@@ -485,27 +518,6 @@ def _probe(model: torch.nn.Module, fn: LossFn, input_ids: torch.Tensor) -> None:
         )
     if not torch.isfinite(loss).all():
         raise NonFiniteLogitsError("loss_fn: returned non-finite losses at the starting point")
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """Names, shapes, dtypes and a strided sample of values of every parameter: tells checkpoints apart."""
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            flat = p.detach().reshape(-1)
-            stride = max(1, flat.numel() // 4096)
-            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
-            h.update(flat[::stride].to("cpu", torch.float64).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def masks_fingerprint(masks: dict[str, torch.Tensor | None]) -> str:
-    h = hashlib.sha256()
-    for name, m in masks.items():
-        h.update(name.encode())
-        if m is not None:
-            h.update(np.packbits(m.detach().to("cpu", torch.bool).numpy()).tobytes())
-    return h.hexdigest()[:16]
 
 
 def _location(

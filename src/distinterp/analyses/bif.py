@@ -13,7 +13,7 @@ import logging
 import math
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +23,7 @@ import torch
 import xarray as xr
 import zarr
 
+from distinterp.analyses.chains import usable_chains
 from distinterp.analyses.covariance import (
     Moments,
     cross_products,
@@ -30,7 +31,7 @@ from distinterp.analyses.covariance import (
     standardise,
     xr_corrcoef_with_torch_backend,
 )
-from distinterp.analyses.llc import usable_chains
+from distinterp.errors import AnalysisInputError as AnalysisInputError  # re-exported: its old home
 from distinterp.parallel.distributed import Runtime
 from distinterp.progress import progress_bar
 from distinterp.store import STEPS_DONE
@@ -45,10 +46,6 @@ _RESULT_CHUNK_BYTES = 16 << 20
 MAX_DENSE_BYTES = 512 << 20
 """Token-wise BIF inputs up to this size (float32 rows x tokens x observations) are standardised in memory
 and reduced by one batched matmul per block; larger ones stream through a scratch copy block by block."""
-
-
-class AnalysisInputError(ValueError):
-    """Arguments or a store an analysis cannot use; raised before anything is sampled or written."""
 
 
 # ─── Reading a store's observables ───────────────────────────────────────────
@@ -364,57 +361,6 @@ def _local_source(samples: xr.DataTree | xr.Dataset) -> Path | None:
 
 
 # ─── BIF ─────────────────────────────────────────────────────────────────────
-
-
-def bif(
-    model: torch.nn.Module,
-    dataset: Any,
-    observables: dict[str, Any],
-    *,
-    lr: float,
-    n_beta: float,
-    param_masks: dict[str, torch.Tensor | None] | None = None,
-    correlation_method: CorrelationMethod = "token",
-    reduce_chain_dimension_method: ChainReductionMethod = "stack",
-    average_tokenwise_bif: bool = False,
-    compute_covariance: bool = False,
-    bif_batch_size: int = 32,
-    bif_device: str | torch.device | None = None,
-    bif_output_path: str | Path | None = None,
-    loss_fn: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
-    **kwargs: Any,
-) -> xr.Dataset | None:
-    """Sample (on every rank under torchrun) and compute the BIF; rank 0 returns it, other ranks None.
-
-    Under torchrun the token-wise pairs of blocks are split round-robin over the ranks (see `_token_bif`).
-    `bif_output_path` is compute_bif's `output_path`; kwargs go to sample() (num_chains, num_draws,
-    batch_size, output_path, ...).
-    """
-    from distinterp.parallel.distributed import runtime
-    from distinterp.sampling import sample
-
-    _check_options(correlation_method, reduce_chain_dimension_method, bif_batch_size, "bif_batch_size")
-    samples = sample(
-        model=model,
-        dataset=dataset,
-        observables=observables,
-        param_masks=param_masks,
-        lr=lr,
-        n_beta=n_beta,
-        loss_fn=loss_fn,
-        **kwargs,
-    )
-    return compute_bif(
-        samples,
-        runtime=runtime(),
-        correlation_method=correlation_method,
-        reduce_chain_dimension_method=reduce_chain_dimension_method,
-        average_tokenwise_bif=average_tokenwise_bif,
-        compute_covariance=compute_covariance,
-        batch_size=bif_batch_size,
-        device=bif_device,
-        output_path=bif_output_path,
-    )
 
 
 def compute_bif(
@@ -751,3 +697,12 @@ def _token_result(
 def result_bytes(n1: int, n2: int, context_length: int) -> int:
     """Size of a token-wise float32 BIF result (n1 x n2 x T x T)."""
     return int(math.prod((n1, n2, context_length, context_length)) * 4)
+
+
+def __getattr__(name: str) -> Any:
+    """bif(): moved to distinterp.api (sample, then compute: above this module); the old import works."""
+    if name in ("bif",):
+        from distinterp import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

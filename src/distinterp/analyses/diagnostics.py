@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from distinterp.analyses.llc import chain_status, llc_estimate
+from distinterp.analyses.chains import chain_status, llc_estimate
+from distinterp.errors import UnhealthyRunWarning as UnhealthyRunWarning  # re-exported: its old home
 from distinterp.progress import progress_bar
 from distinterp.store import STEPS_DONE, Location, open_tree
 
@@ -88,10 +89,6 @@ class Thresholds:
     arXiv 2402.03698) below this is noted, not failed: Furman & Lau aim for about 0.9, but devinterp 1.x's
     formula takes each end's loss on its own minibatch, so when n_beta x (minibatch standard error) >> 1
     the minibatch noise alone pulls it toward 0.5 whatever the step size (the bigram demo: ~0.5)."""
-
-
-class UnhealthyRunWarning(UserWarning):
-    """An analysis ran on a store whose diagnosis is not healthy; the message lists the problems."""
 
 
 @dataclass

@@ -8,7 +8,6 @@ computes on rank 0; `compute_susceptibilities()` streams each store chunk by chu
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,60 +20,6 @@ from distinterp.data import to_obs_id
 
 Restriction = dict[str, torch.Tensor | None] | str | list[str] | None
 """Param masks, or a restriction string / list for distinterp.masks.create_param_masks, or None (full)."""
-
-
-def susceptibilities(
-    model: torch.nn.Module,
-    dataset: Any,
-    observables: dict[str, Any],
-    weight_restrictions: dict[str, Restriction],
-    *,
-    sampling_task: str,
-    lr: float,
-    n_beta: float,
-    loss_fn: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
-    include_sampling_task: bool = False,
-    **kwargs: Any,
-) -> xr.DataTree | None:
-    """Sample every weight restriction (all ranks, one after another) and compute susceptibilities on
-    rank 0; other ranks return None. `output_path` names no single store: restriction `w` is sampled into
-    `<stem>_<w><suffix>` beside it, as devinterp does (output_path="sus.zarr" writes sus_full.zarr,
-    sus_l0h1.zarr, ...). Observables are name -> dataset, or name -> (dataset, batches_per_draw)."""
-    from distinterp.masks import create_param_masks
-    from distinterp.parallel.distributed import runtime
-    from distinterp.sampling import sample
-
-    check_restriction_names(weight_restrictions, "weight_restrictions")
-    if sampling_task not in observables:
-        raise AnalysisInputError(
-            f"sampling_task: {sampling_task!r} is not one of the observables {list(observables)}"
-        )
-    if not include_sampling_task and not [name for name in observables if name != sampling_task]:
-        raise AnalysisInputError(
-            "observables: need at least one observable besides sampling_task (or set include_sampling_task=True)"
-        )
-    masks = {
-        name: create_param_masks(model, r) if isinstance(r, str | list) else r
-        for name, r in weight_restrictions.items()
-    }
-    base = kwargs.pop("output_path", None)
-    wr_map = {}
-    for name, m in masks.items():
-        path = None if base is None else restriction_path(base, name)
-        wr_map[name] = sample(
-            model=model,
-            dataset=dataset,
-            observables=observables,
-            param_masks=m,
-            lr=lr,
-            n_beta=n_beta,
-            loss_fn=loss_fn,
-            output_path=path,
-            **kwargs,
-        )
-    if not runtime().is_coordinator:
-        return None
-    return compute_susceptibilities(wr_map, sampling_task, include_sampling_task=include_sampling_task)
 
 
 def check_restriction_names(restrictions: dict[str, Any], field: str) -> None:
@@ -258,3 +203,12 @@ def _flat_coords(
         parts["batch"].append(b.ravel())
         parts[position].append(p.ravel())
     return xr.Coordinates({k: (dim, np.concatenate(v)) for k, v in parts.items()}, indexes={})
+
+
+def __getattr__(name: str) -> Any:
+    """susceptibilities(): moved to distinterp.api (sample, then compute: above this module); the old import works."""
+    if name in ("susceptibilities",):
+        from distinterp import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,9 @@ from pydantic import Field, NonNegativeFloat, model_validator
 from distinterp.analyses.calibration import TOLERANCE, Choice, choose
 from distinterp.analyses.diagnostics import Thresholds
 from distinterp.config import SamplerConfig, default_nbeta
-from distinterp.jobs.runner import RUN_SPECIFIC
+from distinterp.identity import recorded_settings
+from distinterp.jobs.route import sample_kwargs
+from distinterp.jobs.runner import check_output_path
 from distinterp.jobs.settings import SampleSettings, parse_override
 from distinterp.jobs.sources import load_dataset, load_model, load_observables, tokenizer_name
 from distinterp.jobs.sweep import Run, aggregate_sweep, check_label, run_sweep, stores_complete
@@ -259,14 +261,13 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[float]]:
 
 def run_calibrate(settings: CalibrateSettings) -> Calibration | None:
     """The plain function behind `distinterp calibrate`."""
+    common = sample_kwargs(settings, "calibrate")  # the one route: refuses before any work
+    check_output_path(settings.output_path, storage_options=settings.storage_options)
     tokenizer = tokenizer_name(settings.model)  # text data: tokenized once, with the model's tokenizer
     data = load_dataset(settings.dataset, "dataset", tokenizer)
     model = load_model(settings.model, data, settings.dataset)
     observables = load_observables(settings, data, tokenizer, model)
-    sampler = {
-        k: v for k, v in settings.sampler.model_dump().items() if v is not None or k not in ("lr", "n_beta")
-    }
-    recorded = settings.model_dump(mode="json", exclude=set(RUN_SPECIFIC) | {"grid", "tolerance"})
+    recorded = recorded_settings(settings, frozenset({"grid", "tolerance"}))
     return calibrate(
         model,
         data,
@@ -277,9 +278,5 @@ def run_calibrate(settings: CalibrateSettings) -> Calibration | None:
         storage_options=settings.storage_options,
         array_task=settings.array_task.resolved(),
         run_settings=recorded,
-        batches_per_draw=settings.batches_per_draw,
-        obs_seed=settings.obs_seed,
-        device=settings.device,
-        checkpoint_every=settings.checkpoint_every,
-        **sampler,
+        **common,
     )

@@ -10,11 +10,16 @@ import os
 import shutil
 import subprocess
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from distinterp.jobs.results import write_result
+
+_write = write_result  # its old name
 
 DEMO_STORE = "runs/demo.zarr"
 
@@ -68,10 +73,21 @@ def _print_trace(tree: Any, width: int = 48) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """LLC of the built-in bigram model at its MLE, whose true learning coefficient is V(V-1)/2."""
+    from distinterp import toy
     from distinterp.jobs.runner import check_output_path
 
     if args.nproc < 1:
         raise ValueError(f"--nproc: need at least 1 rank, got {args.nproc}")
+    chains = int(toy.BIGRAM_LLC_SETTINGS["num_chains"])
+    if args.nproc > chains:  # every rank holds a model and a process group: 99 of them ran out of memory
+        raise ValueError(
+            f"--nproc: at most {chains} (the demo's chains; more ranks would have none), got {args.nproc}"
+        )
+    cores = os.cpu_count() or 1
+    if args.nproc > cores and "WORLD_SIZE" not in os.environ:
+        warnings.warn(
+            f"--nproc {args.nproc} on {cores} CPU core(s): ranks share cores and run slower", stacklevel=2
+        )
     if args.vocab < 2:
         raise ValueError(f"--vocab: need at least 2 symbols, got {args.vocab}")
     check_output_path(args.output, "--output")
@@ -85,8 +101,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return child.wait()
         except KeyboardInterrupt:  # the workers got it too; rank 0 says so
             return child.wait()
-    from distinterp import toy
-    from distinterp.analyses.llc import llc
+    from distinterp.api import llc
     from distinterp.parallel.distributed import runtime
 
     rt = runtime()
@@ -134,7 +149,7 @@ def _is_store(path: str) -> bool:
 
 def _print_store(tree: Any, url: str) -> int:
     """'store URL: k/n chains complete[, d diverged]'; 1 when every complete chain diverged, else 0."""
-    from distinterp.analyses.llc import chain_status
+    from distinterp.analyses.chains import chain_status
 
     complete, _, diverged = chain_status(tree.dataset)
     finished = len([c for c in complete if c not in diverged])
@@ -180,7 +195,7 @@ def cmd_bif(args: argparse.Namespace) -> int:
         if result is not None:
             out = bif_output_path(settings)
             if not _written(result):
-                _write(result, out)
+                write_result(result, out)
             print(f"BIF {dict(result['influences'].sizes)} -> {out}")
     return 0
 
@@ -231,7 +246,15 @@ def _print_sweep(res: Any) -> None:
     dim = "checkpoint" if "checkpoint" in res.dims else "cell"
     for i, label in enumerate(res[dim].values):
         mean, std = float(res.llc_mean[i]), float(res.llc_std[i])
-        print(f"{label:>24}  LLC {mean:9.3f} +- {std:7.3f}  ({int(res.num_chains_used[i])} chains)")
+        health = ""
+        if "healthy" in res:  # each cell's verdict, as the HTML shows it
+            problems = str(res.problems.values[i]).splitlines() if "problems" in res else []
+            health = (
+                "  healthy"
+                if bool(res.healthy[i])
+                else "  UNHEALTHY" + (f": {problems[0]}" if problems else "")
+            )
+        print(f"{label:>24}  LLC {mean:9.3f} +- {std:7.3f}  ({int(res.num_chains_used[i])} chains){health}")
     if res.attrs.get("missing"):
         print(f"unfinished: {', '.join(res.attrs['missing'])}")
 
@@ -353,29 +376,6 @@ def _sampling_task(tree: Any, given: str | None) -> str:
     return given
 
 
-def _write(result: Any, path: str) -> None:
-    """Write a result Dataset/DataTree as zarr (or netCDF for .nc); fixed-width strings become
-    variable-length ones (zarr v3 has no spec for the former)."""
-    import xarray as xr
-
-    if path.endswith(".nc"):
-        result.to_netcdf(path)
-        return
-
-    def variable_strings(ds: Any) -> Any:
-        fixed = {k: v.astype(object) for k, v in ds.variables.items() if v.dtype.kind == "U"}
-        return ds.assign_coords({k: v for k, v in fixed.items() if k in ds.coords}).assign(
-            {k: v for k, v in fixed.items() if k not in ds.coords}
-        )
-
-    out = (
-        result.map_over_datasets(variable_strings)
-        if isinstance(result, xr.DataTree)
-        else variable_strings(result)
-    )
-    out.to_zarr(path, mode="w", consolidated=False)
-
-
 def _written(result: Any) -> bool:
     """A lazy result compute_bif already wrote to its output_path."""
     return bool(getattr(result, "encoding", {}).get("source"))
@@ -392,6 +392,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
     options = _storage_options(args.storage_options)
     require_reachable(args.store, options)
+    _check_aggregate_flags(args)
     if args.output:
         check_output_path(args.output, "--output")
     if _is_sweep_root(args.store, options):
@@ -404,7 +405,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         _print_llc(res)
         _print_trace(tree)
         if args.output:
-            _write(res, args.output)
+            write_result(res, args.output)
             print(f"wrote {args.output}")
         if args.bif:
             out = result_path(base, "bif")
@@ -419,24 +420,36 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
                 output_path=out if lazy else None,
             )
             if not lazy:
-                _write(bif, out)
+                write_result(bif, out)
             print(f"BIF {dict(bif['influences'].sizes)} -> {out}")
         if args.susceptibilities:
-            bad = [s for s in args.susceptibilities if "=" not in s or s.startswith("=")]
-            if bad:
-                raise ValueError(
-                    f"--susceptibilities {bad[0]!r}: expected NAME=STORE, e.g. l0h1=runs/l0h1.zarr"
-                )
             stores = dict(s.split("=", 1) for s in args.susceptibilities)
             wr_map = {"full": tree, **{name: _open(url, options) for name, url in stores.items()}}
             sus = compute_susceptibilities(wr_map, sampling_task, allow_partial=args.allow_partial)
             out = result_path(base, "susceptibilities")
-            _write(sus, out)
+            write_result(sus, out)
             print(f"susceptibilities {dict(sus['susceptibilities'].dataset.sizes)} -> {out}")
     except IncompleteStoreError as e:
         print(f"distinterp aggregate: {e}\n(--allow-partial uses the complete chains only)", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_aggregate_flags(args: argparse.Namespace) -> None:
+    """Every flag of `aggregate`, before any analysis runs (not after the LLC)."""
+    if args.bif_batch_size < 1:
+        raise ValueError(f"--bif-batch-size: need at least 1 sequence per block, got {args.bif_batch_size}")
+    bad = [s for s in args.susceptibilities or [] if "=" not in s or s.startswith("=")]
+    if bad:
+        raise ValueError(f"--susceptibilities {bad[0]!r}: expected NAME=STORE, e.g. l0h1=runs/l0h1.zarr")
+    if args.sampling_task is not None and not args.susceptibilities:
+        raise ValueError(
+            "--sampling-task: used only with --susceptibilities NAME=STORE; add them, or remove --sampling-task"
+        )
+    if args.output and not args.output.rstrip("/").endswith((".zarr", ".nc")):
+        raise ValueError(
+            f"--output {args.output!r}: results are written as zarr or netCDF; name it *.zarr or *.nc"
+        )
 
 
 def _is_sweep_root(url: str, options: dict[str, Any]) -> bool:
@@ -463,7 +476,7 @@ def _aggregate_sweep(args: argparse.Namespace, options: dict[str, Any]) -> int:
         return 2
     _print_sweep(res)
     if args.output:
-        _write(res, args.output)
+        write_result(res, args.output)
         print(f"wrote {args.output}")
     return 0
 
@@ -488,9 +501,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """PNG figures and one self-contained HTML page for a store (live or complete)."""
     from distinterp.jobs.report import report
+    from distinterp.jobs.runner import check_output_path
     from distinterp.remote import require_reachable
 
     options = _storage_options(args.storage_options)
+    if args.out:
+        check_output_path(args.out, "--out")
+    if args.tokenizer:  # given, so it must load (it was silently unused when it did not)
+        from distinterp.jobs.sources import load_tokenizer
+
+        load_tokenizer(args.tokenizer, "--tokenizer")
     require_reachable(args.store, options)
     if _is_sweep_root(args.store, options):  # a trajectory or calibration root
         from distinterp.jobs.sweep_report import sweep_report
@@ -504,15 +524,28 @@ def cmd_report(args: argparse.Namespace) -> int:
         out=args.out,
         storage_options=_storage_options(args.storage_options),
         tokenizer=args.tokenizer,
+        bif=_existing(args.bif, "--bif", options),
+        susceptibilities=_existing(args.susceptibilities, "--susceptibilities", options),
     )
     print(f"diagnosis {rep.diagnosis.summary()}")
     print(f"wrote {rep.path} ({len(rep.figures)} figures: {', '.join(f.name for f in rep.figures)})")
     return 0
 
 
+def _existing(url: str | None, flag: str, options: dict[str, Any]) -> str | None:
+    """A result path given on the command line, checked before any work."""
+    from distinterp.store import Location
+
+    if url is not None:
+        location = Location(url, options)
+        if location.is_local and not (location.local_path / "zarr.json").is_file():
+            raise FileNotFoundError(f"{flag} {url}: no zarr result there")
+    return url
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Per-chain progress of a store: steps done, diverged chains, completion."""
-    from distinterp.analyses.llc import chain_status
+    from distinterp.analyses.chains import chain_status
 
     ds = _open(args.store, _storage_options(args.storage_options)).dataset
     complete, incomplete, diverged = chain_status(ds)
@@ -569,7 +602,7 @@ def _job_arguments(s: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    from distinterp import __version__
+    from distinterp._version import __version__
 
     verbose = argparse.ArgumentParser(add_help=False)
     verbose.add_argument(
@@ -685,6 +718,12 @@ def parser() -> argparse.ArgumentParser:
         if name == "report":
             a.add_argument("--out", help="directory for the PNGs and index.html (default: <store>.report)")
             a.add_argument("--tokenizer", help="HF tokenizer name/path to decode tokens (local or cached)")
+            a.add_argument("--bif", help="a BIF result to draw (default: <stem>.bif.zarr beside the store)")
+            a.add_argument(
+                "--susceptibilities",
+                help="a susceptibilities result to draw (default: beside the store, or the susceptibilities "
+                "job's <base>.susceptibilities.zarr for its <base>_<restriction>.zarr stores)",
+            )
             a.add_argument("--log-step", action="store_true", help="trajectory root: log-scale step axis")
         if name == "inspect":
             a.add_argument("--strict", action="store_true", help="exit 1 when the diagnosis is not healthy")
@@ -790,20 +829,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise damaged from e
     except KeyboardInterrupt:
         if args.verbose:
-            raise
+            traceback.print_exc()
         if rank == 0:
             print(f"\ndistinterp {args.command}: {INTERRUPTED}", file=sys.stderr)
         return 130
     except (ValueError, TypeError, OSError, StoreError) as e:
-        if args.verbose:
-            raise
+        if args.verbose:  # the traceback, then the same one-line message and exit status
+            traceback.print_exc()
         shared = isinstance(e, (ValueError, TypeError, StoreError))  # the same on every rank
         if rank == 0 or not shared:
             prefix = f"rank {rank}: " if rank else ""
-            print(
-                f"{prefix}distinterp {args.command}: {_describe(e)}\n(run with -v for the traceback)",
-                file=sys.stderr,
-            )
+            hint = "" if args.verbose else "\n(run with -v for the traceback)"
+            print(f"{prefix}distinterp {args.command}: {_describe(e)}{hint}", file=sys.stderr)
         return 2
 
 

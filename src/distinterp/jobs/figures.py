@@ -13,9 +13,10 @@ from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import TwoSlopeNorm
 
+from distinterp.analyses.chains import llc_estimate
 from distinterp.analyses.diagnostics import Diagnosis
-from distinterp.analyses.llc import llc_estimate
-from distinterp.jobs.report import ReportFigure, new_figure, render
+from distinterp.jobs.page import ReportFigure, new_figure, render
+from distinterp.paths import result_candidates
 from distinterp.store import Location
 
 logger = logging.getLogger(__name__)
@@ -229,14 +230,14 @@ def open_result(source: Any, storage_options: dict[str, Any] | None, tree: bool 
 
 
 def find_beside(url: str, name: str, storage_options: dict[str, Any] | None, tree: bool = False) -> Any:
-    """`<stem>.<name>.zarr` beside the store, opened, or None when there is none."""
-    base = url.rstrip("/")
-    candidate = base.removesuffix(".zarr") + f".{name}.zarr"
-    location = Location(candidate, dict(storage_options or {}))
-    fs, path = fsspec.core.url_to_fs(candidate, **location.fsspec_options())
-    if not fs.exists(f"{path}/zarr.json"):
-        return None
-    return open_result(candidate, storage_options, tree=tree)
+    """The `name` result beside the store (`<stem>.<name>.zarr`, or the susceptibilities job's one result
+    for all its `<base>_<restriction>.zarr` stores), opened, or None when there is none."""
+    for candidate in result_candidates(url, name):
+        location = Location(candidate, dict(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(candidate, **location.fsspec_options())
+        if fs.exists(f"{path}/zarr.json"):
+            return open_result(candidate, storage_options, tree=tree)
+    return None
 
 
 def bif_figure(bif: xr.Dataset) -> ReportFigure:

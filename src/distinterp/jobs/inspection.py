@@ -8,8 +8,9 @@ from typing import Any
 import fsspec
 import xarray as xr
 
+from distinterp.analyses.chains import chain_status
 from distinterp.analyses.diagnostics import Diagnosis, diagnose
-from distinterp.analyses.llc import chain_status
+from distinterp.paths import RESULTS, result_candidates
 from distinterp.store import Location, open_tree
 
 
@@ -29,7 +30,8 @@ def _sizes(location: Location, names: list[str]) -> tuple[dict[str, int], list[s
     except FileNotFoundError:
         siblings = []
     stem = base.removesuffix(".zarr")
-    beside = [s for s in siblings if s.startswith(stem + ".") and s != base]
+    results = {c.rsplit("/", 1)[-1] for kind in RESULTS for c in result_candidates(base, kind)}
+    beside = [s for s in siblings if (s.startswith(stem + ".") and s != base) or s in results]
     return sizes, beside
 
 

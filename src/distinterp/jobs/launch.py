@@ -1,5 +1,8 @@
-"""Launching `distinterp demo`'s ranks: torchrun without its own failure report, and processes that end a
-Ctrl-C with one line (rank 0's) even while they are still importing, instead of a traceback per process."""
+"""Launching ranks: torchrun without its own failure report, and processes that end a Ctrl-C with one line
+(rank 0's) even while they are still importing, instead of a traceback per process. `distinterp demo` uses
+it; `distinterp-run` (= `python -m distinterp.jobs.launch`) takes torchrun's arguments, for any job:
+`distinterp-run --standalone --nproc-per-node=2 -m distinterp sample CONFIG` (Ctrl-C: one line, exit 130;
+plain torchrun adds its own traceback and exits 1)."""
 
 from __future__ import annotations
 
@@ -48,3 +51,15 @@ def main(argv: list[str]) -> int:
     except (KeyboardInterrupt, SignalException):
         return 130
     return 0
+
+
+def cli() -> None:
+    """`distinterp-run ARGS`: torchrun ARGS, quiet (see the module's docstring)."""
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:  # while torch was still importing
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    cli()

@@ -7,110 +7,29 @@ calibration sweeps) add their own figures the same way; `report()` is the one fo
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import xarray as xr
-from matplotlib.figure import Figure
 
 from distinterp.analyses.diagnostics import Diagnosis, diagnose
+from distinterp.jobs import figures
+from distinterp.jobs.page import (  # noqa: F401 - the page kit's old home
+    DPI,
+    ReportFigure,
+    diagnosis_html,
+    html_page,
+    new_figure,
+    render,
+    table_html,
+    write_report,
+)
+from distinterp.paths import local_sibling
 from distinterp.store import Location, open_tree
 
 logger = logging.getLogger(__name__)
-
-DPI = 110
-
-
-@dataclass(frozen=True)
-class ReportFigure:
-    """One rendered figure: its file stem, title, PNG bytes, caption, and the arrays it draws (for tests)."""
-
-    name: str
-    title: str
-    png: bytes
-    caption: str = ""
-    data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-
-def new_figure(
-    rows: int = 1, cols: int = 1, *, width: float = 9.0, height: float = 4.0
-) -> tuple[Figure, Any]:
-    """A matplotlib Figure (no pyplot: no global state, no GUI backend) and its axes."""
-    fig = Figure(figsize=(width, height * rows), layout="constrained")
-    return fig, fig.subplots(rows, cols, squeeze=False)
-
-
-def render(fig: Figure, name: str, title: str, caption: str = "", **data: Any) -> ReportFigure:
-    """PNG bytes of a finished figure, wrapped with what it shows."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    return ReportFigure(name=name, title=title, png=buf.getvalue(), caption=caption, data=data)
-
-
-def diagnosis_html(diagnosis: Diagnosis) -> str:
-    """The verdict, problems and notes as an HTML block for the top of a page."""
-    ok = diagnosis.healthy
-    parts = [
-        f'<div class="verdict {"ok" if ok else "bad"}">diagnosis: {html.escape(diagnosis.summary())}</div>'
-    ]
-    if diagnosis.problems:
-        parts.append("<ul>" + "".join(f"<li>{html.escape(p)}</li>" for p in diagnosis.problems) + "</ul>")
-    if diagnosis.notes:
-        parts.append(
-            '<ul class="notes">'
-            + "".join(f"<li>note: {html.escape(n)}</li>" for n in diagnosis.notes)
-            + "</ul>"
-        )
-    return "\n".join(parts)
-
-
-def table_html(rows: Sequence[tuple[str, str]]) -> str:
-    """A two-column key/value table."""
-    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    return f"<table>{cells}</table>"
-
-
-_STYLE = """
-body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
-.verdict { font-size: 1.2em; font-weight: bold; padding: .5em .8em; border-radius: 4px; }
-.ok { background: #e3f4e3; } .bad { background: #fbe3e3; }
-.notes { color: #666; } table { border-collapse: collapse; margin: 1em 0; }
-th, td { text-align: left; padding: .2em 1em .2em 0; } img { max-width: 100%; }
-figure { margin: 2em 0; } figcaption { color: #555; }
-"""
-
-
-def html_page(title: str, figures: Sequence[ReportFigure], header_html: str = "") -> str:
-    """One self-contained page: the header, then every figure embedded as a base64 PNG with its caption."""
-    body = [f"<h1>{html.escape(title)}</h1>", header_html]
-    for f in figures:
-        b64 = base64.b64encode(f.png).decode()
-        body.append(
-            f'<figure id="{html.escape(f.name)}"><h2>{html.escape(f.title)}</h2>'
-            f'<img alt="{html.escape(f.title)}" src="data:image/png;base64,{b64}">'
-            f"<figcaption>{html.escape(f.caption)}</figcaption></figure>"
-        )
-    return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
-    )
-
-
-def write_report(out: str | Path, title: str, figures: Sequence[ReportFigure], header_html: str = "") -> Path:
-    """Write each figure as out/<name>.png and the page as out/index.html; returns the page's path."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for f in figures:
-        (out / f"{f.name}.png").write_bytes(f.png)
-    page = out / "index.html"
-    page.write_text(html_page(title, figures, header_html), encoding="utf-8")
-    return page
 
 
 @dataclass(frozen=True)
@@ -124,9 +43,7 @@ class Report:
 
 def default_out(url: str) -> Path:
     """`<store stem>.report/` beside a local store; in the working directory for a URL."""
-    location = Location(url)
-    stem = url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr") + ".report"
-    return location.local_path.with_name(stem) if location.is_local else Path(stem)
+    return Path(local_sibling(url, "report"))  # distinterp.paths' table
 
 
 def report(
@@ -144,8 +61,6 @@ def report(
     (`<stem>.bif.zarr`, `<stem>.susceptibilities.zarr`); `tokenizer` (an object with `decode`, or a
     local/cached HF name) turns token ids into text, else the store's recorded HF model name is tried.
     """
-    from distinterp.jobs import figures
-
     if isinstance(samples, xr.DataTree):
         tree, url = samples, str(samples.encoding.get("source", "") or "samples")
     else:

@@ -13,41 +13,27 @@ import torch
 import xarray as xr
 
 from distinterp.analyses.bif import compute_bif
-from distinterp.analyses.llc import chain_status, compute_llc
+from distinterp.analyses.chains import chain_status
+from distinterp.analyses.llc import compute_llc
+from distinterp.errors import JobError as JobError  # re-exported: its old home
+from distinterp.identity import RUN_SPECIFIC  # noqa: F401 - its old home
+from distinterp.identity import recorded_settings as _recorded
 from distinterp.jobs import sources
+from distinterp.jobs.results import write_result
+from distinterp.jobs.route import job_chains, refuse_unhonoured, sample_kwargs  # noqa: F401 - job_chains: its old home
 from distinterp.jobs.settings import SampleSettings
 from distinterp.parallel.distributed import runtime
-from distinterp.parallel.plan import array_task_chains
+from distinterp.paths import local_sibling
 from distinterp.sampling import sample
 from distinterp.store import Location, check_reachable
 
 logger = logging.getLogger(__name__)
 
 
-def job_chains(settings: SampleSettings) -> list[int] | None:
-    """Chains this job runs: explicit `chains`, the Slurm array task's block, or None (all)."""
-    if settings.chains is not None:
-        return settings.chains
-    task = settings.array_task.resolved()
-    if task is None:
-        return None
-    chains = list(array_task_chains(settings.sampler.num_chains, *task))
-    logger.info("array task %d of %d runs chains %s", task[0], task[1], chains)
-    return chains
-
-
-RUN_SPECIFIC = frozenset({"output_path", "storage_options", "chains", "array_task"})
-"""Settings that say where and which part of a run this job is, not what the run is: never recorded."""
-
-
 def recorded_settings(settings: SampleSettings) -> dict[str, Any]:
     """What a store records of the job that created it, so `distinterp sample --from-store` can rerun it.
-    storage_options (credentials) and this job's chain slice are left out."""
-    return settings.model_dump(mode="json", exclude=set(RUN_SPECIFIC))
-
-
-class JobError(ValueError):
-    """A job cannot run as its settings say; the message names the setting and the fix."""
+    storage_options (credentials) and this job's chain slice are left out (distinterp.identity)."""
+    return _recorded(settings)
 
 
 @dataclass(frozen=True)
@@ -99,15 +85,20 @@ def load_inputs(settings: SampleSettings) -> Inputs:
 
 
 def run_sample(
-    settings: SampleSettings, inputs: Inputs | None = None, rerun_chains: Sequence[int] | None = None
+    settings: SampleSettings,
+    inputs: Inputs | None = None,
+    job: str = "sample",
+    rerun_chains: Sequence[int] | None = None,
 ) -> tuple[xr.DataTree, dict[str, xr.Dataset]]:
     """Sample as the settings say; analyses (and W&B logging, when set) run on rank 0 once the store is
-    complete. `inputs`: already loaded (one load for several restrictions' runs)."""
+    complete. `inputs`: already loaded (one load for several restrictions' runs); `job`: whose settings
+    these are (the route refuses what that job cannot honour)."""
+    kwargs = sample_kwargs(settings, job)  # the one route: refuses before any work
     if settings.logging.wandb is not None:
         from distinterp.jobs.tracking import require_wandb
 
         require_wandb()  # before any work
-    chains = job_chains(settings)
+    chains = kwargs["chains"]
     if chains == []:
         raise ValueError(
             f"this array task has no chains: {settings.sampler.num_chains} chains over more array tasks; "
@@ -117,7 +108,6 @@ def run_sample(
     if inputs is None:
         inputs = load_inputs(settings)
     model = inputs.model
-    sampler = settings.sampler.model_dump()
     masks = None
     if settings.weight_restriction is not None:
         from distinterp.masks import WeightRestrictionError, create_param_masks
@@ -131,20 +121,9 @@ def run_sample(
             model,
             inputs.data,
             inputs.observables,
-            batches_per_draw=settings.batches_per_draw,
-            obs_seed=settings.obs_seed,
-            device=settings.device,
-            output_path=settings.output_path,
-            storage_options=settings.storage_options,
-            chains=chains,
-            checkpoint_every=settings.checkpoint_every,
-            run_settings=recorded_settings(settings),
             param_masks=masks,
-            chains_per_batch=settings.parallel.chains_per_batch,
-            fsdp_size=settings.parallel.fsdp_size,
-            noise=settings.parallel.noise,
             rerun_chains=rerun_chains,
-            **sampler,
+            **kwargs,
         )
     except OSError as e:  # a full disk, a directory removed mid-run, permissions changed
         raise JobError(
@@ -171,7 +150,7 @@ def is_finished(tree: xr.DataTree) -> bool:
 
 def run_bif(settings: SampleSettings) -> tuple[xr.DataTree, xr.Dataset | None]:
     """Sample, then the BIF (token-wise blocks split over the ranks); rank 0 of a complete store gets it."""
-    tree, _ = run_sample(settings.model_copy(update={"analyses": []}))
+    tree, _ = run_sample(settings.model_copy(update={"analyses": []}), job="bif")
     if tree.dataset.attrs.get("completed") != 1:
         return tree, None
     opts = settings.bif
@@ -197,11 +176,7 @@ def bif_output_path(settings: SampleSettings) -> str:
 def result_path(base: str, name: str) -> str:
     """`<stem>.<name>.zarr` beside a local store or output file; in the working directory for a URL (results
     are written locally)."""
-    if "://" in base:
-        base = base.rstrip("/").rsplit("/", 1)[-1]
-    head, _, tail = base.rstrip("/").rpartition("/")
-    stem = tail.removesuffix(".zarr").removesuffix(".nc")
-    return f"{head}/{stem}.{name}.zarr" if head else f"{stem}.{name}.zarr"
+    return local_sibling(base, name)  # distinterp.paths' table
 
 
 def run_susceptibilities(settings: SampleSettings) -> tuple[dict[str, xr.DataTree], xr.DataTree | None]:
@@ -209,6 +184,7 @@ def run_susceptibilities(settings: SampleSettings) -> tuple[dict[str, xr.DataTre
     susceptibilities() names them), then compute_susceptibilities on rank 0."""
     from distinterp.analyses.susceptibilities import compute_susceptibilities, restriction_path
 
+    refuse_unhonoured(settings, "susceptibilities")  # each run below is a plain sample job
     opts = settings.susceptibilities
     if not opts.restrictions:
         raise JobError(
@@ -229,6 +205,13 @@ def run_susceptibilities(settings: SampleSettings) -> tuple[dict[str, xr.DataTre
     for path in paths.values():
         check_output_path(path, storage_options=settings.storage_options)
     inputs = load_inputs(settings)
+    from distinterp.masks import WeightRestrictionError, create_param_masks
+
+    for name, pattern in opts.restrictions.items():  # every restriction, before any sampling
+        try:
+            create_param_masks(inputs.model, pattern)
+        except WeightRestrictionError as e:
+            raise WeightRestrictionError(f"susceptibilities.restrictions.{name}={pattern!r}: {e}") from None
     trees = {}
     for name, restriction in runs.items():
         update = {"weight_restriction": restriction, "output_path": paths[name], "analyses": []}
@@ -239,5 +222,5 @@ def run_susceptibilities(settings: SampleSettings) -> tuple[dict[str, xr.DataTre
         trees, opts.sampling_task, include_sampling_task=opts.include_sampling_task
     )
     out = opts.output_path or result_path(settings.output_path, "susceptibilities")
-    result.to_zarr(out, mode="w", consolidated=False)
+    write_result(result, out)  # the one writer of results (CLI and runners)
     return trees, result

@@ -66,6 +66,15 @@ class ModelSettings(_Part):
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="parameter dtype")
 
+    @model_validator(mode="after")
+    def _revision_needs_a_hub_model(self) -> ModelSettings:
+        if self.revision is not None and self.source not in ("hf", "transformer_lens"):
+            raise ValueError(
+                f"revision={self.revision!r}: model.source={self.source!r} has no revisions (it would be "
+                "ignored); remove it, or use source hf or transformer_lens"
+            )
+        return self
+
 
 class DatasetSettings(_Part):
     """A dataset of equal-length token rows ('input_ids'), given as tokens or as text to tokenize."""
@@ -360,11 +369,28 @@ def parse_override(text: str) -> dict[str, Any]:
     return value
 
 
+def _leaf(nested: dict[str, Any], parts: list[str]) -> Any:
+    for part in parts:
+        nested = nested[part]
+    return nested
+
+
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out = dict(a)
     for k, v in b.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def _drop(values: dict[str, Any], parts: list[str]) -> dict[str, Any]:
+    """`values` without the entry at the dotted path `parts` (a copy; unchanged when there is none)."""
+    head, rest = parts[0], parts[1:]
+    if head not in values:
+        return values
+    if not rest:
+        return {k: v for k, v in values.items() if k != head}
+    inner = values[head]
+    return {**values, head: _drop(inner, rest)} if isinstance(inner, dict) else values
 
 
 def load_settings(
@@ -380,7 +406,11 @@ def load_settings(
     check_environment(cls)
     init: dict[str, Any] = {}
     for text in overrides or []:
-        init = _merge(init, parse_override(text))
+        override = parse_override(text)
+        parts = text.split("=", 1)[0].strip().split(".")
+        if isinstance(_leaf(override, parts), dict):  # a mapping given whole replaces the file's
+            from_file, init = _drop(from_file, parts), _drop(init, parts)
+        init = _merge(init, override)
     if not from_file:
         return cls(**init)
     with_file = type(cls.__name__, (cls,), {"_file_values": from_file})

@@ -14,12 +14,9 @@ from typing import Any
 
 import torch
 
+from distinterp.errors import SourceError as SourceError  # re-exported: its old home
 from distinterp.jobs.settings import DatasetSettings, ModelSettings, SampleSettings
 from distinterp.loss import context_limit
-
-
-class SourceError(ValueError):
-    """A model, tokenizer or dataset named in the settings cannot be loaded; says which setting and what to do."""
 
 
 def _reason(error: BaseException) -> str:
@@ -137,7 +134,48 @@ def _call_factory(target: str, kwargs: dict[str, Any], field: str) -> Any:
         raise SourceError(f"{field}={target!r}: calling it with model.config={kwargs} failed ({e})") from e
 
 
-def _read_state_dict(path: Path, field: str) -> dict[str, torch.Tensor]:
+def architecture(spec: ModelSettings, sampling_data: Any, data_spec: DatasetSettings) -> torch.nn.Module:
+    """The model the settings name without its weights (on the meta device where it can be built there):
+    what checkpoints' state dicts are checked against before any work."""
+    base = spec.model_copy(
+        update={"state_dict": None, "random_init": spec.source == "hf" or spec.random_init}
+    )
+    if spec.source == "builtin":  # small, and the bigram is fitted to the data
+        return load_model(base, sampling_data, data_spec)
+    with torch.device("meta"):
+        return load_model(base, sampling_data, data_spec)
+
+
+def check_checkpoint(spec: ModelSettings, arch: torch.nn.Module | None, field: str) -> None:
+    """Before any work: a checkpoint can load. A state dict's names and shapes fit `arch` (read memory-mapped);
+    an hf directory or cached hub revision has its config. Failures are SourceErrors naming `field`."""
+    if spec.state_dict is not None and arch is not None:
+        state = _read_state_dict(Path(spec.state_dict).expanduser(), f"{field}.state_dict", mmap=True)
+        missing, unexpected = _key_mismatch(arch, state)
+        expected = arch.state_dict()
+        shapes = [n for n, t in state.items() if n in expected and tuple(t.shape) != tuple(expected[n].shape)]
+        if missing or unexpected or shapes:
+            raise SourceError(
+                f"{field}.state_dict={spec.state_dict!r}: the weights do not fit model (missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}, other shapes {shapes[:5]}); check model and checkpoints"
+            )
+        return
+    if spec.source == "hf":
+        from transformers import AutoConfig
+
+        name = str(Path(spec.name).expanduser()) if _looks_like_path(spec.name) else spec.name
+        try:
+            AutoConfig.from_pretrained(name, revision=spec.revision, local_files_only=True)
+        except (OSError, ValueError, KeyError) as e:
+            raise SourceError(
+                f"{field}: {spec.name!r}"
+                + (f" revision {spec.revision!r}" if spec.revision else "")
+                + f" cannot be loaded ({_reason(e)}); give a local model directory, or a hub id already in the "
+                "local cache (download it once, e.g. `hf download NAME --revision REV`)"
+            ) from e
+
+
+def _read_state_dict(path: Path, field: str, mmap: bool = False) -> dict[str, torch.Tensor]:
     """A name -> tensor dict from a .safetensors or torch file (a training checkpoint's 'state_dict')."""
     if not path.is_file():
         raise SourceError(
@@ -149,7 +187,12 @@ def _read_state_dict(path: Path, field: str) -> dict[str, torch.Tensor]:
 
             state: Any = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            except RuntimeError:  # mmap needs torch's zip format; an older file is read whole
+                if not mmap:
+                    raise
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises pickle, zip and runtime errors for a file it cannot read
         raise SourceError(
             f"{field}={str(path)!r}: not a readable state dict ({_reason(e)}); save it with "

@@ -13,9 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,9 +27,11 @@ from distinterp.analyses.diagnostics import Thresholds, diagnose
 from distinterp.analyses.llc import compute_llc
 from distinterp.config import SamplerConfig, merge_rmsprop_aliases
 from distinterp.data import fingerprint, input_ids_tensor
+from distinterp.identity import INPUTS, WHERE, sweep_identity
 from distinterp.parallel.distributed import runtime
 from distinterp.parallel.plan import array_task_chains
-from distinterp.sampling import masks_fingerprint, sample
+from distinterp.paths import sibling
+from distinterp.sampling import sample
 from distinterp.store import (
     IncompleteStoreError,
     Location,
@@ -48,12 +48,7 @@ RECORD = "distinterp-sweep.json"
 RECORD_VERSION = 1
 ModelOrLoader = torch.nn.Module | Callable[[], torch.nn.Module]
 
-_NOT_IDENTITY = frozenset(
-    {"model", "dataset", "observables", "output_path", "storage_options", "chains", "run_settings"}
-    | {"device", "checkpoint_every"}
-)
-"""sample() arguments that say where or how a run executes, not what it computes: not recorded."""
-_OWN = frozenset({"model", "dataset", "observables", "output_path", "storage_options", "chains"})
+_OWN = INPUTS | WHERE
 """sample() arguments the sweep sets itself; a caller passing them is told so."""
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 
@@ -82,7 +77,7 @@ def check_label(label: Any, what: str = "label") -> str:
 
 def child(root: Location, label: str) -> Location:
     """The store of one label under the root."""
-    return Location(f"{root.url.rstrip('/')}/{label}.zarr", root.storage_options)
+    return Location(sibling(root.url, "child", label), root.storage_options)
 
 
 def sample_arguments(kwargs: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -116,21 +111,8 @@ def sampler_config(args: Mapping[str, Any]) -> SamplerConfig:
     return SamplerConfig(**fields)
 
 
-def _jsonable(name: str, value: Any) -> Any:
-    """A recorded form of one argument: JSON values as they are, functions by name, masks by content."""
-    if name == "param_masks" and isinstance(value, dict):
-        return {"fingerprint": masks_fingerprint(value)}
-    if callable(value):
-        return getattr(value, "__qualname__", repr(value))
-    try:
-        return json.loads(json.dumps(value))
-    except TypeError:
-        return repr(value)
-
-
-def identity(args: Mapping[str, Any]) -> dict[str, Any]:
-    """What a rerun must repeat: every sample() argument except where/how it runs."""
-    return {k: _jsonable(k, v) for k, v in sorted(args.items()) if k not in _NOT_IDENTITY}
+identity = sweep_identity
+"""What a rerun must repeat (defined in distinterp.identity; the old name kept)."""
 
 
 def _fs(root: Location) -> tuple[Any, str]:
@@ -174,15 +156,17 @@ def write_record(root: Location, record: dict[str, Any]) -> None:
             )
         return
     text = json.dumps(record, indent=1, sort_keys=True)
-    if root.is_local:  # atomic: a concurrent array task or a kill never leaves half a record
-        root.local_path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=root.local_path, prefix=f".{RECORD}.")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, root.local_path / RECORD)
-    else:  # one PUT
+    # atomic: a concurrent array task or a kill never leaves half a record
+    Location(f"{root.url.rstrip('/')}/{RECORD}", root.storage_options).write_atomic(text.encode())
+
+
+def remove_record(root: Location) -> None:
+    """Remove the root's record (a sweep that failed before its first store: the corrected rerun is new)."""
+    if root.is_local:
+        (root.local_path / RECORD).unlink(missing_ok=True)
+    else:
         fs, base = _fs(root)
-        fs.pipe_file(f"{base.rstrip('/')}/{RECORD}", text.encode())
+        fs.rm_file(f"{base.rstrip('/')}/{RECORD}")
 
 
 def work_blocks(
@@ -253,8 +237,10 @@ def run_sweep(
     blocks = work_blocks([(label, configs[label].num_chains) for label in labels], array_task)
     todo: list[tuple[str, tuple[int, ...]]] = []
     error: BaseException | None = None
+    fresh = False
     if rt.is_coordinator:
         try:
+            fresh = read_record(root) is None
             write_record(root, record)
             todo = [
                 (label, chains)
@@ -268,21 +254,28 @@ def run_sweep(
         raise error
     by_label = {r.label: r for r in runs}
     logger.info("%s: %d of %d stores to (finish) sampling in this job", kind, len(todo), len(blocks))
-    for label, chains in todo:
-        run = by_label[label]
-        model = run.model if isinstance(run.model, torch.nn.Module) else run.model()
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"{kind}: the loader of {label!r} returned {type(model).__name__}, not a model")
-        sample(
-            model,
-            dataset,
-            observables,
-            output_path=child(root, label).url,
-            storage_options=root.storage_options,
-            chains=list(chains),
-            **{**common, **run.kwargs},
-        )
-        del model
+    try:
+        for label, chains in todo:
+            run = by_label[label]
+            model = run.model if isinstance(run.model, torch.nn.Module) else run.model()
+            if not isinstance(model, torch.nn.Module):
+                raise TypeError(
+                    f"{kind}: the loader of {label!r} returned {type(model).__name__}, not a model"
+                )
+            sample(
+                model,
+                dataset,
+                observables,
+                output_path=child(root, label).url,
+                storage_options=root.storage_options,
+                chains=list(chains),
+                **{**common, **run.kwargs},
+            )
+            del model
+    except BaseException:
+        if fresh and not any(read_root_attrs(child(root, label)) is not None for label in labels):
+            remove_record(root)  # nothing was written: the corrected command must not be refused
+        raise
     rt.barrier()
     return root
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from distinterp.jobs.report import ReportFigure, new_figure, render, table_html, write_report
+from distinterp.jobs.page import ReportFigure, new_figure, render, table_html, write_report
 from distinterp.jobs.sweep import aggregate_sweep, read_record
 from distinterp.store import Location
 

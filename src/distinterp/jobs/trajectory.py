@@ -15,13 +15,24 @@ from typing import Any
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distinterp.jobs.runner import RUN_SPECIFIC
+from distinterp.identity import recorded_settings
+from distinterp.jobs.route import sample_kwargs
+from distinterp.jobs.runner import check_output_path
 from distinterp.jobs.settings import ModelSettings, SampleSettings
-from distinterp.jobs.sources import load_dataset, load_model, load_observables, tokenizer_name
+from distinterp.jobs.sources import (
+    architecture,
+    check_checkpoint,
+    load_dataset,
+    load_model,
+    load_observables,
+    tokenizer_name,
+)
 from distinterp.jobs.sweep import ModelOrLoader, Run, aggregate_sweep, check_label, run_sweep, stores_complete
 from distinterp.parallel.distributed import runtime
 
 ANALYSES = ("llc",)
+REVISIONED = ("hf", "transformer_lens")
+"""Model sources whose `revision` names a checkpoint."""
 
 
 def trajectory(
@@ -139,16 +150,28 @@ class TrajectorySettings(SampleSettings):
             raise ValueError("chains: a trajectory splits its work by array_task, not chains; remove chains")
         if self.weight_restriction is not None:
             raise ValueError("weight_restriction: not supported for trajectories yet; remove it")
+        if self.checkpoints.revisions is not None and self.model.source not in REVISIONED:
+            raise ValueError(
+                f"checkpoints.revisions: model.source={self.model.source!r} has no revisions (every checkpoint "
+                f"would be the same model); use model.source hf or transformer_lens, or checkpoints.paths / "
+                "checkpoints.state_dicts"
+            )
         return self
 
 
 def run_trajectory(settings: TrajectorySettings) -> xr.Dataset | None:
     """The plain function behind `distinterp trajectory`: data once, each checkpoint loaded in its turn."""
+    common = sample_kwargs(settings, "trajectory")  # the one route: refuses before any work
+    check_output_path(settings.output_path, storage_options=settings.storage_options)
     tokenizer = tokenizer_name(settings.model)  # text data: tokenized once, with the model's tokenizer
     data = load_dataset(settings.dataset, "dataset", tokenizer)
     observables = load_observables(settings, data, tokenizer)
     specs = settings.checkpoints.models(settings.model)
-    shared = settings.model_dump(mode="json", exclude=set(RUN_SPECIFIC) | {"checkpoints"})
+    arch = architecture(settings.model, data, settings.dataset) if settings.checkpoints.state_dicts else None
+    for label, spec in specs.items():  # every checkpoint, before any work (not one failure per rerun)
+        check_checkpoint(spec, arch, f"checkpoints {label!r}")
+    del arch
+    shared = recorded_settings(settings, frozenset({"checkpoints"}))
     runs = [
         Run(
             label,
@@ -166,13 +189,7 @@ def run_trajectory(settings: TrajectorySettings) -> xr.Dataset | None:
         output_path=settings.output_path,
         storage_options=settings.storage_options,
         array_task=settings.array_task.resolved(),
-        common={
-            **settings.sampler.model_dump(),
-            "batches_per_draw": settings.batches_per_draw,
-            "obs_seed": settings.obs_seed,
-            "device": settings.device,
-            "checkpoint_every": settings.checkpoint_every,
-        },
+        common=common,
         extra={"checkpoints": {label: spec.model_dump(mode="json") for label, spec in specs.items()}},
     )
     if not runtime().is_coordinator or not stores_complete(root, list(specs)):

@@ -82,22 +82,10 @@ class EngineFactory(Protocol):
         ...
 
 
-def engine_for(plan: Plan) -> EngineFactory:
-    """The engine class the plan's layout calls for; asked once, before any work, so a layout that has
-    no engine fails up front."""
-    from distinterp.parallel.batched import BatchedEngine
-    from distinterp.parallel.plan import PlanError
-    from distinterp.parallel.serial import SerialEngine
-    from distinterp.parallel.sharded import ShardedEngine
+def __getattr__(name: str) -> object:
+    """engine_for: moved to distinterp.parallel.registry (it imports every engine); the old import works."""
+    if name == "engine_for":
+        from distinterp.parallel.registry import engine_for
 
-    engines: dict[str, EngineFactory] = {
-        "serial": SerialEngine,
-        "batched": BatchedEngine,
-        "sharded": ShardedEngine,
-    }
-    if plan.way not in engines:
-        raise PlanError(
-            f"fsdp_size={plan.fsdp_size}, chains_per_batch={plan.chains_per_batch}: running chains "
-            f"{plan.way} is not built yet; use 1 for both"
-        )
-    return engines[plan.way]
+        return engine_for
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

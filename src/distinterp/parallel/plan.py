@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from distinterp.errors import PlanError as PlanError  # re-exported: its old home
 from distinterp.parallel.distributed import Runtime
 
 if TYPE_CHECKING:
@@ -16,10 +17,6 @@ if TYPE_CHECKING:
 
 
 _MESHES: dict[tuple[object, ...], DeviceMesh] = {}  # one mesh (and its process groups) per layout
-
-
-class PlanError(ValueError):
-    """The requested chains or parallel layout do not fit the job."""
 
 
 def normalize_chains(chains: Sequence[int] | None, num_chains: int) -> tuple[int, ...]:

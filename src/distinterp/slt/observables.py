@@ -10,9 +10,9 @@ from torch.utils.data import Sampler
 
 from distinterp.chain import observable_loss
 from distinterp.data import build_observables, observable_rows, to_obs_id
-from distinterp.loss import LossFn, resolve_loss_fn
+from distinterp.loss import LossFn, compute_per_token_loss, resolve_loss_fn
 
-__all__ = ["DeterministicShuffledSampler", "Observable", "to_obs_id"]
+__all__ = ["DeterministicShuffledSampler", "Observable", "compute_per_token_loss", "to_obs_id"]
 
 
 class DeterministicShuffledSampler(Sampler[int]):

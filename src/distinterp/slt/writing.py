@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import zarr
 
-from distinterp.slt.zarr_schema import SAFE_DTYPE_STRINGS
+from distinterp.slt.zarr_schema import SAFE_DTYPE_STRINGS, validate_dtype_str_torch_numpy_compat
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SAFE_DTYPE_STRINGS", "ZarrWriter"]
+__all__ = ["SAFE_DTYPE_STRINGS", "ZarrWriter", "validate_dtype_str_torch_numpy_compat"]
 
 
 def _region(arr: zarr.Array, **dim_indices: int | slice) -> tuple[int | slice, ...]:

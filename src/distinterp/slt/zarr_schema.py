@@ -38,7 +38,14 @@ SAFE_DTYPE_STRINGS = frozenset(
 )
 """dtypes that torch and numpy both name the same way."""
 
-__all__ = ["SAFE_DTYPE_STRINGS", "DataArraySpec", "ZarrSchema"]
+
+def validate_dtype_str_torch_numpy_compat(dtype_str: str) -> None:
+    """Refuse a dtype string torch and numpy do not both name the same way (devinterp's check)."""
+    if dtype_str not in SAFE_DTYPE_STRINGS:
+        raise ValueError(f"Unsupported dtype: '{dtype_str}'. Use one of: {sorted(SAFE_DTYPE_STRINGS)}")
+
+
+__all__ = ["SAFE_DTYPE_STRINGS", "DataArraySpec", "ZarrSchema", "validate_dtype_str_torch_numpy_compat"]
 
 
 @dataclass

@@ -1,0 +1,57 @@
+"""Every error and warning class distinterp raises, in one module below all others (each is re-exported from
+the module it used to live in, so `from distinterp.store import StoreError` keeps working). Bad input is a
+ValueError subclass whose message names the setting and the fix."""
+
+from __future__ import annotations
+
+
+class DatasetError(ValueError):
+    """A dataset or observable given to sample() cannot be used; the message says which and why."""
+
+
+class NonFiniteLogitsError(ValueError):
+    """Raised when a model's logits contain NaN or Inf."""
+
+
+class WeightRestrictionError(ValueError):
+    """A restriction that cannot be resolved on this model; the message lists what is valid."""
+
+
+class PlanError(ValueError):
+    """The requested chains or parallel layout do not fit the job."""
+
+
+class StoreError(RuntimeError):
+    """A store cannot be used as asked; the message names the store and what to do."""
+
+
+class StoreConfigMismatch(StoreError):
+    """The store holds a run with a different configuration; nothing was written to it."""
+
+
+class IncompleteStoreError(StoreError):
+    """An analysis was asked of a store whose chains are not all complete."""
+
+
+class AnalysisInputError(ValueError):
+    """Arguments or a store an analysis cannot use; raised before anything is sampled or written."""
+
+
+class SourceError(ValueError):
+    """A model, tokenizer or dataset named in the settings cannot be loaded; says which setting and what to do."""
+
+
+class JobError(ValueError):
+    """A job cannot run as its settings say; the message names the setting and the fix."""
+
+
+class RouteError(ValueError):
+    """A setting the job cannot honour; the message names it and the fix."""
+
+
+class NumericEnvironmentWarning(UserWarning):
+    """A store is being continued under another numeric environment than the one it was created in."""
+
+
+class UnhealthyRunWarning(UserWarning):
+    """An analysis ran on a store whose diagnosis is not healthy; the message lists the problems."""

@@ -1,0 +1,67 @@
+"""The zarr store: schema, create-or-validate, per-chain buffered writes, progress, and open.
+
+Layout (devinterp 2.x's, so stores interoperate): one flat root group, no coordinates, float fill NaN,
+per-chain arrays chunked one chain per chunk, so each chunk has exactly one writer (the rank running
+that chain). Metadata is written once, by one process; progress lives in `chain_steps_done` and
+`chain_diverged_step`, one chunk per chain, written only by that chain's writer after its data.
+
+A package: location (local/remote, credentials redacted), schema, open (create, validate, open,
+progress), writer (the background region writes), recorder (a chain's rows and its divergence rule).
+Every name is importable from `distinterp.store` as before the split.
+"""
+
+from distinterp.errors import IncompleteStoreError, StoreConfigMismatch, StoreError
+from distinterp.store.location import Location, redact
+from distinterp.store.open import (
+    StoreState,
+    check_existing,
+    check_reachable,
+    ensure,
+    mark_completed,
+    mismatch_message,
+    open_tree,
+    read_progress,
+    read_root_attrs,
+    write_once,
+)
+from distinterp.store.recorder import ChainRecorder
+from distinterp.store.schema import (
+    DIVERGED_STEP,
+    LOSS_DTYPE,
+    SCHEMA_VERSION,
+    STEPS_DONE,
+    ArraySpec,
+    Schema,
+    build_schema,
+    identity_hash,
+)
+from distinterp.store.writer import WRITE_RETRY_S, StoreWriter
+
+__all__ = [
+    "DIVERGED_STEP",
+    "LOSS_DTYPE",
+    "SCHEMA_VERSION",
+    "STEPS_DONE",
+    "WRITE_RETRY_S",
+    "ArraySpec",
+    "ChainRecorder",
+    "IncompleteStoreError",
+    "Location",
+    "Schema",
+    "StoreConfigMismatch",
+    "StoreError",
+    "StoreState",
+    "StoreWriter",
+    "build_schema",
+    "check_existing",
+    "check_reachable",
+    "ensure",
+    "identity_hash",
+    "mark_completed",
+    "mismatch_message",
+    "open_tree",
+    "read_progress",
+    "read_root_attrs",
+    "redact",
+    "write_once",
+]
