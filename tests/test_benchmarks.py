@@ -20,6 +20,7 @@ SMOKES = {
     "accuracy_analyses.py": [],  # samples two tiny stores, runs every analysis in both packages
     "bench_trajectory.py": [],  # 1 vs 2 ranks: a trajectory of 3 checkpoints and a 2 x 2 calibration grid
     "known_answers.py": [],  # calibrate() + fixed settings on a monomial and an empirical regression (~10 s)
+    "bench_checksum.py": [],  # sample() without / with the chunk checksum, and the codec alone
 }
 SLOW = {"bench_sampling.py", "bench_fsdp.py", "accuracy_analyses.py", "bench_trajectory.py"}
 

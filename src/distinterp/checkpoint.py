@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import random
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
+from distinterp.integrity import seal, unseal
 from distinterp.paths import sibling
 from distinterp.sgld import ParamSlot
 from distinterp.store import Location
@@ -100,11 +102,12 @@ class CheckpointStore:
     def save(self, chain: int, ckpt: ChainCheckpoint) -> None:
         buf = io.BytesIO()
         torch.save(ckpt.__dict__, buf)
+        data = seal(buf.getvalue())  # its digest in front: a damaged copy is skipped, never loaded
         if self.shard is None:
-            self._write(self._path(chain), buf.getvalue())
+            self._write(self._path(chain), data)
             return
         rank = self.shard[0]
-        self._write(self._shard_path(chain, ckpt.step, rank), buf.getvalue())
+        self._write(self._shard_path(chain, ckpt.step, rank), data)
         keep = self._complete_steps(chain)[-2:]
         for step in self._shard_steps(chain).get(rank, []):
             if len(keep) == 2 and step < keep[0]:
@@ -142,18 +145,31 @@ class CheckpointStore:
 
     def load(self, chain: int, at_most: int | None = None) -> ChainCheckpoint | None:
         """The chain's checkpoint, or None; sharded: this rank's shard of the newest complete step (at or
-        before `at_most`, the steps the store holds)."""
+        before `at_most`, the steps the store holds) whose every shard is intact. A damaged checkpoint is
+        skipped with a warning: the previous good one is used, or the chain starts from its beginning."""
         if self.shard is None:
-            path = self._path(chain)
-        else:
-            complete = [s for s in self._complete_steps(chain) if at_most is None or s <= at_most]
-            if not complete:
-                return None
-            path = self._shard_path(chain, complete[-1], self.shard[0])
+            return self._read(self._path(chain), chain)
+        complete = [s for s in self._complete_steps(chain) if at_most is None or s <= at_most]
+        for step in reversed(complete):  # every rank of the chain checks every shard: all pick one step
+            shards = [self._read(self._shard_path(chain, step, r), chain) for r in range(self.shard[1])]
+            if all(s is not None for s in shards):
+                return shards[self.shard[0]]
+        return None
+
+    def _read(self, path: str, chain: int) -> ChainCheckpoint | None:
+        """The checkpoint at path; None when absent or damaged (warned)."""
         try:
             with self.fs.open(path, "rb") as f:
-                state = torch.load(io.BytesIO(f.read()), weights_only=False)
+                payload = unseal(f.read())
+            state = torch.load(io.BytesIO(payload), weights_only=False)
         except FileNotFoundError:
+            return None
+        except Exception as e:  # noqa: BLE001 - a digest mismatch, or bytes torch cannot unpickle
+            warnings.warn(
+                f"checkpoint {path} of chain {chain} is damaged ({type(e).__name__}: {e}); skipped: the "
+                "chain continues from an earlier good checkpoint or from its start",
+                stacklevel=3,
+            )
             return None
         return ChainCheckpoint(**state)
 

@@ -44,6 +44,7 @@ from distinterp.parallel.plan import Plan
 from distinterp.parallel.registry import engine_for
 from distinterp.progress import ProgressReporter
 from distinterp.provenance import note_environment, numeric_environment
+from distinterp.rerun import check_rerun_chains, damaged_chains, reset_chains
 from distinterp.sgld import RECORDED_METRICS
 from distinterp.store import (
     ChainRecorder,
@@ -109,6 +110,7 @@ def sample(
     noise: NoiseStream | None = None,
     compile: bool | str = False,
     autocast_dtype: str | None = None,
+    rerun_chains: Sequence[int] | None = None,
 ) -> xr.DataTree:
     """Run SGLD chains and stream per-token losses into a zarr store; return it as a lazy DataTree.
 
@@ -165,6 +167,8 @@ def sample(
         compile: (ours) torch.compile the step's forward (True, or a backend name; float rounding only).
         autocast_dtype: (ours) "bfloat16" or "float16" matmuls with float32 losses and updates (~1e-2
             relative; part of the store's identity).
+        rerun_chains: (ours) Chains to rewrite from their start (those a damaged chunk belongs to, as
+            `distinterp inspect --verify` names them); every other chunk stays untouched.
 
     Returns:
         The store as an xr.DataTree (lazy, zarr-backed): init_loss, sampling_loss, loss_<obs>,
@@ -201,6 +205,7 @@ def sample(
     _check_int("obs_seed", obs_seed, None)
     if checkpoint_every is not None:
         _check_int("checkpoint_every", checkpoint_every, 1)
+    rerun = check_rerun_chains(rerun_chains, config.num_chains, chains)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if loss_fn is not None and not callable(loss_fn):
@@ -244,6 +249,8 @@ def sample(
     error: BaseException | None = None
     if rt.is_coordinator:
         try:
+            if rerun:
+                reset_chains(location, schema, rerun)
             state = _prepare_store(location, schema, obs_list, config)
             initial = read_progress(location)[0]
         except BaseException as e:  # noqa: BLE001 - re-raised below, on every rank
@@ -296,6 +303,8 @@ def _run_my_chains(
     c = setup.config
     steps_done, _ = read_progress(location)
     todo = [ch for ch in plan.my_chains if steps_done[ch] < schema.num_steps]
+    for ch in damaged_chains(location, [ch for ch in todo if steps_done[ch] > 0]):
+        steps_done[ch] = 0  # its stored rows fail their checksum: rewrite it from its start
     checkpoints = CheckpointStore(location, plan.shard) if checkpoint_every else None
     every = -(-checkpoint_every // schema.step_chunk) * schema.step_chunk if checkpoint_every else None
     resume = resume_points(checkpoints, todo, {ch: int(steps_done[ch]) for ch in todo})

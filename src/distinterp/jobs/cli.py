@@ -170,7 +170,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     settings = _job_settings(args)
     if args.command == "llc" and "llc" not in settings.analyses:
         settings = settings.model_copy(update={"analyses": [*settings.analyses, "llc"]})
-    tree, results = run_sample(settings)
+    tree, results = run_sample(settings, rerun_chains=getattr(args, "rerun_chains", None))
     if runtime().is_coordinator:
         from distinterp.analyses.diagnostics import diagnose
 
@@ -335,11 +335,11 @@ def _storage_options(text: str | None) -> dict[str, Any]:
 
 
 def _open(url: str, storage_options: dict[str, Any]) -> Any:
+    from distinterp.remote import require_store
     from distinterp.store import Location, open_tree
 
     location = Location(url, storage_options)
-    if location.is_local and not (location.local_path / "zarr.json").is_file():
-        raise FileNotFoundError(f"no store at {url}")
+    require_store(location)  # one line, fast: unreachable endpoint, no bucket, no store
     return open_tree(location)
 
 
@@ -390,9 +390,11 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     from distinterp.analyses.llc import compute_llc
     from distinterp.analyses.susceptibilities import compute_susceptibilities
     from distinterp.jobs.runner import check_output_path, result_path
+    from distinterp.remote import require_reachable
     from distinterp.store import IncompleteStoreError
 
     options = _storage_options(args.storage_options)
+    require_reachable(args.store, options)
     _check_aggregate_flags(args)
     if args.output:
         check_output_path(args.output, "--output")
@@ -485,9 +487,16 @@ def _aggregate_sweep(args: argparse.Namespace, options: dict[str, Any]) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Config, schema, layout, progress, sizes, analyses beside the store, and the diagnosis."""
     from distinterp.jobs.inspection import describe
+    from distinterp.jobs.verification import checksum_line, verify_store
+    from distinterp.remote import require_reachable
 
+    options = _storage_options(args.storage_options)
+    require_reachable(args.store, options)
+    if args.verify:
+        return verify_store(args.store, options)
     lines, diagnosis = describe(args.store, _storage_options(args.storage_options))
     print("\n".join(lines))
+    print(checksum_line(args.store, options))
     _print_diagnosis(diagnosis.summary(), diagnosis.problems, diagnosis.notes)
     return 1 if args.strict and not diagnosis.healthy else 0
 
@@ -496,6 +505,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """PNG figures and one self-contained HTML page for a store (live or complete)."""
     from distinterp.jobs.report import report
     from distinterp.jobs.runner import check_output_path
+    from distinterp.remote import require_reachable
 
     options = _storage_options(args.storage_options)
     if args.out:
@@ -504,6 +514,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         from distinterp.jobs.sources import load_tokenizer
 
         load_tokenizer(args.tokenizer, "--tokenizer")
+    require_reachable(args.store, options)
     if _is_sweep_root(args.store, options):  # a trajectory or calibration root
         from distinterp.jobs.sweep_report import sweep_report
 
@@ -638,6 +649,15 @@ def parser() -> argparse.ArgumentParser:
             description=helptext + ". Settings: YAML < DISTINTERP_* environment < --set.",
         )
         _job_arguments(s)
+        if name in ("sample", "llc"):
+            s.add_argument(
+                "--rerun-chains",
+                type=int,
+                nargs="+",
+                metavar="CHAIN",
+                help="rewrite these chains from their start (those `inspect --verify` found damaged); the "
+                "others stay untouched",
+            )
         s.set_defaults(func=func)
 
     t = sub.add_parser(
@@ -710,6 +730,12 @@ def parser() -> argparse.ArgumentParser:
             a.add_argument("--log-step", action="store_true", help="trajectory root: log-scale step axis")
         if name == "inspect":
             a.add_argument("--strict", action="store_true", help="exit 1 when the diagnosis is not healthy")
+            a.add_argument(
+                "--verify",
+                action="store_true",
+                help="read every chunk of every array against its checksum; list damaged or missing ones "
+                "(exit 1 when any)",
+            )
         if name == "aggregate":
             a.add_argument("--allow-partial", action="store_true", help="use complete chains only")
             a.add_argument(
@@ -752,6 +778,14 @@ def _describe(error: BaseException) -> str:
     return str(error)
 
 
+def _options_of(args: argparse.Namespace) -> dict[str, Any]:
+    """--storage-options of a command, or {} when absent or not valid JSON (that error is said elsewhere)."""
+    try:
+        return _storage_options(getattr(args, "storage_options", None))
+    except ValueError:
+        return {}
+
+
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
@@ -787,7 +821,15 @@ def main(argv: list[str] | None = None) -> int:
             from distinterp.analyses.diagnostics import UnhealthyRunWarning
 
             warnings.simplefilter("ignore", UnhealthyRunWarning)  # the commands print the diagnosis
-            return int(args.func(args) or 0)
+            try:
+                return int(args.func(args) or 0)
+            except (RuntimeError, ValueError) as e:  # a chunk failing its checksum: name it and what to do
+                from distinterp.jobs.verification import damage_error
+
+                damaged = damage_error(getattr(args, "store", None), _options_of(args), e)
+                if damaged is None:
+                    raise
+                raise damaged from e
     except KeyboardInterrupt:
         if args.verbose:
             traceback.print_exc()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +85,10 @@ def load_inputs(settings: SampleSettings) -> Inputs:
 
 
 def run_sample(
-    settings: SampleSettings, inputs: Inputs | None = None, job: str = "sample"
+    settings: SampleSettings,
+    inputs: Inputs | None = None,
+    job: str = "sample",
+    rerun_chains: Sequence[int] | None = None,
 ) -> tuple[xr.DataTree, dict[str, xr.Dataset]]:
     """Sample as the settings say; analyses (and W&B logging, when set) run on rank 0 once the store is
     complete. `inputs`: already loaded (one load for several restrictions' runs); `job`: whose settings
@@ -118,6 +122,7 @@ def run_sample(
             inputs.data,
             inputs.observables,
             param_masks=masks,
+            rerun_chains=rerun_chains,
             **kwargs,
         )
     except OSError as e:  # a full disk, a directory removed mid-run, permissions changed

@@ -42,11 +42,31 @@ def mismatch_message(location: Location, diffs: list[str]) -> str:
     )
 
 
-def check_reachable(location: Location) -> None:
-    """Fail fast, in one line, when a remote store's endpoint does not answer (a wrong endpoint_url, a server
-    that is down): one quick request, where botocore's standard retries would take a minute in silence."""
-    if location.is_local:
+def check_bucket(fs: Any, location: Location, path: str) -> None:
+    """On S3, a store path whose bucket does not exist: say so (writes would fail later, less clearly)."""
+    if not location.url.startswith(("s3://", "s3a://")):
         return
+    bucket = path.split("/", 1)[0]
+    try:
+        fs.info(bucket)
+    except FileNotFoundError:
+        endpoint = (
+            location.fsspec_options().get("client_kwargs", {}).get("endpoint_url", "the default endpoint")
+        )
+        raise StoreError(
+            f"{location}: bucket '{bucket}' does not exist at {endpoint}; create it or choose an output_path "
+            "in an existing bucket"
+        ) from None
+    except Exception:  # noqa: BLE001 - no permission to look at the bucket itself: the store's own reads say more
+        return
+
+
+def check_reachable(location: Location) -> bool:
+    """Fail fast, in one line, when a remote store's endpoint does not answer (a wrong endpoint_url, a server
+    that is down): one quick request, where botocore's standard retries would take a minute in silence.
+    Returns whether a store (its zarr.json) is there."""
+    if location.is_local:
+        return (location.local_path / "zarr.json").is_file()
     import fsspec
 
     protocol, _, path = location.url.partition("://")
@@ -58,8 +78,9 @@ def check_reachable(location: Location) -> None:
     try:
         fs = fsspec.filesystem(protocol, skip_instance_cache=True, **options)
         fs.info(f"{path.rstrip('/')}/zarr.json")
-    except FileNotFoundError:
-        return  # reachable; no store there yet
+    except FileNotFoundError:  # reachable; no store there yet (but on S3 the bucket must exist)
+        check_bucket(fs, location, path)
+        return False
     except Exception as e:  # botocore, aiohttp and OSError types: the endpoint, credentials or bucket
         endpoint = options.get("client_kwargs", {}).get("endpoint_url", "the default endpoint")
         raise StoreError(
@@ -67,6 +88,7 @@ def check_reachable(location: Location) -> None:
             "output_path and storage_options (client_kwargs.endpoint_url, bucket; credentials: prefer AWS_* "
             "variables) and that the server is up"
         ) from e
+    return True
 
 
 def read_root_attrs(location: Location) -> dict[str, Any] | None:
@@ -152,7 +174,7 @@ def ensure(location: Location, schema: Schema) -> None:
 
 def write_once(location: Location, name: str, value: np.ndarray) -> None:
     """Write a whole small array (observable input ids, n_beta): by the coordinator only."""
-    arr = zarr.open_array(location.zarr_store(), path=name, mode="r+")
+    arr = zarr.open_array(location.zarr_store(), path=name, mode="r+", config={"write_empty_chunks": True})
     arr[...] = value
 
 

@@ -51,7 +51,8 @@ class ArraySpec:
             data_type=get_data_type_from_native_dtype(np_dtype),
             chunk_grid=RegularChunkGrid(chunk_shape=self.chunks),
             chunk_key_encoding=DefaultChunkKeyEncoding(separator="/"),
-            codecs=[BytesCodec(), ZstdCodec(level=0, checksum=False)],
+            # zstd's frame checksum: every zstd reader verifies it on decode (integrity.py)
+            codecs=[BytesCodec(), ZstdCodec(level=0, checksum=True)],
             fill_value=fill,
             attributes=attrs or None,
             dimension_names=self.dims,

@@ -41,7 +41,10 @@ class StoreWriter:
         store = location.zarr_store()
         self.location = location
         self.schema = schema
-        self.arrays = {name: zarr.open_array(store, path=name, mode="r+") for name in schema.arrays}
+        self.arrays = {  # every chunk stored, even one equal to the fill value: a missing chunk is then a loss
+            name: zarr.open_array(store, path=name, mode="r+", config={"write_empty_chunks": True})
+            for name in schema.arrays
+        }
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distinterp-writer")
         self._pending: list[Future[None]] = []
         self._sem = threading.BoundedSemaphore(max_pending)
