@@ -18,6 +18,20 @@ torch.set_num_threads(1)
 
 pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.slurm"]
 
+HEAVY = ("distributed", "slurm", "slow")
+"""Marks of tests that start torchrun jobs, daemons or long runs."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with the most heavy tests run first (each module kept whole and in order), so that under
+    `-n 2 --dist loadfile --no-loadscope-reorder` the long modules start early and the two workers end
+    together instead of one waiting for a torchrun module handed out last."""
+    weight: dict[str, int] = {}
+    for item in items:
+        heavy = any(item.get_closest_marker(m) for m in HEAVY)
+        weight[item.nodeid.split("::")[0]] = weight.get(item.nodeid.split("::")[0], 0) + heavy
+    items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])  # stable: order within a module kept
+
 
 def tiny_gpt2(vocab_size: int = 32, n_layer: int = 1, dropout: float = 0.0, seed: int = 0) -> torch.nn.Module:
     """A 1-layer GPT-2 with 16-wide embeddings and context 32, random init from a fixed seed."""

@@ -102,10 +102,21 @@ def test_world_size_does_not_change_the_store(tmp_path: Path) -> None:
         assert tree_hash(tmp_path / f"ranks{n}.zarr") == reference, f"{n} ranks wrote a different store"
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+LONG = {"num_chains": 4, "num_draws": 400}
+"""The kill tests' job: long enough that a kill lands mid-run."""
+
+
+@pytest.fixture(scope="module")
+def clean_long(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tree hash of LONG run uninterrupted in one process (the kill tests' reference, computed once)."""
+    out = tmp_path_factory.mktemp("clean") / "clean.zarr"
+    run_single(out, LONG)
+    return tree_hash(out)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path, clean_long: str) -> None:
     """SIGKILL the whole 2-rank job mid-run (node loss), rerun the same command: byte-identical store."""
-    opts = {"num_chains": 4, "num_draws": 400}
-    run_single(tmp_path / "clean.zarr", opts)
+    opts = LONG
     out = tmp_path / "killed.zarr"
     proc = torchrun(2, out, opts)
     deadline = time.monotonic() + 180
@@ -122,7 +133,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     assert 0 < steps.sum() < 4 * 400, f"kill did not land mid-run (progress {steps})"
     assert "completed" not in zarr.open_group(str(out), mode="r").attrs
     finish(torchrun(2, out, opts))
-    assert tree_hash(out) == tree_hash(tmp_path / "clean.zarr")
+    assert tree_hash(out) == clean_long
 
 
 def worker_pids(proc: subprocess.Popen) -> list[int]:
@@ -135,10 +146,9 @@ def worker_pids(proc: subprocess.Popen) -> list[int]:
     return pids
 
 
-def test_one_rank_killed_mid_chain_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+def test_one_rank_killed_mid_chain_resumes_from_its_checkpoint(tmp_path: Path, clean_long: str) -> None:
     """SIGKILL one rank once a chain has a checkpoint; the rerun continues that chain mid-way, same bytes."""
-    opts = {"num_chains": 4, "num_draws": 400, "checkpoint_every": 50}
-    run_single(tmp_path / "clean.zarr", {k: v for k, v in opts.items() if k != "checkpoint_every"})
+    opts = {**LONG, "checkpoint_every": 50}
     out = tmp_path / "killed.zarr"
     ckpts = tmp_path / "killed.zarr.checkpoints"
     proc = torchrun(2, out, opts)
@@ -154,5 +164,5 @@ def test_one_rank_killed_mid_chain_resumes_from_its_checkpoint(tmp_path: Path) -
     assert (steps < 400).any(), f"kill did not land mid-run (progress {steps})"
     log = finish(torchrun(2, out, opts))
     assert "continues from its checkpoint at step" in log, log[-3000:]
-    assert tree_hash(out) == tree_hash(tmp_path / "clean.zarr")
+    assert tree_hash(out) == clean_long
     assert not ckpts.exists(), "checkpoints of a completed store are removed"
