@@ -252,7 +252,8 @@ def sample(
             if rerun:
                 reset_chains(location, schema, rerun)
             state = _prepare_store(location, schema, obs_list, config)
-            initial = read_progress(location)[0]
+            if state != "complete":  # a complete store may be devinterp's, which has no progress arrays
+                initial = read_progress(location)[0]
         except BaseException as e:  # noqa: BLE001 - re-raised below, on every rank
             error = e
     state, error = rt.broadcast((state, error))
