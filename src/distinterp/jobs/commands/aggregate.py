@@ -49,11 +49,9 @@ def _sampling_task(tree: Any, given: str | None) -> str:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
-    """Analyses of a finished store (LLC; BIF and susceptibilities on request); refuses an incomplete one."""
-    from distinterp.analyses.bif import compute_bif
-    from distinterp.analyses.llc import compute_llc
-    from distinterp.analyses.susceptibilities import compute_susceptibilities
-    from distinterp.jobs.runner import check_output_path, result_path
+    """Analyses of a finished store (LLC; BIF and susceptibilities on request); refuses an incomplete one.
+    Its jobs, each a function: check every flag, a sweep root's table, the LLC, the BIF, the susceptibilities."""
+    from distinterp.jobs.runner import check_output_path
     from distinterp.store import IncompleteStoreError
 
     options = _storage_options(args.storage_options)
@@ -66,38 +64,64 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     sampling_task = _sampling_task(tree, args.sampling_task) if args.susceptibilities else None
     base = args.output or args.store  # other results go beside it (a URL's: into this directory)
     try:
-        res = compute_llc(tree, allow_partial=args.allow_partial)
-        _print_llc(res)
-        _print_trace(tree)
-        if args.output:
-            write_result(res, args.output)
-            print(f"wrote {args.output}")
+        _aggregate_llc(tree, args)
         if args.bif:
-            out = result_path(base, "bif")
-            check_output_path(out, "--output")
-            lazy = args.bif == "token" and not args.bif_average
-            bif = compute_bif(
-                tree,
-                correlation_method=args.bif,
-                average_tokenwise_bif=args.bif_average,
-                batch_size=args.bif_batch_size,
-                allow_partial=args.allow_partial,
-                output_path=out if lazy else None,
-            )
-            if not lazy:
-                write_result(bif, out)
-            print(f"BIF {dict(bif['influences'].sizes)} -> {out}")
-        if args.susceptibilities:
-            stores = dict(s.split("=", 1) for s in args.susceptibilities)
-            wr_map = {"full": tree, **{name: _open(url, options) for name, url in stores.items()}}
-            sus = compute_susceptibilities(wr_map, sampling_task, allow_partial=args.allow_partial)
-            out = result_path(base, "susceptibilities")
-            write_result(sus, out)
-            print(f"susceptibilities {dict(sus['susceptibilities'].dataset.sizes)} -> {out}")
+            _aggregate_bif(tree, args, base)
+        if sampling_task is not None:
+            _aggregate_susceptibilities(tree, args, base, options, sampling_task)
     except IncompleteStoreError as e:
         print(f"distinterp aggregate: {e}\n(--allow-partial uses the complete chains only)", file=sys.stderr)
         return 2
     return 0
+
+
+def _aggregate_llc(tree: Any, args: argparse.Namespace) -> None:
+    """The LLC of the store, printed with its trace; written to --output when given."""
+    from distinterp.analyses.llc import compute_llc
+
+    res = compute_llc(tree, allow_partial=args.allow_partial)
+    _print_llc(res)
+    _print_trace(tree)
+    if args.output:
+        write_result(res, args.output)
+        print(f"wrote {args.output}")
+
+
+def _aggregate_bif(tree: Any, args: argparse.Namespace, base: str) -> None:
+    """The BIF (--bif), written beside `base`; the lazy token-wise one streams into its result as computed."""
+    from distinterp.analyses.bif import compute_bif
+    from distinterp.jobs.runner import check_output_path, result_path
+
+    out = result_path(base, "bif")
+    check_output_path(out, "--output")
+    lazy = args.bif == "token" and not args.bif_average
+    bif = compute_bif(
+        tree,
+        correlation_method=args.bif,
+        average_tokenwise_bif=args.bif_average,
+        batch_size=args.bif_batch_size,
+        allow_partial=args.allow_partial,
+        output_path=out if lazy else None,
+    )
+    assert bif is not None  # None only on a distributed run's other ranks; aggregate is one process
+    if not lazy:
+        write_result(bif, out)
+    print(f"BIF {dict(bif['influences'].sizes)} -> {out}")
+
+
+def _aggregate_susceptibilities(
+    tree: Any, args: argparse.Namespace, base: str, options: dict[str, Any], sampling_task: str
+) -> None:
+    """The susceptibilities of the store ('full') and the --susceptibilities NAME=STORE stores, beside `base`."""
+    from distinterp.analyses.susceptibilities import compute_susceptibilities
+    from distinterp.jobs.runner import result_path
+
+    stores = dict(s.split("=", 1) for s in args.susceptibilities)
+    wr_map = {"full": tree, **{name: _open(url, options) for name, url in stores.items()}}
+    sus = compute_susceptibilities(wr_map, sampling_task, allow_partial=args.allow_partial)
+    out = result_path(base, "susceptibilities")
+    write_result(sus, out)
+    print(f"susceptibilities {dict(sus['susceptibilities'].dataset.sizes)} -> {out}")
 
 
 def _check_aggregate_flags(args: argparse.Namespace) -> None:

@@ -22,9 +22,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         grid = parse_grid(args.grid)
         overrides += [f"grid.{name}={json.dumps(values)}" for name, values in grid.items()]
     settings = load_settings(args.config, overrides, cls=CalibrateSettings)
+    assert isinstance(settings, CalibrateSettings)
     if args.grid:  # --grid replaces the config's grid rather than adding fields to it
         settings.grid = grid
-    cal = run_calibrate(settings)  # type: ignore[arg-type]
+    cal = run_calibrate(settings)
     if runtime().is_coordinator:
         if cal is None:
             print(f"calibration {settings.output_path}: this job's share is done; other tasks are unfinished")

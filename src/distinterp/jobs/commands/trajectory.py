@@ -15,7 +15,8 @@ def cmd_trajectory(args: argparse.Namespace) -> int:
     from distinterp.parallel.distributed import runtime
 
     settings = load_settings(args.config, _overrides(args), cls=TrajectorySettings)
-    res = run_trajectory(settings)  # type: ignore[arg-type]
+    assert isinstance(settings, TrajectorySettings)
+    res = run_trajectory(settings)
     if runtime().is_coordinator:
         if res is None:
             print(f"trajectory {settings.output_path}: this job's share is done; other tasks are unfinished")
