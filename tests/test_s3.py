@@ -165,7 +165,12 @@ def test_two_torchrun_ranks_write_one_s3_store(server: S3Server, s3_url: str, re
     url = f"{s3_url}/run.zarr"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     cmd += ["-m", "tests.jobs", url, json.dumps(JOB)]
-    env = {**os.environ, **server.env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        **server.env,
+        "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}",
+        "OMP_NUM_THREADS": "1",
+    }
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     assert_same_objects(Target(url, server.storage_options).objects(), reference.objects())
