@@ -14,7 +14,7 @@ import distinterp
 from distinterp.parallel.distributed import runtime
 from distinterp.parallel.plan import Plan
 from distinterp.progress import ProgressReporter
-from distinterp.store import Location
+from distinterp.store import Location, SampleStore
 from tests.conftest import SMALL, tiny_gpt2, token_dataset
 from tests.test_distributed import finish, torchrun
 
@@ -39,8 +39,7 @@ def test_a_restarted_chain_is_not_counted_as_done(tmp_path: Path, resumable: boo
     )
     plan = Plan.build(runtime(), 3, None)
     reporter = ProgressReporter(
-        Location(str(path), {}),
-        schema,
+        SampleStore(Location(str(path), {}), schema),
         plan,
         initial=np.array([6, 3, 0]),
         resumable=resumable,  # type: ignore[arg-type]

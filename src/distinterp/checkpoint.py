@@ -22,7 +22,7 @@ from fsspec.implementations.local import LocalFileSystem
 from distinterp.integrity import seal, unseal
 from distinterp.paths import sibling
 from distinterp.sgld import ParamSlot
-from distinterp.store import Location
+from distinterp.store import Location, SampleStore
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,8 @@ class CheckpointStore:
     progress covers always remains (the newest may be saved just before the progress that covers it).
     """
 
-    def __init__(self, location: Location, shard: tuple[int, int] | None = None):
+    def __init__(self, store: SampleStore | Location, shard: tuple[int, int] | None = None):
+        location = store.location if isinstance(store, SampleStore) else store
         self.url = sibling(location.url, "checkpoints")
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **location.fsspec_options())
         self.shard = shard

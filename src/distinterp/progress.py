@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from distinterp.analyses.chains import llc_estimate
 from distinterp.parallel.plan import Plan
-from distinterp.store import Location, Schema, read_progress
+from distinterp.store import Location, SampleStore
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,7 @@ class ProgressReporter:
 
     def __init__(
         self,
-        location: Location,
-        schema: Schema,
+        store: SampleStore,
         plan: Plan,
         interval_s: float = 2.0,
         *,
@@ -89,15 +88,16 @@ class ProgressReporter:
         """`initial`: per-chain steps the store held before any rank started (read by rank 0 while it
         prepared the store; read here otherwise); `resumable`: unfinished chains continue from
         checkpoints (else they restart, and their old steps are not counted as done)."""
-        self.location = location
+        schema = store.schema
+        self.store = store
         self.num_steps = schema.num_steps
         self.chains = list(plan.chains)
         self.total = schema.num_steps * len(self.chains)
         self.interval_s = interval_s
         self.llc = RunningLLC(
-            location, schema.num_chains, float(schema.attrs["metadata"]["config"]["sampler"]["n_beta"])
+            store.location, schema.num_chains, float(schema.attrs["metadata"]["config"]["sampler"]["n_beta"])
         )
-        steps = read_progress(location)[0] if initial is None else initial
+        steps = store.progress()[0] if initial is None else initial
         complete = int((steps[self.chains] >= self.num_steps).sum())
         kept = steps if resumable else np.where(steps >= self.num_steps, steps, 0)
         self.first = self._done(kept)
@@ -106,7 +106,7 @@ class ProgressReporter:
         if self.first > 0:
             tqdm.write(
                 f"resuming: {complete} of {len(self.chains)} chains complete "
-                f"({self.first}/{self.total} steps already in {location})",
+                f"({self.first}/{self.total} steps already in {store})",
                 file=sys.stderr,
             )
         self._bar = tqdm(
@@ -128,7 +128,7 @@ class ProgressReporter:
 
     def poll(self) -> int:
         """Read the store's progress once, fold new steps into the LLC and update the bar; steps done."""
-        steps, diverged = read_progress(self.location)
+        steps, diverged = self.store.progress()
         live = self.live = [c for c in self.chains if diverged[c] < 0]
         for c in live:
             self.llc.fold(c, int(steps[c]))

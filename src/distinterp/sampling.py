@@ -11,7 +11,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -49,16 +49,9 @@ from distinterp.sgld import RECORDED_METRICS
 from distinterp.store import (
     ChainRecorder,
     Location,
+    SampleStore,
     Schema,
-    StoreWriter,
     build_schema,
-    check_existing,
-    ensure,
-    mark_completed,
-    open_tree,
-    read_progress,
-    read_root_attrs,
-    write_once,
 )
 
 logger = logging.getLogger(__name__)
@@ -102,7 +95,7 @@ def sample(
     loss_fn: LossFn | None = None,
     chains: Sequence[int] | None = None,
     storage_options: dict[str, Any] | None = None,
-    epoch_mode: str = "cycle",
+    epoch_mode: Literal["once", "cycle"] = "cycle",
     checkpoint_every: int | None = None,
     run_settings: dict[str, Any] | None = None,
     fsdp_size: int = 1,
@@ -241,7 +234,7 @@ def sample(
     schema.attrs["distinterp"]["numerics"] = numeric_environment(working, dev, plan.way, compile)
     if run_settings is not None:
         schema.attrs["distinterp"]["run_settings"] = json.loads(json.dumps(run_settings))
-    location = _location(output_path, storage_options, config, rt)
+    store = SampleStore(_location(output_path, storage_options, config, rt), schema)
 
     # Rank 0 validates or creates the store; every rank raises the same error if it cannot.
     state = None
@@ -250,18 +243,18 @@ def sample(
     if rt.is_coordinator:
         try:
             if rerun:
-                reset_chains(location, schema, rerun)
-            state = _prepare_store(location, schema, obs_list, config)
-            if state != "complete":  # a complete store may be devinterp's, which has no progress arrays
-                initial = read_progress(location)[0]
+                reset_chains(store.location, schema, rerun)
+            state = _prepare_store(store, obs_list, config)
+            if state != "complete":  # a complete store may be devinterp's, which records no progress
+                initial = store.progress()[0]
         except BaseException as e:  # noqa: BLE001 - re-raised below, on every rank
             error = e
     state, error = rt.broadcast((state, error))
     if error is not None:
         raise error
     if state == "complete":
-        logger.info("sample(): %s is already complete; returning it without sampling", location)
-        return open_tree(location)
+        logger.info("sample(): %s is already complete; returning it without sampling", store)
+        return store.open()
 
     setup = ChainSetup(
         model=working,
@@ -275,52 +268,57 @@ def sample(
         noise=stream,
         compile=compile,
     )
-    reporter = _run_my_chains(plan, engine, setup, schema, location, checkpoint_every, initial)
+    reporter = _run_my_chains(plan, engine, setup, store, checkpoint_every, initial)
     rt.barrier()  # every rank's last chunk is durable: the closing line counts them all
     if reporter is not None:
         reporter.stop(summary=True)
     if rt.is_coordinator:
-        steps_done, _ = read_progress(location)
+        steps_done, _ = store.progress()
         if (steps_done >= schema.num_steps).all():
-            mark_completed(location)
+            store.mark_completed()
             if checkpoint_every:
-                CheckpointStore(location).clear()
+                CheckpointStore(store).clear()
     rt.barrier()
     logger.info("sample() took %.2f s on rank %d", time.perf_counter() - start, rt.rank)
-    return open_tree(location)
+    return store.open()
 
 
 def _run_my_chains(
     plan: Plan,
     engine: EngineFactory,
     setup: ChainSetup,
-    schema: Schema,
-    location: Location,
+    store: SampleStore,
     checkpoint_every: int | None,
     initial: np.ndarray | None = None,
 ) -> ProgressReporter | None:
     """Run this rank's unfinished chains, group by group, through the plan's engine, into the store.
     Returns rank 0's progress display, for its closing line once every rank is done."""
     c = setup.config
-    steps_done, _ = read_progress(location)
+    schema = store.schema
+    steps_done, _ = store.progress()
     todo = [ch for ch in plan.my_chains if steps_done[ch] < schema.num_steps]
-    for ch in damaged_chains(location, [ch for ch in todo if steps_done[ch] > 0]):
+    for ch in damaged_chains(store.location, [ch for ch in todo if steps_done[ch] > 0]):
         steps_done[ch] = 0  # its stored rows fail their checksum: rewrite it from its start
-    checkpoints = CheckpointStore(location, plan.shard) if checkpoint_every else None
+    checkpoints = CheckpointStore(store, plan.shard) if checkpoint_every else None
     every = -(-checkpoint_every // schema.step_chunk) * schema.step_chunk if checkpoint_every else None
     resume = resume_points(checkpoints, todo, {ch: int(steps_done[ch]) for ch in todo})
     starts = {ch: r.step if r is not None else 0 for ch, r in resume.items()}
     if plan.is_writer:
-        created_under = (read_root_attrs(location) or {}).get("distinterp", {}).get("numerics")
+        created_under = (store.root_attrs() or {}).get("distinterp", {}).get("numerics")
         note_environment(
-            location, created_under, schema.attrs["distinterp"]["numerics"], todo, starts, plan.runtime.rank
+            store.location,
+            created_under,
+            schema.attrs["distinterp"]["numerics"],
+            todo,
+            starts,
+            plan.runtime.rank,
         )
     reporter = (
-        ProgressReporter(location, schema, plan, initial=initial, resumable=bool(checkpoint_every))
+        ProgressReporter(store, plan, initial=initial, resumable=bool(checkpoint_every))
         if plan.is_coordinator
         else None
     )
-    writer = StoreWriter(location, schema) if plan.is_writer else None
+    writer = store.writer() if plan.is_writer else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
@@ -544,13 +542,13 @@ def _location(
     return Location(str(output_path), dict(storage_options or {}))
 
 
-def _prepare_store(location: Location, schema: Schema, obs_list: list, config: SamplerConfig) -> str:
-    """Create the store or check the existing one; returns 'complete' or 'continue'."""
-    state = check_existing(location, schema)
+def _prepare_store(store: SampleStore, obs_list: list[Observable], config: SamplerConfig) -> str:
+    """Rank 0: create the store or check the existing one; returns 'complete' or 'continue'."""
+    state = store.state()
     if state.completed:
         return "complete"
-    ensure(location, schema)
+    store.create()
     for obs in obs_list:  # rewritten (same bytes) on every start, in case a creator died before writing them
-        write_once(location, f"input_ids_{obs.obs_id}", obs.input_ids.numpy())
-    write_once(location, "n_beta", np.asarray(config.n_beta, dtype=np.float64))
+        store.write_once(f"input_ids_{obs.obs_id}", obs.input_ids.numpy())
+    store.write_once("n_beta", np.asarray(config.n_beta, dtype=np.float64))
     return "continue"

@@ -6,11 +6,13 @@ that chain). Metadata is written once, by one process; progress lives in `chain_
 `chain_diverged_step`, one chunk per chain, written only by that chain's writer after its data.
 
 A package: location (local/remote, credentials redacted), schema, open (create, validate, open,
-progress), writer (the background region writes), recorder (a chain's rows and its divergence rule).
+progress), writer (the background region writes), recorder (a chain's rows and its divergence rule),
+handle (SampleStore: address and schema, what sample()'s chain loop, progress and checkpoints receive).
 Every name is importable from `distinterp.store` as before the split.
 """
 
 from distinterp.errors import IncompleteStoreError, StoreConfigMismatch, StoreError
+from distinterp.store.handle import SampleStore
 from distinterp.store.location import Location, redact
 from distinterp.store.open import (
     StoreState,
@@ -47,6 +49,7 @@ __all__ = [
     "ChainRecorder",
     "IncompleteStoreError",
     "Location",
+    "SampleStore",
     "Schema",
     "StoreConfigMismatch",
     "StoreError",

@@ -14,6 +14,7 @@ from typing import Any
 
 import fsspec
 import zarr
+from zarr.abc.store import Store
 
 from distinterp.paths import sibling
 
@@ -107,7 +108,7 @@ class Location:
     def local_path(self) -> Path:
         return Path(self.url.removeprefix("file://"))
 
-    def zarr_store(self, read_only: bool = False) -> zarr.abc.store.Store:
+    def zarr_store(self, read_only: bool = False) -> Store:
         if self.is_local:
             return zarr.storage.LocalStore(self.local_path, read_only=read_only)
         return zarr.storage.FsspecStore.from_url(

@@ -1,0 +1,88 @@
+"""What the commands print: the LLC, a diagnosis, the LLC trace, a store's chains, a sweep's table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _print_llc(res: Any, truth: float | None = None) -> None:
+    per_chain = np.asarray(res.llc_per_chain.values)
+    print(
+        f"LLC mean  {float(res.llc_mean):.3f}  (std over chains {float(res.llc_std):.3f}, {per_chain.size} chains)"
+    )
+    print("per chain " + " ".join(f"{v:.2f}" for v in per_chain))
+    if res.attrs.get("excluded_chains"):
+        print(f"excluded  {res.attrs['excluded_chains']}")
+    if "diagnosis" in res.attrs:
+        _print_diagnosis(res.attrs["diagnosis"], res.attrs.get("diagnosis_problems", "").splitlines())
+    if truth is not None:
+        print(f"theory    {truth:.3f}  (relative error {abs(float(res.llc_mean) - truth) / truth:.1%})")
+
+
+def _print_diagnosis(summary: str, problems: Sequence[str], notes: Sequence[str] = ()) -> None:
+    """The verdict in one line, then each problem (check, chains, fix) on its own."""
+    print(f"diagnosis {summary}")
+    for line in problems:
+        print(f"  - {line}")
+    for line in notes:
+        print(f"  note: {line}")
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def _print_trace(tree: Any, width: int = 48) -> None:
+    """The LLC estimate over draws (mean over chains), as one line of text: has the run equilibrated?"""
+    ds = tree.dataset
+    if "sampling_loss" not in ds or "init_loss" not in ds:
+        return
+    n_beta = (
+        float(ds.n_beta) if "n_beta" in ds else float(ds.attrs["metadata"]["config"]["sampler"]["n_beta"])
+    )
+    per_draw = ds.sampling_loss.mean(dim=[d for d in ds.sampling_loss.dims if d not in ("chain", "draw")])
+    trace = n_beta * (per_draw - ds.init_loss.mean(dim="token_pos")).mean(dim="chain").values
+    trace = trace[np.isfinite(trace)]
+    if trace.size < 2:
+        return
+    windows = np.array_split(trace, min(width, trace.size))
+    means = np.array([w.mean() for w in windows])
+    lo, hi = float(means.min()), float(means.max())
+    scale = (means - lo) / (hi - lo) if hi > lo else np.zeros_like(means)
+    line = "".join(SPARK[int(v * (len(SPARK) - 1) + 0.5)] for v in scale)
+    print(f"trace     {line}  (LLC estimate over {trace.size} draws, {lo:.2f} .. {hi:.2f})")
+
+
+def _print_store(tree: Any, url: str) -> int:
+    """'store URL: k/n chains complete[, d diverged]'; 1 when every complete chain diverged, else 0."""
+    from distinterp.analyses.chains import chain_status
+
+    complete, _, diverged = chain_status(tree.dataset)
+    finished = len([c for c in complete if c not in diverged])
+    print(
+        f"store {url}: {finished}/{tree.dataset.sizes['chain']} chains complete"
+        + (f", {len(diverged)} diverged" if diverged else "")
+    )
+    if len(complete) < tree.dataset.sizes["chain"]:
+        print(f"(the other chains are other tasks'; `distinterp aggregate {url}` once all are done)")
+    return 1 if complete and not finished else 0
+
+
+def _print_sweep(res: Any) -> None:
+    """One line per checkpoint / cell: label, LLC mean +- std over chains, chains used."""
+    dim = "checkpoint" if "checkpoint" in res.dims else "cell"
+    for i, label in enumerate(res[dim].values):
+        mean, std = float(res.llc_mean[i]), float(res.llc_std[i])
+        health = ""
+        if "healthy" in res:  # each cell's verdict, as the HTML shows it
+            problems = str(res.problems.values[i]).splitlines() if "problems" in res else []
+            health = (
+                "  healthy"
+                if bool(res.healthy[i])
+                else "  UNHEALTHY" + (f": {problems[0]}" if problems else "")
+            )
+        print(f"{label:>24}  LLC {mean:9.3f} +- {std:7.3f}  ({int(res.num_chains_used[i])} chains){health}")
+    if res.attrs.get("missing"):
+        print(f"unfinished: {', '.join(res.attrs['missing'])}")
