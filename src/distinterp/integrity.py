@@ -24,19 +24,12 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from distinterp.store import DIVERGED_STEP, STEPS_DONE, Location, StoreError, redact
+from distinterp.errors import DamagedStoreError as DamagedStoreError  # re-exported: its old home
+from distinterp.store import DIVERGED_STEP, STEPS_DONE, Location, redact
 
 PROGRESS_ARRAYS = (STEPS_DONE, DIVERGED_STEP)
 REMOTE_READERS = 16
 """Chunks read at once from a remote store (parallel GETs); a local store reads with 2 threads."""
-
-
-class DamagedStoreError(StoreError):
-    """Chunks of a store fail their checksum (or are missing); the message says which chains to rerun."""
-
-    def __init__(self, message: str, problems: Sequence[ChunkProblem]):
-        super().__init__(message)
-        self.problems = list(problems)
 
 
 @dataclass(frozen=True)
