@@ -136,6 +136,9 @@ def test_analyses_name_a_damaged_chunk_and_the_rerun_that_repairs_it(model, data
         "compute_llc(tree)": lambda: distinterp.compute_llc(tree),
         "diagnose(path)": lambda: distinterp.diagnose(str(out)),
         "compute_bif(dataset)": lambda: distinterp.compute_bif(tree.dataset, device="cpu"),
+        "compute_susceptibilities(trees)": lambda: distinterp.compute_susceptibilities(
+            {"full": tree, "w": tree}, "train", include_sampling_task=True
+        ),
     }
     for what, read in reads.items():
         with pytest.raises(DamagedStoreError) as caught:
