@@ -13,6 +13,7 @@ import functools
 import hashlib
 import inspect
 import itertools
+import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +27,8 @@ from zarr.core.sync import sync
 
 from distinterp.errors import DamagedStoreError as DamagedStoreError  # re-exported: its old home
 from distinterp.store import DIVERGED_STEP, STEPS_DONE, Location, redact
+
+logger = logging.getLogger(__name__)
 
 PROGRESS_ARRAYS = (STEPS_DONE, DIVERGED_STEP)
 REMOTE_READERS = 16
@@ -119,7 +122,10 @@ def expected(
 
 
 def is_damage(error: BaseException) -> bool:
-    """Whether an exception is a chunk failing its checksum or its decoding (zstd, crc32c)."""
+    """Whether an exception is a chunk failing its checksum or its decoding (zstd, crc32c); a
+    DamagedStoreError is not: its chunks are named already."""
+    if isinstance(error, DamagedStoreError):
+        return False
     text = str(error)
     zstd = isinstance(error, RuntimeError) and "Zstd decompression error" in text
     return zstd or (isinstance(error, ValueError) and "checksum do not match" in text)
@@ -346,11 +352,17 @@ def names_damaged_chunks(analysis: Callable[P, R]) -> Callable[P, R]:
         try:
             return analysis(*args, **kwargs)
         except (RuntimeError, ValueError) as e:
-            if isinstance(e, DamagedStoreError) or not is_damage(e):
+            if not is_damage(e):
                 raise
             samples = args[0] if args else kwargs.get(first)
             options = kwargs.get("storage_options")
             locations = store_locations(samples, options if isinstance(options, Mapping) else None)
+            if locations:
+                logger.warning(
+                    "%s: a chunk failed its checksum; reading every chunk of %s to name it",
+                    analysis.__name__,
+                    ", ".join(map(str, locations)),
+                )
             raise damage_in(locations, e) from e
 
     return wrapper
