@@ -10,16 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 import zarr
 
 import distinterp
 from distinterp.checkpoint import ChainCheckpoint, CheckpointStore
 from distinterp.integrity import (
     DamagedCheckpoint,
+    DamagedStoreError,
     covers,
     draws_before,
     expected,
     seal,
+    store_locations,
     unseal,
     verify,
 )
@@ -115,6 +118,43 @@ def test_cli_verify_names_damage_and_read_commands_say_what_to_do(model, dataset
     assert "Traceback" not in err
 
 
+def test_analyses_name_a_damaged_chunk_and_the_rerun_that_repairs_it(model, dataset, tmp_path) -> None:
+    out = tmp_path / "run.zarr"
+    llc = distinterp.compute_llc(
+        distinterp.sample(model, dataset, {"train": dataset}, output_path=out, **SMALL), check=False
+    ).llc_mean.item()
+    damage(out / "sampling_loss_micro" / "c" / "1" / "0" / "0" / "0")
+    damage(out / "loss_train" / "c" / "2" / "0" / "0" / "0")
+    tree = xr.open_datatree(out, engine="zarr", consolidated=False)  # opened after: xarray caches reads
+    named = [
+        "damaged sampling_loss_micro chunk 1/0/0/0: chain 1, steps 0-5 (checksum mismatch)",
+        "damaged loss_train chunk 2/0/0/0: chain 2, draws 0-5 (checksum mismatch)",
+        f"--from-store {out} --rerun-chains 1 2",
+        "rerun_chains=[1, 2]",
+    ]
+    reads = {
+        "compute_llc(tree)": lambda: distinterp.compute_llc(tree),
+        "diagnose(path)": lambda: distinterp.diagnose(str(out)),
+        "compute_bif(dataset)": lambda: distinterp.compute_bif(tree.dataset, device="cpu"),
+        "compute_susceptibilities(trees)": lambda: distinterp.compute_susceptibilities(
+            {"full": tree, "w": tree}, "train", include_sampling_task=True
+        ),
+    }
+    for what, read in reads.items():
+        with pytest.raises(DamagedStoreError) as caught:
+            read()
+            pytest.fail(f"{what} returned numbers from a damaged store")
+        assert all(words in str(caught.value) for words in named), (what, str(caught.value))
+        assert f"{out}: 2 chunk(s) damaged or missing" in str(caught.value)
+    bare = xr.Dataset(dict(tree.dataset.data_vars), attrs=tree.dataset.attrs)  # no record of its store
+    with pytest.raises(DamagedStoreError, match=r"which store is unknown.*inspect STORE --verify"):
+        distinterp.compute_llc(bare)
+    assert store_locations({"full": tree, "l0": str(out)}) == [Location(str(out))] * 2
+    distinterp.sample(model, dataset, {"train": dataset}, output_path=out, rerun_chains=[1, 2], **SMALL)
+    repaired = xr.open_datatree(out, engine="zarr", consolidated=False)
+    assert distinterp.compute_llc(repaired, check=False).llc_mean.item() == llc  # the same numbers
+
+
 def test_stores_written_before_checksums_stay_readable(tmp_path, capsys) -> None:
     from tests.conftest import tiny_gpt2, token_dataset
 
@@ -177,3 +217,24 @@ def test_unreadable_s3_stores_fail_fast_in_one_line(s3_server: S3Server, s3_url:
     assert f"no store at {s3_url}/none.zarr" in capsys.readouterr().err
     assert main(["status", "s3://nobucket-here/run.zarr", "--storage-options", live]) == 2
     assert "bucket 'nobucket-here' does not exist" in capsys.readouterr().err
+
+
+def test_an_analysis_of_an_s3_store_names_its_damaged_chunk(
+    model, dataset, s3_server: S3Server, s3_url: str
+) -> None:
+    import fsspec
+
+    url, options = f"{s3_url}/run.zarr", s3_server.storage_options
+    run = dict(SMALL, num_chains=1)  # few chunks: naming them reads every chunk over S3
+    distinterp.sample(model, dataset, {"train": dataset}, output_path=url, storage_options=options, **run)
+    fs, root = fsspec.core.url_to_fs(url, **options)
+    chunk = f"{root}/sampling_loss_micro/c/0/0/0/0"
+    data = bytearray(fs.cat_file(chunk))
+    data[len(data) // 2] ^= 0xFF
+    fs.pipe_file(chunk, bytes(data))
+    tree = xr.open_datatree(url, engine="zarr", consolidated=False, storage_options=options)
+    with pytest.raises(DamagedStoreError) as caught:  # the tree records its URL; the options are recalled
+        distinterp.compute_llc(tree)
+    assert "damaged sampling_loss_micro chunk 0/0/0/0: chain 0, steps 0-5" in str(caught.value)
+    assert f"--from-store {url} --rerun-chains 0" in str(caught.value)
+    assert s3_server.secret not in str(caught.value)

@@ -7,6 +7,7 @@ from distinterp.analyses.llc import compute_llc
 from distinterp.analyses.susceptibilities import compute_susceptibilities
 from distinterp.api import bif, llc, susceptibilities
 from distinterp.config import SamplerConfig
+from distinterp.errors import DamagedStoreError
 from distinterp.loss import (
     NonFiniteLogitsError,
     compute_per_token_loss,
@@ -23,6 +24,7 @@ __all__ = [
     "SGLD",
     "SGMCMC",
     "AnalysisInputError",
+    "DamagedStoreError",
     "Diagnosis",
     "IncompleteStoreError",
     "NonFiniteLogitsError",

@@ -4,6 +4,12 @@ ValueError subclass whose message names the setting and the fix."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from distinterp.integrity import ChunkProblem
+
 
 class DatasetError(ValueError):
     """A dataset or observable given to sample() cannot be used; the message says which and why."""
@@ -27,6 +33,15 @@ class StoreError(RuntimeError):
 
 class StoreConfigMismatch(StoreError):
     """The store holds a run with a different configuration; nothing was written to it."""
+
+
+class DamagedStoreError(StoreError):
+    """Chunks of a store fail their checksum (or are missing); the message names the store, each chunk's
+    array, chain and draws, and the rerun that repairs them (`problems` lists them)."""
+
+    def __init__(self, message: str, problems: Sequence[ChunkProblem]):
+        super().__init__(message)
+        self.problems = list(problems)
 
 
 class IncompleteStoreError(StoreError):

@@ -2,37 +2,37 @@
 
 Arrays are written with zstd's frame checksum (`ZstdCodec(checksum=True)`): any zstd reader (zarr,
 xarray, devinterp, tensorstore) verifies it on decode, so a damaged chunk fails instead of returning
-numbers. This module turns that failure into a message that says which chains to rerun, and walks a
-whole store chunk by chunk (`distinterp inspect STORE --verify`).
+numbers. This module turns that failure into a message that says which chains to rerun (for the CLI, and
+for every analysis through `names_damaged_chunks`), and walks a whole store chunk by chunk
+(`distinterp inspect STORE --verify`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import itertools
+import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from os import PathLike
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from distinterp.store import DIVERGED_STEP, STEPS_DONE, Location, StoreError, redact
+from distinterp.errors import DamagedStoreError as DamagedStoreError  # re-exported: its old home
+from distinterp.store import DIVERGED_STEP, STEPS_DONE, Location, redact
+
+logger = logging.getLogger(__name__)
 
 PROGRESS_ARRAYS = (STEPS_DONE, DIVERGED_STEP)
 REMOTE_READERS = 16
 """Chunks read at once from a remote store (parallel GETs); a local store reads with 2 threads."""
-
-
-class DamagedStoreError(StoreError):
-    """Chunks of a store fail their checksum (or are missing); the message says which chains to rerun."""
-
-    def __init__(self, message: str, problems: Sequence[ChunkProblem]):
-        super().__init__(message)
-        self.problems = list(problems)
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,10 @@ def expected(
 
 
 def is_damage(error: BaseException) -> bool:
-    """Whether an exception is a chunk failing its checksum or its decoding (zstd, crc32c)."""
+    """Whether an exception is a chunk failing its checksum or its decoding (zstd, crc32c); a
+    DamagedStoreError is not: its chunks are named already."""
+    if isinstance(error, DamagedStoreError):
+        return False
     text = str(error)
     zstd = isinstance(error, RuntimeError) and "Zstd decompression error" in text
     return zstd or (isinstance(error, ValueError) and "checksum do not match" in text)
@@ -293,16 +296,76 @@ def raise_if_damaged(location: Location, chains: Iterable[int] | None = None) ->
 
 def explain(location: Location, error: BaseException) -> DamagedStoreError | None:
     """For a read that failed on a damaged chunk: the store's damaged chunks, named (None: not damage)."""
-    if not is_damage(error):
-        return None
-    try:
-        result = verify(location)
-    except Exception:  # noqa: BLE001 - cannot even walk the store: say what we know
-        result = Verification([], 0, [])
-    problems = result.problems or [
-        ChunkProblem("?", (), "damaged", "unknown chunk", None, redact(str(error)))
-    ]
-    return DamagedStoreError(damage_message(location, problems, settings_hint(location)), problems)
+    return damage_in([location], error) if is_damage(error) else None
+
+
+def damage_in(locations: Sequence[Location], error: BaseException) -> DamagedStoreError:
+    """The damaged chunks behind a failed read, named in whichever of `locations` holds them; what is known
+    (the stores, the decoder's words, how to find the chunk) when none can be walked or none is known."""
+    for location in locations:
+        try:
+            problems = verify(location).problems
+        except Exception:  # noqa: BLE001 - cannot even walk this store: try the next, else say what we know
+            continue
+        if problems:
+            return DamagedStoreError(damage_message(location, problems, settings_hint(location)), problems)
+    unknown = ChunkProblem("?", (), "damaged", "unknown chunk", None, redact(str(error)))
+    where = (
+        ", ".join(map(str, locations)) or "the samples (not opened from a store path: which store is unknown)"
+    )
+    store = str(locations[0]) if len(locations) == 1 else "STORE"
+    return DamagedStoreError(
+        f"{where}: a chunk failed its checksum on read ({unknown.detail}); its data is not returned. Find "
+        f"it with `distinterp inspect {store} --verify`, then rerun the chains it names: `distinterp sample "
+        f"--from-store {store} --rerun-chains C` (from Python: sample(..., rerun_chains=[C])); it rewrites "
+        "exactly those chains and leaves the others untouched",
+        [unknown],
+    )
+
+
+def store_locations(samples: Any, storage_options: Mapping[str, Any] | None = None) -> list[Location]:
+    """The stores an analysis reads, from what it was given: a path or URL, a DataTree or Dataset opened
+    from one (xarray keeps it in `.encoding["source"]`), or a mapping of them (compute_susceptibilities')."""
+    encoding = getattr(samples, "encoding", None)  # before Mapping: a DataTree is a mapping of its children
+    if isinstance(encoding, Mapping) and encoding.get("source"):
+        url = str(encoding["source"])
+    elif isinstance(samples, (str, PathLike)):
+        url = str(samples)
+    elif isinstance(samples, Mapping):
+        return [loc for value in samples.values() for loc in store_locations(value, storage_options)]
+    else:
+        return []
+    return [Location(url, dict(storage_options)) if storage_options else Location.known(url)]
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def names_damaged_chunks(analysis: Callable[P, R]) -> Callable[P, R]:
+    """An analysis whose read of a damaged chunk raises DamagedStoreError naming the store, array, chain,
+    draws and the rerun that repairs them, instead of the decoder's bare checksum error."""
+    first = next(iter(inspect.signature(analysis).parameters))
+
+    @functools.wraps(analysis)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return analysis(*args, **kwargs)
+        except (RuntimeError, ValueError) as e:
+            if not is_damage(e):
+                raise
+            samples = args[0] if args else kwargs.get(first)
+            options = kwargs.get("storage_options")
+            locations = store_locations(samples, options if isinstance(options, Mapping) else None)
+            if locations:
+                logger.warning(
+                    "%s: a chunk failed its checksum; reading every chunk of %s to name it",
+                    analysis.__name__,
+                    ", ".join(map(str, locations)),
+                )
+            raise damage_in(locations, e) from e
+
+    return wrapper
 
 
 # ─── Checkpoints ─────────────────────────────────────────────────────────────

@@ -32,6 +32,7 @@ from distinterp.analyses.covariance import (
     xr_corrcoef_with_torch_backend,
 )
 from distinterp.errors import AnalysisInputError as AnalysisInputError  # re-exported: its old home
+from distinterp.integrity import names_damaged_chunks
 from distinterp.parallel.distributed import Runtime
 from distinterp.progress import progress_bar
 from distinterp.store import STEPS_DONE
@@ -363,6 +364,7 @@ def _local_source(samples: xr.DataTree | xr.Dataset) -> Path | None:
 # ─── BIF ─────────────────────────────────────────────────────────────────────
 
 
+@names_damaged_chunks
 def compute_bif(
     samples: xr.DataTree | xr.Dataset,
     *,

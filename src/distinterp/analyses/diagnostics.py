@@ -21,6 +21,7 @@ import xarray as xr
 from distinterp.analyses.chains import chain_status, llc_estimate
 from distinterp.analyses.equilibration import nested_rhat, running_llc_plateau
 from distinterp.errors import UnhealthyRunWarning as UnhealthyRunWarning  # re-exported: its old home
+from distinterp.integrity import names_damaged_chunks
 from distinterp.progress import progress_bar
 from distinterp.store import STEPS_DONE, Location, open_tree
 
@@ -282,6 +283,7 @@ def _chains(chains: list[int]) -> str:
 # ─── diagnose ───────────────────────────────────────────────────────────────
 
 
+@names_damaged_chunks
 def diagnose(
     samples: xr.DataTree | xr.Dataset | str | Path,
     *,

@@ -12,8 +12,10 @@ import xarray as xr
 
 from distinterp.analyses.chains import chain_status, llc_estimate, usable_chains  # noqa: F401 - their old home
 from distinterp.analyses.diagnostics import diagnose
+from distinterp.integrity import names_damaged_chunks
 
 
+@names_damaged_chunks
 def compute_llc(
     samples: xr.DataTree | xr.Dataset, *, allow_partial: bool = False, check: bool = True
 ) -> xr.Dataset:

@@ -17,6 +17,7 @@ import xarray as xr
 
 from distinterp.analyses.bif import AnalysisInputError, ObservableLosses, available_observables
 from distinterp.data import to_obs_id
+from distinterp.integrity import names_damaged_chunks
 
 Restriction = dict[str, torch.Tensor | None] | str | list[str] | None
 """Param masks, or a restriction string / list for distinterp.masks.create_param_masks, or None (full)."""
@@ -42,6 +43,7 @@ def restriction_path(base: str | Path, name: str) -> str | Path:
     return p.parent / f"{p.stem}_{name}{p.suffix}"
 
 
+@names_damaged_chunks
 def compute_susceptibilities(
     wr_map: dict[str, xr.DataTree],
     sampling_task: str,

@@ -90,6 +90,10 @@ def _register_secrets(options: dict[str, Any]) -> None:
         _secrets.update(new)
 
 
+_options_seen: dict[str, dict[str, Any]] = {}
+"""storage_options by URL, in memory only (never persisted or printed): see Location.known."""
+
+
 @dataclass(frozen=True)
 class Location:
     """Where a store lives: a local path or any fsspec URL, with its storage_options (never persisted)."""
@@ -99,6 +103,14 @@ class Location:
 
     def __post_init__(self) -> None:
         _register_secrets(self.storage_options)
+        if self.storage_options:
+            _options_seen[self.url] = self.storage_options
+
+    @classmethod
+    def known(cls, url: str) -> Location:
+        """`url` with the storage_options this process last used for it (an error naming damage in an
+        opened store reads the store again, but an xarray object records only its URL)."""
+        return cls(url, _options_seen.get(url, {}))
 
     @property
     def is_local(self) -> bool:
