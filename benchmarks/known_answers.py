@@ -375,6 +375,11 @@ def equilibration_table(smoke: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def floats(text: str) -> list[float]:
+    """A comma-separated list of numbers (argparse names the option when this fails)."""
+    return [float(x) for x in text.split(",")]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json")
@@ -389,8 +394,8 @@ def main() -> None:
         "--crossing-n", type=int, default=CROSSING_N, help="n of the normal crossing w1^2 w2^4 (its own)"
     )
     p.add_argument("--grid", choices=["benchmark", "default"], default="benchmark")
-    p.add_argument("--lr", default="", help="comma-separated lr replacing the grid's (e.g. 3e-5,1e-4,3e-4)")
-    p.add_argument("--localization", default="", help="comma-separated localizations replacing the grid's")
+    p.add_argument("--lr", type=floats, help="comma-separated lr replacing the grid's (e.g. 3e-5,1e-4,3e-4)")
+    p.add_argument("--localization", type=floats, help="comma-separated localizations replacing the grid's")
     p.add_argument("--max-draws", type=int, help="cap on a cell's draws (default calibrate's: 50 x 200)")
     p.add_argument(
         "--check-cells",
@@ -404,6 +409,8 @@ def main() -> None:
         help="only diagnose() against the truth (cells of known length)",
     )
     args = p.parse_args()
+    if args.crossing_n < 3 or args.n < 3:
+        p.error("--n and --crossing-n: need n >= 3 (n_beta = n / log n), e.g. --crossing-n 1000000")
     import torch
 
     torch.set_num_threads(1)
@@ -426,7 +433,7 @@ def main() -> None:
             from distinterp.jobs.calibrate import DEFAULT_GRID
 
             grid = {k: list(v) for k, v in (grid or DEFAULT_GRID).items()}
-            grid[name] = [float(x) for x in getattr(args, name).split(",")]
+            grid[name] = getattr(args, name)
     if args.smoke:
         grid = {"lr": [1e-3, 3e-3], "localization": [1.0]}
     rows, cells = [], []
