@@ -3,7 +3,6 @@ that chain repairs the store byte for byte; damaged checkpoints are skipped; S3 
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -30,15 +29,7 @@ from distinterp.jobs.cli import main
 from distinterp.store import STEPS_DONE, Location
 from tests.conftest import SMALL, devinterp_sample
 from tests.fixtures.s3 import S3Server
-
-
-def tree_hash(path: Path) -> str:
-    """Hash of every file's name and bytes under a store."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
+from tests.test_sampling import tree_hash
 
 
 def damage(chunk: Path) -> None:
