@@ -60,7 +60,8 @@ MIN_TIME_FRACTION = 0.25
 """A cell the draw cap cut below this fraction of its Langevin time (1.25 of its 5 relaxation times) does
 not count, healthy or not: the plateau check cannot see a transient much longer than the run (the 4-3-5
 regression at localization 1: 1 time unit of 10, -12 % against the truth, passed the calibration
-thresholds; 3 of 10, -5.6 %, and 10, -1.5 %: `benchmarks/known_answers.py --equilibration`)."""
+thresholds; 3 of 10, -5.6 %, and 10, -1.5 %: `benchmarks/known_answers.py --equilibration`). A cell
+cut above it counts only when its running LLC shows it settled (`analyses.calibration.settled`)."""
 
 RELAXATIONS = 5.0
 """Cell length in relaxation times of the localization prior: SGLD's localization term pulls each
