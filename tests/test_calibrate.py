@@ -65,6 +65,18 @@ def test_cell_draws_scale_with_one_over_lr_and_localization():
         cell_draws(1e-3, 1.0, num_draws=200, max_draws=100, top_lr=1e-2)
 
 
+def test_a_cut_cell_must_show_it_settled():
+    """A cell the draw cap cut short counts only when its running-LLC plateau differences are within 5 %
+    as measured, noise no excuse: the normal crossing's lr 3e-5 cell at localization 10 (30 % of its time,
+    tail drift +49 % +- 38 %) passed the ordinary check, anchored the line and gave -31 %; the 4-layer
+    network's lr 3e-4 cell (30 %, transient -3.7 % +- 4.2 %) is the one its -2.8 % rests on."""
+    from distinterp.analyses.calibration import settled
+
+    assert settled(-0.037, 0.007)
+    assert not settled(-0.088, 0.488)
+    assert not settled(-0.06, 0.0) and not settled(float("nan"), 0.0)
+
+
 def test_rule_refuses_to_choose_without_a_healthy_positive_cell():
     picked = choose(LR, [0] * 4, [0.1, -0.2, np.nan, 3.0], [0.01] * 4, [False, True, True, False])
     assert picked.lr is None and "no cell is healthy" in picked.reason
@@ -289,3 +301,39 @@ def test_best_and_extrapolate_reproduce_the_calibrated_estimate(tmp_path, caplog
             extrapolate=[{"lr": 3e-3}],
             **{k: v for k, v in common.items()},
         )
+
+
+def test_cells_the_cap_cut_are_recorded_and_count_only_when_settled(tmp_path):
+    """The record names each cell the cap cut (above MIN_TIME_FRACTION) with the fraction of its Langevin
+    time it ran; the table marks those that do not show a settled plateau, and the rule leaves them out."""
+    import torch
+
+    from distinterp import toy
+    from distinterp.analyses.calibration import settled
+    from distinterp.analyses.diagnostics import diagnose
+    from distinterp.analyses.equilibration import running_llc_plateau
+    from distinterp.jobs.calibrate import THRESHOLDS
+
+    ids = torch.zeros((4, 2), dtype=torch.int64)
+    common = dict(loss_fn=toy.monomial_loss, n_beta=100.0, batch_size=1, num_init_loss_batches=1)
+    root = tmp_path / "cal"
+    cal = calibrate(
+        toy.Monomials((1, 2)),
+        ids,
+        {},
+        output_path=str(root),
+        grid={"lr": [2e-3, 4e-3], "localization": [1.0]},
+        num_draws=150,
+        max_draws=150,
+        relaxations=0.3,
+        **common,
+    )
+    assert cal is not None
+    record = json.loads((root / RECORD).read_text())
+    assert record["cut"] == {"lr=0.002_localization=1": 0.5} and "capped" not in record
+    checks = diagnose(str(root / "lr=0.002_localization=1.zarr"), thresholds=THRESHOLDS).checks
+    p = running_llc_plateau(checks.loss_trace.values, float(checks.init_loss), float(checks.n_beta))
+    shown = settled(p.transient, p.drift)
+    assert cal.table.unsettled.values.tolist() == [not shown, False]
+    if not shown:
+        assert "lr=0.002_localization=1" not in cal.between, cal.reason

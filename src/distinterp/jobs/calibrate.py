@@ -19,8 +19,9 @@ import numpy as np
 import xarray as xr
 from pydantic import Field, NonNegativeFloat, model_validator
 
-from distinterp.analyses.calibration import TOLERANCE, Choice, choose
-from distinterp.analyses.diagnostics import Thresholds
+from distinterp.analyses.calibration import TOLERANCE, Choice, choose, settled
+from distinterp.analyses.diagnostics import Thresholds, diagnose
+from distinterp.analyses.equilibration import running_llc_plateau
 from distinterp.config import SamplerConfig, default_nbeta
 from distinterp.identity import recorded_settings
 from distinterp.jobs.route import OWN, sample_kwargs
@@ -31,12 +32,14 @@ from distinterp.jobs.sweep import (
     Run,
     aggregate_sweep,
     check_label,
+    child,
     run_sweep,
     stores_complete,
     temporary_root,
 )
 from distinterp.parallel.distributed import runtime
 from distinterp.store import Location
+from distinterp.store.open import open_tree
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +60,8 @@ MIN_TIME_FRACTION = 0.25
 """A cell the draw cap cut below this fraction of its Langevin time (1.25 of its 5 relaxation times) does
 not count, healthy or not: the plateau check cannot see a transient much longer than the run (the 4-3-5
 regression at localization 1: 1 time unit of 10, -12 % against the truth, passed the calibration
-thresholds; 3 of 10, -5.6 %, and 10, -1.5 %: `benchmarks/known_answers.py --equilibration`)."""
+thresholds; 3 of 10, -5.6 %, and 10, -1.5 %: `benchmarks/known_answers.py --equilibration`). A cell
+cut above it counts only when its running LLC shows it settled (`analyses.calibration.settled`)."""
 
 RELAXATIONS = 5.0
 """Cell length in relaxation times of the localization prior: SGLD's localization term pulls each
@@ -204,6 +208,7 @@ def calibrate(
         )  # devinterp's b / log(b) for the effective batch b
     runs = []
     capped: list[str] = []  # cells the cap cut below MIN_TIME_FRACTION of their time: not counted
+    cut: dict[str, float] = {}  # cells the cap cut above it: the fraction they ran; count only if settled
     for cell in cells:
         kwargs: dict[str, Any] = dict(cell)
         if scaled:
@@ -228,6 +233,8 @@ def calibrate(
             )
             if kwargs["num_draws"] < MIN_TIME_FRACTION * uncapped:
                 capped.append(cell_label(cell))
+            elif kwargs["num_draws"] < uncapped:
+                cut[cell_label(cell)] = round(kwargs["num_draws"] / uncapped, 4)
         if run_settings is not None:  # the CLI: what `distinterp sample` of this cell records
             recorded = dict(run_settings)
             recorded["sampler"] = {
@@ -249,6 +256,7 @@ def calibrate(
         extra={
             "grid": [[k, list(v)] for k, v in grid.items()],  # a list: JSON keeps its order
             **({"capped": capped} if capped else {}),
+            **({"cut": cut} if cut else {}),
         },
     )
     if not runtime().is_coordinator or not stores_complete(root, [r.label for r in runs]):
@@ -283,13 +291,14 @@ def choose_cell(
     order = {k: i for i, k in enumerate(sorted(set(keys)))}
     healthy = table["healthy"].values if "healthy" in table else np.isfinite(table.llc_mean.values)
     short = np.isin(table.cell.values, list(record.get("capped", [])))
-    table = table.assign(capped=("cell", short))
+    unsettled = np.isin(table.cell.values, [c for c in record.get("cut", {}) if not _settled(location, c)])
+    table = table.assign(capped=("cell", short), unsettled=("cell", unsettled))
     picked: Choice = choose(
         [c["lr"] for c in cells],
         [order[k] for k in keys],
         table.llc_mean.values,
         table.llc_sem.values,
-        np.asarray(healthy, dtype=bool) & ~short,
+        np.asarray(healthy, dtype=bool) & ~short & ~unsettled,
         tolerance=tolerance,
     )
     best = None
@@ -331,6 +340,20 @@ def choose_cell(
         extrapolate=extrapolate,
         root=str(location.url if hasattr(location, "url") else root),
     )
+
+
+def _settled(root: Location, label: str) -> bool:
+    """Whether the cut cell `label` shows a settled running LLC (`analyses.calibration.settled`), over the
+    chains its diagnosis used."""
+    checks = diagnose(open_tree(child(root, label)), thresholds=THRESHOLDS).checks
+    used = np.isin(checks.chain.values, list(checks.attrs.get("chains_used", checks.chain.values)))
+    p = running_llc_plateau(
+        np.asarray(checks.loss_trace.values)[used],
+        float(checks.init_loss),
+        float(checks.n_beta),
+        THRESHOLDS.plateau_tail,
+    )
+    return settled(p.transient, p.drift)
 
 
 def _rank(values: list[Any], value: Any, ascending: bool) -> int:
