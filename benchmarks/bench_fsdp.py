@@ -42,8 +42,8 @@ def measure(name: str, fsdp_size: int, steps: int) -> dict[str, Any]:
     from distinterp.config import SamplerConfig
     from distinterp.loss import compute_per_token_loss
     from distinterp.parallel.distributed import runtime
-    from distinterp.parallel.engine import engine_for
     from distinterp.parallel.plan import Plan
+    from distinterp.parallel.registry import engine_for
 
     rt = runtime()
     dev = rt.default_device()

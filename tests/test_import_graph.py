@@ -54,7 +54,6 @@ def test_the_check_finds_a_circle_and_an_upward_import(tmp_path):
         ("distinterp.analyses.llc", "usable_chains", "distinterp.analyses.chains"),
         ("distinterp.analyses.bif", "bif", "distinterp.api"),
         ("distinterp.analyses.susceptibilities", "susceptibilities", "distinterp.api"),
-        ("distinterp.parallel.engine", "engine_for", "distinterp.parallel.registry"),
         ("distinterp.jobs.report", "ReportFigure", "distinterp.jobs.page"),
         ("distinterp.jobs.report", "write_report", "distinterp.jobs.page"),
         ("distinterp.sampling", "model_fingerprint", "distinterp.identity"),

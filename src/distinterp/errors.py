@@ -5,10 +5,8 @@ ValueError subclass whose message names the setting and the fix."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from distinterp.integrity import ChunkProblem
+from dataclasses import dataclass
+from typing import Literal
 
 
 class DatasetError(ValueError):
@@ -33,6 +31,24 @@ class StoreError(RuntimeError):
 
 class StoreConfigMismatch(StoreError):
     """The store holds a run with a different configuration; nothing was written to it."""
+
+
+@dataclass(frozen=True)
+class ChunkProblem:
+    """One damaged or missing chunk: where it is and what it covers."""
+
+    array: str
+    chunk: tuple[int, ...]
+    kind: Literal["damaged", "missing"]
+    covers: str  # "chain 3, draws 50-99"
+    chain: int | None
+    detail: str = ""
+
+    def line(self) -> str:
+        detail = f" ({self.detail})" if self.detail else ""
+        return (
+            f"{self.kind} {self.array} chunk {'/'.join(map(str, self.chunk)) or 'c'}: {self.covers}{detail}"
+        )
 
 
 class DamagedStoreError(StoreError):

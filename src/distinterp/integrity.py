@@ -19,12 +19,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from os import PathLike
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import zarr
 from zarr.core.sync import sync
 
+from distinterp.errors import ChunkProblem as ChunkProblem  # re-exported: its old home
 from distinterp.errors import DamagedStoreError as DamagedStoreError  # re-exported: its old home
 from distinterp.store import DIVERGED_STEP, STEPS_DONE, Location, redact
 
@@ -33,24 +34,6 @@ logger = logging.getLogger(__name__)
 PROGRESS_ARRAYS = (STEPS_DONE, DIVERGED_STEP)
 REMOTE_READERS = 16
 """Chunks read at once from a remote store (parallel GETs); a local store reads with 2 threads."""
-
-
-@dataclass(frozen=True)
-class ChunkProblem:
-    """One damaged or missing chunk: where it is and what it covers."""
-
-    array: str
-    chunk: tuple[int, ...]
-    kind: Literal["damaged", "missing"]
-    covers: str  # "chain 3, draws 50-99"
-    chain: int | None
-    detail: str = ""
-
-    def line(self) -> str:
-        detail = f" ({self.detail})" if self.detail else ""
-        return (
-            f"{self.kind} {self.array} chunk {'/'.join(map(str, self.chunk)) or 'c'}: {self.covers}{detail}"
-        )
 
 
 # ─── Pure helpers ────────────────────────────────────────────────────────────

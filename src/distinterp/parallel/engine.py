@@ -80,12 +80,3 @@ class EngineFactory(Protocol):
         """This rank's working copy of the user's model on `device` (whole, or its shard); bad layouts for
         this engine fail here, before any work."""
         ...
-
-
-def __getattr__(name: str) -> object:
-    """engine_for: moved to distinterp.parallel.registry (it imports every engine); the old import works."""
-    if name == "engine_for":
-        from distinterp.parallel.registry import engine_for
-
-        return engine_for
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
