@@ -135,7 +135,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "toy",
             "checkpoint",
             "integrity",
-            "remote",
             "rerun",
             "provenance",
             "errors",

@@ -17,8 +17,7 @@ from distinterp.integrity import (
     settings_hint,
     verify,
 )
-from distinterp.remote import require_store
-from distinterp.store import Location
+from distinterp.store import Location, require_store
 
 
 def verify_store(url: str, storage_options: dict[str, Any]) -> int:

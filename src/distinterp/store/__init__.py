@@ -24,6 +24,8 @@ from distinterp.store.open import (
     open_tree,
     read_progress,
     read_root_attrs,
+    require_reachable,
+    require_store,
     write_once,
 )
 from distinterp.store.recorder import ChainRecorder
@@ -66,5 +68,7 @@ __all__ = [
     "read_progress",
     "read_root_attrs",
     "redact",
+    "require_reachable",
+    "require_store",
     "write_once",
 ]

@@ -91,6 +91,19 @@ def check_reachable(location: Location) -> bool:
     return True
 
 
+def require_store(location: Location) -> None:
+    """One line, fast, when a store's endpoint or bucket cannot be reached (StoreError) or no store is
+    there (FileNotFoundError 'no store at ...', local or remote alike). One request: a second S3
+    client here leaves pages of aiohttp's 'attached to a different loop' tracebacks at exit."""
+    if not check_reachable(location):  # one request, no retries
+        raise FileNotFoundError(f"no store at {location}")
+
+
+def require_reachable(url: str, storage_options: dict[str, Any]) -> None:
+    """Fail in one line when a store's (or a sweep root's) endpoint or bucket cannot be reached."""
+    check_reachable(Location(url, storage_options))
+
+
 def read_root_attrs(location: Location) -> dict[str, Any] | None:
     """The root group's attributes, or None when no store exists there yet."""
     check_reachable(location)

@@ -52,8 +52,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     """Analyses of a finished store (LLC; BIF and susceptibilities on request); refuses an incomplete one.
     Its jobs, each a function: check every flag, a sweep root's table, the LLC, the BIF, the susceptibilities."""
     from distinterp.jobs.runner import check_output_path
-    from distinterp.remote import require_reachable
-    from distinterp.store import IncompleteStoreError
+    from distinterp.store import IncompleteStoreError, require_reachable
 
     options = _storage_options(args.storage_options)
     require_reachable(args.store, options)

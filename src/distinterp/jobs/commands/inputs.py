@@ -81,8 +81,7 @@ def _storage_options(text: str | None) -> dict[str, Any]:
 
 
 def _open(url: str, storage_options: dict[str, Any]) -> Any:
-    from distinterp.remote import require_store
-    from distinterp.store import Location, open_tree
+    from distinterp.store import Location, open_tree, require_store
 
     location = Location(url, storage_options)
     require_store(location)  # one line, fast: unreachable endpoint, no bucket, no store

@@ -12,7 +12,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """Config, schema, layout, progress, sizes, analyses beside the store, and the diagnosis."""
     from distinterp.jobs.inspection import describe
     from distinterp.jobs.verification import checksum_line, verify_store
-    from distinterp.remote import require_reachable
+    from distinterp.store import require_reachable
 
     options = _storage_options(args.storage_options)
     require_reachable(args.store, options)

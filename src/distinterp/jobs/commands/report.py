@@ -11,7 +11,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """PNG figures and one self-contained HTML page for a store (live or complete)."""
     from distinterp.jobs.report import report
     from distinterp.jobs.runner import check_output_path
-    from distinterp.remote import require_reachable
+    from distinterp.store import require_reachable
 
     options = _storage_options(args.storage_options)
     if args.out:
