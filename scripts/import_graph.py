@@ -141,6 +141,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "optim",
             "parallel.distributed",
             "parallel.plan",
+            "chain_setup",
             "parallel.engine",
         ),
     ),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 if TYPE_CHECKING:
-    from distinterp.chain import ChainSetup
+    from distinterp.chain_setup import ChainSetup
     from distinterp.checkpoint import ChainCheckpoint
     from distinterp.config import SamplerConfig
     from distinterp.parallel.plan import Plan
