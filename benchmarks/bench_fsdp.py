@@ -142,11 +142,7 @@ def child(spec: dict[str, Any]) -> None:
                 {"fsdp_size": size, "model": spec["model"], **measure(spec["model"], size, spec["steps"])}
             )
     harness.report({"rows": rows})
-    import torch.distributed as dist
-
-    if dist.is_initialized():  # every rank's FSDP work done before any tears gloo down: a rank left to
-        dist.barrier()  # exit on its own once aborted ("terminate called without an active exception")
-        dist.destroy_process_group()
+    harness.finish()
 
 
 def main(argv: list[str] | None = None) -> None:

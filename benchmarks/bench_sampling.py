@@ -385,7 +385,7 @@ def run_target(name: str, args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         harness.report(child(json.loads(sys.argv[2])))
-        return
+        harness.finish()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", default=",".join(CPU_TARGETS))
     p.add_argument("--device", default="cpu")

@@ -73,6 +73,7 @@ def child(spec: dict) -> None:
     harness.report(seconds)
     if tmp is not None:
         tmp.cleanup()
+    harness.finish()
 
 
 def measure(nproc: int, sizes: dict) -> dict[str, float]:

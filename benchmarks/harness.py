@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 MODELS: dict[str, dict[str, Any]] = {
     "smoke": dict(kind="gpt2", n_layer=1, n_embd=16, n_head=2, vocab=32, ctx=8, batch_size=2),
@@ -128,6 +128,21 @@ def report(child_result: dict[str, Any]) -> None:
     """A child's one line of output, on rank 0 only."""
     if int(os.environ.get("RANK", "0")) == 0:
         print("RESULT " + json.dumps(child_result), flush=True)
+
+
+def finish() -> NoReturn:
+    """End a measured child once its RESULT is out: every rank meets, the process group is destroyed,
+    and the process exits without the interpreter's teardown. On a loaded machine gloo's worker threads
+    can still be unwinding then, and the teardown aborts ("terminate called without an active
+    exception") a child whose measurement was complete: that is not a failure of what was measured."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def machine() -> dict[str, Any]:
