@@ -243,7 +243,7 @@ def sample(
     if rt.is_coordinator:
         try:
             if rerun:
-                reset_chains(store.location, schema, rerun)
+                reset_chains(store, schema, rerun)
             state = _prepare_store(store, obs_list, config)
             if state != "complete":  # a complete store may be devinterp's, which records no progress
                 initial = store.progress()[0]
@@ -294,10 +294,10 @@ def _run_my_chains(
     """Run this rank's unfinished chains, group by group, through the plan's engine, into the store.
     Returns rank 0's progress display, for its closing line once every rank is done."""
     c = setup.config
-    schema = store.schema
+    schema = store.schema_for("sampling")
     steps_done, _ = store.progress()
     todo = [ch for ch in plan.my_chains if steps_done[ch] < schema.num_steps]
-    for ch in damaged_chains(store.location, [ch for ch in todo if steps_done[ch] > 0]):
+    for ch in damaged_chains(store, [ch for ch in todo if steps_done[ch] > 0]):
         steps_done[ch] = 0  # its stored rows fail their checksum: rewrite it from its start
     checkpoints = CheckpointStore(store, plan.shard) if checkpoint_every else None
     every = -(-checkpoint_every // schema.step_chunk) * schema.step_chunk if checkpoint_every else None
@@ -306,7 +306,7 @@ def _run_my_chains(
     if plan.is_writer:
         created_under = (store.root_attrs() or {}).get("distinterp", {}).get("numerics")
         note_environment(
-            store.location,
+            store,
             created_under,
             schema.attrs["distinterp"]["numerics"],
             todo,

@@ -36,6 +36,7 @@ from distinterp.integrity import names_damaged_chunks
 from distinterp.parallel.distributed import Runtime
 from distinterp.progress import progress_bar
 from distinterp.store import STEPS_DONE
+from distinterp.store.source import Samples, samples_of
 
 logger = logging.getLogger(__name__)
 
@@ -366,7 +367,7 @@ def _local_source(samples: xr.DataTree | xr.Dataset) -> Path | None:
 
 @names_damaged_chunks
 def compute_bif(
-    samples: xr.DataTree | xr.Dataset,
+    samples: Samples,
     *,
     correlation_method: CorrelationMethod = "token",
     reduce_chain_dimension_method: ChainReductionMethod = "stack",
@@ -381,6 +382,7 @@ def compute_bif(
     output_path: str | Path | None = None,
     max_result_bytes: int = MAX_RESULT_BYTES,
     runtime: Runtime | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> xr.Dataset | None:
     """BIF of a sampling store: Pearson correlation (or covariance) between observable losses over draws.
 
@@ -390,10 +392,12 @@ def compute_bif(
     blocks, every one calling this; rank 0 returns the result, the others None; default: this process
     alone, which always gets the result). Observables are concatenated along batch in sorted id order;
     'stack' pools (chain, draw) as observations, 'mean' averages chains first. The sequence-level BIF runs
-    on rank 0 alone.
+    on rank 0 alone. `samples`: what sample() returned, or the store's path, URL or SampleStore (opened
+    lazily, with `storage_options`).
     """
     rt = Runtime() if runtime is None else runtime
     _check_options(correlation_method, reduce_chain_dimension_method, batch_size, "batch_size")
+    samples = samples_of(samples, storage_options)
     if loss_keys == "all":
         keys = None
     elif isinstance(loss_keys, str) or not all(isinstance(k, str) for k in loss_keys):

@@ -81,11 +81,10 @@ def _storage_options(text: str | None) -> dict[str, Any]:
 
 
 def _open(url: str, storage_options: dict[str, Any]) -> Any:
-    from distinterp.store import Location, open_tree, require_store
+    """The store at url, opened lazily: one line, fast, when its endpoint, bucket or store is missing."""
+    from distinterp.store import SampleStore
 
-    location = Location(url, storage_options)
-    require_store(location)  # one line, fast: unreachable endpoint, no bucket, no store
-    return open_tree(location)
+    return SampleStore.at(url, storage_options).require().open()
 
 
 def _existing(url: str | None, flag: str, options: dict[str, Any]) -> str | None:
