@@ -25,6 +25,7 @@ import zarr
 from zarr.core.sync import sync
 
 from distinterp.errors import ChunkProblem as ChunkProblem  # re-exported: its old home
+from distinterp.errors import DamagedCheckpoint as DamagedCheckpoint  # re-exported: its old home
 from distinterp.errors import DamagedStoreError as DamagedStoreError  # re-exported: its old home
 from distinterp.store import DIVERGED_STEP, STEPS_DONE, Location, redact
 from distinterp.store.source import StoreSource, handle, handles_of
@@ -349,10 +350,6 @@ def names_damaged_chunks(analysis: Callable[P, R]) -> Callable[P, R]:
 
 SEAL = b"distinterp-checkpoint-sha256\n"
 """Leads a checkpoint file: then the SHA-256 of the payload (32 bytes), then the payload (torch.save's)."""
-
-
-class DamagedCheckpoint(ValueError):
-    """A checkpoint whose bytes do not match the digest it was saved with (or that cannot be unpickled)."""
 
 
 def seal(payload: bytes) -> bytes:

@@ -25,7 +25,7 @@ from distinterp.config import (
     merge_rmsprop_aliases,
     sampling_method_name,
 )
-from distinterp.data import Observable, build_observables, input_ids_tensor
+from distinterp.data import ProbeRows, build_observables, input_ids_tensor
 from distinterp.identity import masks_fingerprint, model_fingerprint, store_identity  # noqa: F401 - re-exported
 from distinterp.loss import (
     AUTOCAST_DTYPES,
@@ -37,6 +37,7 @@ from distinterp.loss import (
     lm_forward_logits,
     resolve_loss_fn,
 )
+from distinterp.masks import ParamMasks
 from distinterp.noise import DEFAULT_BLOCK, NoiseStream, resolve_noise
 from distinterp.parallel.distributed import Runtime, runtime
 from distinterp.parallel.engine import EngineFactory
@@ -56,7 +57,6 @@ from distinterp.store import (
 
 logger = logging.getLogger(__name__)
 
-ParamMasks = dict[str, "torch.Tensor | None"]
 ObservableSpec = Any  # Dataset | tuple[Dataset, int]
 
 
@@ -352,7 +352,7 @@ def _schema(
     config: SamplerConfig,
     model: torch.nn.Module,
     ids: torch.Tensor,
-    obs_list: list[Observable],
+    obs_list: list[ProbeRows],
     masks: ParamMasks,
     loss_fn: LossFn | None,
     batches_per_draw: int,
@@ -542,7 +542,7 @@ def _location(
     return Location(str(output_path), dict(storage_options or {}))
 
 
-def _prepare_store(store: SampleStore, obs_list: list[Observable], config: SamplerConfig) -> str:
+def _prepare_store(store: SampleStore, obs_list: list[ProbeRows], config: SamplerConfig) -> str:
     """Rank 0: create the store or check the existing one; returns 'complete' or 'continue'."""
     state = store.state()
     if state.completed:

@@ -235,7 +235,7 @@ def find_beside(url: str, name: str, storage_options: dict[str, Any] | None, tre
     for candidate in result_candidates(url, name):
         location = Location(candidate, dict(storage_options or {}))
         fs, path = fsspec.core.url_to_fs(candidate, **location.fsspec_options())
-        if fs.exists(f"{path}/zarr.json"):
+        if fs.exists(f"{path}/zarr.json"):  # not SampleStore.exists: a missing bucket here means no result
             return open_result(candidate, storage_options, tree=tree)
     return None
 
