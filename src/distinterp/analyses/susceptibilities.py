@@ -16,8 +16,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from distinterp.analyses.bif import AnalysisInputError, ObservableLosses, available_observables
+from distinterp.analyses.observables import ObservableLosses, available_observables
 from distinterp.data import to_obs_id
+from distinterp.errors import AnalysisInputError
 from distinterp.integrity import names_damaged_chunks
 from distinterp.store.source import Samples, samples_of
 
