@@ -73,6 +73,7 @@ def test_the_check_finds_a_circle_and_an_upward_import(tmp_path):
         ("distinterp.data", "Observable", "distinterp.data"),
         ("distinterp.optim", "SamplingMethodLiteral", "distinterp.optim.sgmcmc"),
         ("distinterp.store", "SampleStore", "distinterp.store.handle"),
+        ("distinterp.analyses.bif", "ObservableLosses", "distinterp.analyses.observables"),
     ],
 )
 def test_moved_names_import_from_their_old_homes(old, name, new):

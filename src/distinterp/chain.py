@@ -168,8 +168,9 @@ def _saver(engine: ChainEngine, i: int, checkpoints: CheckpointStore, every: int
         if steps_done % every:
             return None
         ckpt = engine.capture(i, steps_done)
-        if mala.loss[i] is not None:
-            ckpt = dataclasses.replace(ckpt, mala_loss=mala.loss[i].detach().to("cpu"))
+        loss = mala.loss[i]
+        if loss is not None:
+            ckpt = dataclasses.replace(ckpt, mala_loss=loss.detach().to("cpu"))
         return lambda: checkpoints.save(chain, ckpt)
 
     return on_flush

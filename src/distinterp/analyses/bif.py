@@ -157,7 +157,7 @@ class _Rows:
                     x = self.data[g, int(uniq[0]) : int(uniq[-1]) + 1, :, draws]
                 else:
                     x = self.data.get_orthogonal_selection((g, uniq, slice(None), draws))
-                yield torch.as_tensor(x[inverse], device=device) - mean
+                yield torch.as_tensor(np.asarray(x)[inverse], device=device) - mean
 
 
 def dense_bytes(obs: ObservableLosses, rows: np.ndarray, mean_chains: bool) -> int:
@@ -184,7 +184,9 @@ def standardised_rows(
         for draws in obs.draw_slices():
             if mean_chains:
                 total = sum(obs.read(key, c, draws)[:, local].astype(np.float64) for c in obs.chains)
-                x[:, :, 0, draws] = (total / len(obs.chains)).astype(np.float32).transpose(1, 2, 0)
+                x[:, :, 0, draws] = (
+                    (np.asarray(total) / len(obs.chains)).astype(np.float32).transpose(1, 2, 0)
+                )
             else:
                 for g, c in enumerate(obs.chains):
                     x[:, :, g, draws] = obs.read(key, c, draws)[:, local].transpose(1, 2, 0)
@@ -202,7 +204,7 @@ def _divisor_at_most(n: int, limit: float) -> int:
 class _ZarrResult:
     """A token-wise result written block by block to a zarr group; `dataset()` reopens it lazily."""
 
-    def __init__(self, path: Path, array: zarr.Array):
+    def __init__(self, path: Path, array: zarr.Array[Any]):
         self.path = path
         self.array = array
 
@@ -311,7 +313,7 @@ def compute_bif(
     if correlation_method == "sequence":
         if not rt.is_coordinator:
             return None
-        result = _sequence_bif(obs, rows_1, rows_2, mean_chains, compute_covariance, dev)
+        result: xr.Dataset | None = _sequence_bif(obs, rows_1, rows_2, mean_chains, compute_covariance, dev)
     else:
         n1, n2, T = len(rows_1), len(rows_2), obs.context_length
         big = not average_tokenwise_bif and result_bytes(n1, n2, T) > max_result_bytes
@@ -344,8 +346,8 @@ def compute_bif(
             path,
             rt,
         )
-        if result is None:
-            return None
+    if result is None:
+        return None
     result.attrs.update(chains=list(obs.chains), excluded_chains=obs.excluded_chains)
     return result
 

@@ -67,9 +67,10 @@ def describe_dataset(ds: xr.Dataset, location: StoreSource) -> list[str]:
             + (", job settings recorded" if "run_settings" in ours else "")
             + ")"
         )
-    sizes, beside = _sizes(store, list(ds.data_vars))
+    names = [str(n) for n in ds.data_vars]
+    sizes, beside = _sizes(store, names)
     lines.append(f"schema    {len(ds.data_vars)} arrays, {_human(sum(sizes.values()))} stored")
-    for name in sorted(ds.data_vars):
+    for name in sorted(names):
         var = ds[name]
         chunks = var.encoding.get("chunks")
         dims = ", ".join(f"{d}={n}" for d, n in zip(var.dims, var.shape))

@@ -282,7 +282,11 @@ class SGMCMC(torch.optim.Optimizer):
 
     @classmethod
     def get_method(cls, method: SGMCMCMethod) -> Callable[..., SGMCMC]:
-        factories = {"sgld": cls.sgld, "rmsprop_sgld": cls.rmsprop_sgld, "sgnht": cls.sgnht}
+        factories: dict[str, Callable[..., SGMCMC]] = {
+            "sgld": cls.sgld,
+            "rmsprop_sgld": cls.rmsprop_sgld,
+            "sgnht": cls.sgnht,
+        }
         if method not in factories:
             raise ValueError(f"`method` should be one of 'sgld', 'rmsprop_sgld', or 'sgnht'. Got {method}")
         return factories[method]
