@@ -113,3 +113,18 @@ def test_one_errors_module_and_names_that_do_not_mislead():
     for name in ("ParamMasks", "Observable", "SamplingMethodLiteral", "AnalysisInputError"):
         assert len(defined[name]) == 1, (name, defined[name])
     assert defined["AnalysisInputError"] == ["distinterp.errors"]
+
+
+def test_the_llc_formula_is_written_once():
+    """n_beta * (loss - init loss) lives in analyses.chains.llc_estimate; analyses, progress, figures and the
+    CLI's trace call it (issue 19 found it computed in four places). sgld.py's MALA term is not the LLC."""
+    import ast
+    import re
+
+    pattern = re.compile(r"n_?beta\s*\*\s*\(")
+    found = []
+    for name, path in script().modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.BinOp) and pattern.match(ast.unparse(node)):
+                found.append(name)
+    assert sorted(set(found)) == ["distinterp.analyses.chains", "distinterp.sgld"]

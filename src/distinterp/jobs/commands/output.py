@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from distinterp.analyses.chains import llc_estimate
+
 
 def _print_llc(res: Any, truth: float | None = None) -> None:
     per_chain = np.asarray(res.llc_per_chain.values)
@@ -43,7 +45,7 @@ def _print_trace(tree: Any, width: int = 48) -> None:
         float(ds.n_beta) if "n_beta" in ds else float(ds.attrs["metadata"]["config"]["sampler"]["n_beta"])
     )
     per_draw = ds.sampling_loss.mean(dim=[d for d in ds.sampling_loss.dims if d not in ("chain", "draw")])
-    trace = n_beta * (per_draw - ds.init_loss.mean(dim="token_pos")).mean(dim="chain").values
+    trace = llc_estimate(per_draw, ds.init_loss.mean(dim="token_pos"), n_beta).mean(dim="chain").values
     trace = trace[np.isfinite(trace)]
     if trace.size < 2:
         return
