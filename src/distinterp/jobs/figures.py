@@ -224,7 +224,8 @@ def open_result(source: Any, storage_options: dict[str, Any] | None, tree: bool 
     """A BIF Dataset / susceptibilities DataTree, given as itself or as a path/URL."""
     if isinstance(source, (xr.Dataset, xr.DataTree)):
         return source
-    kwargs = {"storage_options": storage_options} if storage_options and "://" in str(source) else {}
+    location = Location(str(source), dict(storage_options or {}))
+    kwargs = {} if location.is_local else {"storage_options": location.fsspec_options()}
     opener = xr.open_datatree if tree else xr.open_dataset
     return opener(str(source), engine="zarr", consolidated=False, **kwargs)
 

@@ -89,11 +89,11 @@ def _open(url: str, storage_options: dict[str, Any]) -> Any:
 
 def _existing(url: str | None, flag: str, options: dict[str, Any]) -> str | None:
     """A result path given on the command line, checked before any work."""
-    from distinterp.store import Location
+    from distinterp.store import SampleStore
 
     if url is not None:
-        location = Location(url, options)
-        if location.is_local and not (location.local_path / "zarr.json").is_file():
+        result = SampleStore.at(url, options)
+        if result.is_local and not result.exists():
             raise FileNotFoundError(f"{flag} {url}: no zarr result there")
     return url
 
