@@ -30,6 +30,14 @@ def test_no_import_circles_and_nothing_imported_upward(lazy):
     assert g.upward(edges) == []
 
 
+def test_the_one_allowed_upward_reference_is_the_documented_re_export():
+    """llc/bif/susceptibilities' old homes hand them out from __getattr__ (COMPAT_REEXPORTS); that is the
+    only reference against the layers, and no other module-level __getattr__ hides one."""
+    g = script()
+    assert g.upward(g.graph(lazy=True, compat=True)) == sorted(g.COMPAT_REEXPORTS)
+    assert g.compat_upward() == []
+
+
 def test_the_check_finds_a_circle_and_an_upward_import(tmp_path):
     """It can fail: a two-module circle through an import inside a function, and base importing jobs."""
     pkg = tmp_path / "distinterp"
