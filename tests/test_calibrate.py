@@ -212,6 +212,11 @@ def test_dln_learning_coefficient_matches_reduced_rank_regression_and_simple_cas
     assert toy.dln_learning_coefficient([1, 1, 1, 1], 0) == (Fraction(1, 2), 2)
     assert toy.dln_learning_coefficient([3, 3, 3, 3], 3) == (Fraction(9, 2), 1)
     assert toy.dln_learning_coefficient([3, 2, 2, 3], 1) == (Fraction(3), 1)
+    assert toy.dln_learning_coefficient([3, 2, 3, 2, 3, 3], 1) == (Fraction(3), 1)  # the 5-layer case
+    # the 13,200-parameter case: its rank-10 regular part (r (H_1 + H_4) - r^2) / 2 = 750 plus the
+    # rank-0 network of widths H - r (70-50-50-70: 1100), as Aoyagi's reduction to rank 0 has it
+    assert toy.dln_learning_coefficient([80, 60, 60, 80], 10) == (Fraction(1850), 1)
+    assert toy.dln_learning_coefficient([70, 50, 50, 70], 0) == (Fraction(1100), 1)
     model = toy.DeepLinearNetwork([3, 2, 2, 3], 1)
     assert int(np.linalg.matrix_rank(model.target.double().numpy(), tol=1e-5)) == 1
     ids = np.zeros((2, 2), dtype=np.int64)
