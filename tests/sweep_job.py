@@ -3,8 +3,7 @@
 The grid: 3 checkpoints (the tiny GPT-2 from seeds 0, 10, 200: stand-ins for training steps) x its 2
 attention heads (the `l{L}h{H}` generator) x 2 datasets. Overrides: `array_task` [i, n]; `sleep` seconds
 in each loader (so a test can kill the job mid-grid); `loads` a file each rank appends its loads to;
-`fail_rank` a rank whose loader raises (the other ranks must stop too, naming it); anything else
-replaces SMALL's sample() arguments.
+anything else replaces SMALL's sample() arguments.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ def run(root: str, **overrides: Any) -> Any:
     task = overrides.pop("array_task", None)
     sleep = float(overrides.pop("sleep", 0.0))
     loads = overrides.pop("loads", None)
-    fail_rank = overrides.pop("fail_rank", None)
     steps = overrides.pop("steps", STEPS)
 
     def loader(step: int) -> Any:
@@ -50,8 +48,6 @@ def run(root: str, **overrides: Any) -> Any:
             if loads is not None:
                 with Path(loads).open("a") as f:
                     f.write(f"{rank} {step}\n")
-            if rank == fail_rank:
-                raise RuntimeError(f"checkpoint {step} is corrupt on this node")
             time.sleep(sleep)
             return checkpoint(step)
 
@@ -71,13 +67,18 @@ def run(root: str, **overrides: Any) -> Any:
 
 
 def main(root: str, overrides: dict[str, Any]) -> None:
-    """What the test's one torchrun launch does: block 0 of 5 of the grid (its 8 pairs split 4/4 over
-    the ranks, one cell shared by both), then a grid whose loader fails on rank 1: each rank writes the
-    error it stopped with to ROOT.fail-RANK."""
-    loads = f"{root}.loads"
-    run(root, array_task=[0, 5], loads=loads, **overrides)
+    """What the test's one torchrun launch does: block 0 of 4 of the grid (its 9 pairs split 5/4 over
+    the ranks, one cell shared by both), then a one-cell grid whose loader fails on rank 1: each rank
+    writes the error it stopped with to ROOT.fail-RANK."""
+    run(root, array_task=[0, 4], loads=f"{root}.loads", **overrides)
+
+    def broken() -> torch.nn.Module:
+        if runtime().rank == 1:
+            raise RuntimeError("checkpoint 0 is corrupt on this node")
+        return checkpoint(0)
+
     try:
-        run(f"{root}.failing", fail_rank=1, steps=(0,))
+        sweep({0: broken}, datasets()["a"], output_path=f"{root}.failing", **OPTS)
     except Exception as e:  # noqa: BLE001 - written for the test to read
         Path(f"{root}.fail-{runtime().rank}").write_text(f"{type(e).__name__}: {e}")
 
