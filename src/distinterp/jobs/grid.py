@@ -25,7 +25,7 @@ from distinterp.data import fingerprint, input_ids_tensor
 from distinterp.identity import recorded_settings
 from distinterp.jobs.route import OWN, sample_kwargs
 from distinterp.jobs.runner import check_output_path
-from distinterp.jobs.settings import DatasetSettings, SampleSettings
+from distinterp.jobs.settings import DatasetSettings, ModelSettings, SampleSettings
 from distinterp.jobs.sources import (
     architecture,
     check_checkpoint,
@@ -60,6 +60,7 @@ DEFAULT_DATASET = "default"
 PLACEHOLDERS = {"L": "layer", "H": "head", "G": "key/value group"}
 """Generator placeholders in a restriction's name and pattern: `{"l{L}h{H}": "l{L}h{H}"}` is every head."""
 
+GridAnalysisName = Literal["llc", "bif", "susceptibilities"]
 GridAnalysis = Callable[[Location, xr.Dataset], xr.Dataset]
 """An analysis of a finished grid: (root, the LLC table) -> variables to merge into the table."""
 ANALYSES: dict[str, str | None] = {
@@ -346,8 +347,9 @@ class SweepSettings(SampleSettings):
     grid: dict[str, list[Any]] | None = Field(
         None, description="sampler setting -> values, e.g. {lr: [1e-4, 1e-3]}: one axis each"
     )
-    analyses: list[Literal["llc", "bif", "susceptibilities"]] = Field(  # type: ignore[assignment]
-        default_factory=lambda: ["llc"], description="per-cell analyses aggregated on rank 0"
+    analyses: list[GridAnalysisName] = Field(  # type: ignore[assignment]
+        default_factory=lambda: list[GridAnalysisName](["llc"]),
+        description="per-cell analyses aggregated on rank 0",
     )
 
     @model_validator(mode="after")
@@ -405,11 +407,11 @@ def run_grid(settings: SweepSettings) -> xr.Dataset | None:
             out["dataset"] = settings.datasets[coords["dataset"]].model_dump(mode="json")
         return out
 
+    def loader(spec: ModelSettings) -> Callable[[], torch.nn.Module]:
+        return lambda: load_model(spec, data, settings.dataset)
+
     return sweep(
-        {
-            label: (lambda spec=spec: load_model(spec, data, settings.dataset))
-            for label, spec in specs.items()
-        },
+        {label: loader(spec) for label, spec in specs.items()},
         data,
         observables,
         output_path=settings.output_path,
