@@ -74,7 +74,14 @@ def _print_store(tree: Any, url: str) -> int:
 
 
 def _print_sweep(res: Any) -> None:
-    """One line per checkpoint / cell: label, LLC mean +- std over chains, chains used."""
+    """One line per checkpoint / cell: label, LLC mean +- std over chains, chains used. A grid's axes
+    (more than one dim besides `chain`) print as one line per cell, labelled axis=value,..."""
+    axes = [str(d) for d in res.llc_mean.dims]
+    if len(axes) > 1:
+        shown = [a for a in axes if res.sizes[a] > 1] or axes  # a one-value axis names no cell apart
+        res = res.drop_vars([c for c in res.coords if c not in axes]).stack(cell=axes)
+        names = [",".join(f"{a}={v}" for a, v in zip(axes, key) if a in shown) for key in res.cell.values]
+        res = res.drop_vars(["cell", *axes]).assign_coords(cell=names)
     dim = "checkpoint" if "checkpoint" in res.dims else "cell"
     for i, label in enumerate(res[dim].values):
         mean, std = float(res.llc_mean[i]), float(res.llc_std[i])
