@@ -88,3 +88,171 @@ def test_grid_heatmap_panels_over_grid_fields(panels: int) -> None:
     fig = heatmap_figure(table)
     assert len(fig.data["panels"]) == min(panels, 12)
     assert ("First 12 of 14 panels" in fig.caption) == (panels == 14)
+
+
+# ─── analyses of a grid's root ────────────────────────────────────────────────
+
+CHECKPOINTS = (0, 100)
+RESTRICTIONS: dict[str, str | None] = {"full": None, "l0h0": "l0h0", "l0h1": "l0h1"}
+
+
+def write_grid(root: Path, **sample_kwargs: object) -> None:
+    """A 2-checkpoint x 3-restriction grid root as distinterp.sweep lays it out: one sample() store per
+    cell, named by its axes, and the record (version 2) with the axes, labels and restriction patterns."""
+    import json
+
+    from distinterp import sample
+    from distinterp.masks import create_param_masks
+    from tests.conftest import SMALL, tiny_gpt2, token_dataset
+
+    train, probe = token_dataset(16, seed=1), token_dataset(4, seed=2)
+    labels = []
+    for step in CHECKPOINTS:
+        model = tiny_gpt2(seed=step)
+        for name, pattern in RESTRICTIONS.items():
+            label = f"checkpoint={step}+restriction={name}"
+            labels.append(label)
+            sample(
+                model,
+                train,
+                {"train": train, "probe": probe},
+                output_path=str(root / f"{label}.zarr"),
+                param_masks=None if pattern is None else create_param_masks(model, pattern),
+                **{**SMALL, "num_chains": 2, "batches_per_draw": 1, **sample_kwargs},
+            )
+    record = {
+        "version": 2,
+        "kind": "sweep",
+        "labels": labels,
+        "axes": [
+            ["checkpoint", list(CHECKPOINTS)],
+            ["restriction", list(RESTRICTIONS)],
+            ["dataset", ["default"]],
+        ],
+        "restrictions": RESTRICTIONS,
+    }
+    (root / "distinterp-sweep.json").write_text(json.dumps(record))
+
+
+@pytest.fixture(scope="module")
+def grid_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("grid") / "grid"
+    root.mkdir()
+    write_grid(root)
+    return root
+
+
+def test_grid_cells_follow_the_record(grid_root: Path) -> None:
+    from distinterp.analyses.grid import GridCells
+
+    cells = GridCells.open(str(grid_root))
+    assert list(cells.axes) == ["checkpoint", "restriction", "dataset"]
+    assert (
+        cells.label(checkpoint=100, restriction="l0h0", dataset="default")
+        == "checkpoint=100+restriction=l0h0"
+    )
+    assert len(list(cells.cells())) == 6
+    assert cells.full_restriction() == "full"
+    assert cells.location(checkpoint=0, restriction="full", dataset="default").local_path.is_dir()
+    assert cells.outer() == [
+        {"checkpoint": 0, "dataset": "default"},
+        {"checkpoint": 100, "dataset": "default"},
+    ]
+
+
+def test_susceptibility_table_equals_each_checkpoint_computed_alone(grid_root: Path) -> None:
+    """Each checkpoint's (restriction, token) slice is compute_susceptibilities of its stores, baseline NaN."""
+    from distinterp.analyses.grid import susceptibility_table
+    from distinterp.analyses.susceptibilities import compute_susceptibilities
+    from distinterp.store import Location, open_tree
+
+    table = susceptibility_table(str(grid_root))
+    sus = table.susceptibility
+    assert sus.dims == ("checkpoint", "dataset", "restriction", "token")
+    assert sus.attrs["sampling_task"] == "train"
+    tokens = (4 + 4) * 8  # every observable's rows (batch_size each) x target positions
+    assert sus.sizes == {"checkpoint": 2, "dataset": 1, "restriction": 3, "token": tokens}
+    for step in CHECKPOINTS:
+        trees = {
+            name: open_tree(Location(str(grid_root / f"checkpoint={step}+restriction={name}.zarr")))
+            for name in RESTRICTIONS
+        }
+        ref = compute_susceptibilities(trees, "train", include_sampling_task=True)["susceptibilities"].dataset
+        got = sus.sel(checkpoint=step, dataset="default")
+        assert np.isnan(got.sel(restriction="full").values).all()
+        for name in ("l0h0", "l0h1"):
+            want = ref.sus.sel(wr=name).values
+            np.testing.assert_array_equal(got.sel(restriction=name).values, want)
+    # the token's input id is the context's at its target position
+    ctx = open_tree(Location(str(grid_root / "checkpoint=0+restriction=full.zarr"))).dataset
+    first = table.isel(token=0)
+    assert int(first.token_id) == int(ctx[f"input_ids_{sus.attrs['observables'][0]}"].values[0, 1])
+
+
+def test_susceptibility_vectors_round_trip_with_token_text(grid_root: Path) -> None:
+    from distinterp.analyses.grid import (
+        open_susceptibility_vectors,
+        susceptibility_table,
+        write_susceptibility_vectors,
+    )
+
+    class Digits:
+        def decode(self, ids: list[int]) -> str:
+            return f"<{ids[0]}>"
+
+    table = susceptibility_table(str(grid_root))
+    where = write_susceptibility_vectors(str(grid_root), table, tokenizer=Digits(), chunk_tokens=24)
+    assert where.url == f"{grid_root}.token_vectors.zarr"
+    vectors = open_susceptibility_vectors(str(grid_root))
+    assert vectors.vectors.dims == ("token", "component")
+    assert vectors.vectors.encoding["chunks"] == (24, 4)  # one chunk holds every component of its tokens
+    assert list(vectors.component.values) == [
+        "checkpoint=0+dataset=default+restriction=l0h0",
+        "checkpoint=0+dataset=default+restriction=l0h1",
+        "checkpoint=100+dataset=default+restriction=l0h0",
+        "checkpoint=100+dataset=default+restriction=l0h1",
+    ]
+    want = table.susceptibility.sel(checkpoint=100, dataset="default", restriction="l0h1").values
+    np.testing.assert_array_equal(vectors.vectors.values[:, 3], want)
+    assert vectors.token_text.values[5] == f"<{int(table.token_id.values[5])}>"
+
+
+def test_bif_summaries_per_cell(grid_root: Path) -> None:
+    from distinterp.analyses.bif import compute_bif
+    from distinterp.analyses.grid import bif_summaries
+    from distinterp.store import Location, open_tree
+
+    out = bif_summaries(str(grid_root))
+    assert out.bif_mean.dims == ("checkpoint", "restriction", "dataset")
+    assert out.bif.sizes["sequence_1"] == 8  # train 4 + probe 4 rows
+    store = open_tree(Location(str(grid_root / "checkpoint=100+restriction=l0h1.zarr")))
+    ref = np.asarray(compute_bif(store, correlation_method="sequence").influences.values, np.float64)
+    off = ref[~np.eye(8, dtype=bool)]
+    cell = out.sel(checkpoint=100, restriction="l0h1", dataset="default")
+    assert float(cell.bif_mean) == pytest.approx(off.mean(), rel=1e-12)
+    assert float(cell.bif_mean_abs) == pytest.approx(np.abs(off).mean(), rel=1e-12)
+    np.testing.assert_array_equal(cell.bif.values, ref.astype(np.float32))
+    small = bif_summaries(str(grid_root), max_rows=4)
+    assert "bif" not in small and "bif_mean" in small
+
+
+def test_grid_analyses_refuse_a_root_without_a_baseline_or_axes(tmp_path: Path, grid_root: Path) -> None:
+    import json
+    import shutil
+
+    from distinterp.analyses.bif import AnalysisInputError
+    from distinterp.analyses.grid import GridCells, susceptibility_table
+
+    with pytest.raises(AnalysisInputError, match="not a sweep root"):
+        GridCells.open(str(tmp_path))
+    copy = tmp_path / "copy"
+    shutil.copytree(grid_root, copy)
+    record = json.loads((copy / "distinterp-sweep.json").read_text())
+    (copy / "distinterp-sweep.json").write_text(
+        json.dumps({**record, "restrictions": {**RESTRICTIONS, "full": "l0"}})
+    )
+    with pytest.raises(AnalysisInputError, match="unrestricted baseline; add one with pattern None"):
+        susceptibility_table(str(copy))
+    (copy / "distinterp-sweep.json").write_text(json.dumps({**record, "axes": None, "kind": "trajectory"}))
+    with pytest.raises(AnalysisInputError, match="trajectory root without axes"):
+        GridCells.open(str(copy))
