@@ -92,54 +92,58 @@ def test_grid_heatmap_panels_over_grid_fields(panels: int) -> None:
 
 # ─── analyses of a grid's root ────────────────────────────────────────────────
 
-CHECKPOINTS = (0, 100)
+CHECKPOINTS = ("0", "100")
 RESTRICTIONS: dict[str, str | None] = {"full": None, "l0h0": "l0h0", "l0h1": "l0h1"}
 
 
-def write_grid(root: Path, **sample_kwargs: object) -> None:
-    """A 2-checkpoint x 3-restriction grid root as distinterp.sweep lays it out: one sample() store per
-    cell, named by its axes, and the record (version 2) with the axes, labels and restriction patterns."""
-    import json
-
-    from distinterp import sample
-    from distinterp.masks import create_param_masks
+def run_grid(root: Path) -> xr.Dataset:
+    """A 2-checkpoint x 3-restriction grid with every grid analysis (one process)."""
+    import distinterp
     from tests.conftest import SMALL, tiny_gpt2, token_dataset
 
     train, probe = token_dataset(16, seed=1), token_dataset(4, seed=2)
-    labels = []
-    for step in CHECKPOINTS:
-        model = tiny_gpt2(seed=step)
-        for name, pattern in RESTRICTIONS.items():
-            label = f"checkpoint={step}+restriction={name}"
-            labels.append(label)
-            sample(
-                model,
-                train,
-                {"train": train, "probe": probe},
-                output_path=str(root / f"{label}.zarr"),
-                param_masks=None if pattern is None else create_param_masks(model, pattern),
-                **{**SMALL, "num_chains": 2, "batches_per_draw": 1, **sample_kwargs},
-            )
-    record = {
-        "version": 2,
-        "kind": "sweep",
-        "labels": labels,
-        "axes": [
-            ["checkpoint", list(CHECKPOINTS)],
-            ["restriction", list(RESTRICTIONS)],
-            ["dataset", ["default"]],
-        ],
-        "restrictions": RESTRICTIONS,
-    }
-    (root / "distinterp-sweep.json").write_text(json.dumps(record))
+    table = distinterp.sweep(
+        {step: (lambda step=step: tiny_gpt2(seed=int(step))) for step in CHECKPOINTS},
+        train,
+        {"train": train, "probe": probe},
+        output_path=str(root),
+        restrictions=RESTRICTIONS,
+        analyses=("llc", "bif", "susceptibilities"),
+        **{**SMALL, "num_chains": 2, "batches_per_draw": 1},
+    )
+    assert table is not None
+    return table
 
 
 @pytest.fixture(scope="module")
-def grid_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, xr.Dataset]:
     root = tmp_path_factory.mktemp("grid") / "grid"
-    root.mkdir()
-    write_grid(root)
-    return root
+    return root, run_grid(root)
+
+
+@pytest.fixture(scope="module")
+def grid_root(grid: tuple[Path, xr.Dataset]) -> Path:
+    return grid[0]
+
+
+def test_sweep_merges_the_grid_analyses_into_its_table(grid: tuple[Path, xr.Dataset]) -> None:
+    from distinterp.analyses.grid import bif_summaries, susceptibility_table
+
+    root, table = grid
+    assert table.llc_mean.dims == ("checkpoint", "restriction", "dataset")
+    xr.testing.assert_equal(
+        table.susceptibility.drop_vars("step"), susceptibility_table(str(root)).susceptibility
+    )
+    xr.testing.assert_equal(table.bif_mean.drop_vars("step"), bif_summaries(str(root)).bif_mean)
+    assert np.isfinite(table.llc_mean.values).all()
+
+
+def test_report_of_a_grid_root_draws_the_grid(grid: tuple[Path, xr.Dataset], tmp_path: Path) -> None:
+    from distinterp.jobs.sweep_report import sweep_report
+
+    page = sweep_report(grid[0], out=tmp_path / "rep")
+    text = page.read_text()
+    assert "6 cells" in text and 'id="grid_heatmap"' in text and 'id="grid_training"' in text
 
 
 def test_grid_cells_follow_the_record(grid_root: Path) -> None:
@@ -148,15 +152,15 @@ def test_grid_cells_follow_the_record(grid_root: Path) -> None:
     cells = GridCells.open(str(grid_root))
     assert list(cells.axes) == ["checkpoint", "restriction", "dataset"]
     assert (
-        cells.label(checkpoint=100, restriction="l0h0", dataset="default")
+        cells.label(checkpoint="100", restriction="l0h0", dataset="default")
         == "checkpoint=100+restriction=l0h0"
     )
     assert len(list(cells.cells())) == 6
     assert cells.full_restriction() == "full"
-    assert cells.location(checkpoint=0, restriction="full", dataset="default").local_path.is_dir()
+    assert cells.location(checkpoint="0", restriction="full", dataset="default").local_path.is_dir()
     assert cells.outer() == [
-        {"checkpoint": 0, "dataset": "default"},
-        {"checkpoint": 100, "dataset": "default"},
+        {"checkpoint": "0", "dataset": "default"},
+        {"checkpoint": "100", "dataset": "default"},
     ]
 
 
@@ -212,7 +216,7 @@ def test_susceptibility_vectors_round_trip_with_token_text(grid_root: Path) -> N
         "checkpoint=100+dataset=default+restriction=l0h0",
         "checkpoint=100+dataset=default+restriction=l0h1",
     ]
-    want = table.susceptibility.sel(checkpoint=100, dataset="default", restriction="l0h1").values
+    want = table.susceptibility.sel(checkpoint="100", dataset="default", restriction="l0h1").values
     np.testing.assert_array_equal(vectors.vectors.values[:, 3], want)
     assert vectors.token_text.values[5] == f"<{int(table.token_id.values[5])}>"
 
@@ -228,7 +232,7 @@ def test_bif_summaries_per_cell(grid_root: Path) -> None:
     store = open_tree(Location(str(grid_root / "checkpoint=100+restriction=l0h1.zarr")))
     ref = np.asarray(compute_bif(store, correlation_method="sequence").influences.values, np.float64)
     off = ref[~np.eye(8, dtype=bool)]
-    cell = out.sel(checkpoint=100, restriction="l0h1", dataset="default")
+    cell = out.sel(checkpoint="100", restriction="l0h1", dataset="default")
     assert float(cell.bif_mean) == pytest.approx(off.mean(), rel=1e-12)
     assert float(cell.bif_mean_abs) == pytest.approx(np.abs(off).mean(), rel=1e-12)
     np.testing.assert_array_equal(cell.bif.values, ref.astype(np.float32))
