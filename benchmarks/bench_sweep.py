@@ -7,7 +7,8 @@ Per (backend, ranks, cells): the sweep's wall time (a fresh process, or a torchr
 call), then in another fresh process the aggregator's wall time and its peak RSS growth (ru_maxrss after
 aggregating minus before), and on S3 the requests each made (GET / PUT / LIST / HEAD / other, counted by
 a hook on the S3 client's API calls; summed over ranks). S3 runs on a loopback SeaweedFS of our own.
-A tiny cell: a 1-layer GPT-2 (16 wide), 1 chain (2 with 2 ranks), 2 draws of one batch of 4 rows.
+A tiny cell: a 1-layer GPT-2 (16 wide), 1 chain (2 with 2 ranks), 2 draws of one batch of 4 rows; the
+cells are `distinterp.sweep(model, ..., grid={"init_seed": range(cells)})` (one checkpoint, loaded once).
 """
 
 from __future__ import annotations
@@ -80,9 +81,11 @@ def child(spec: dict[str, Any]) -> None:
     """Runs inside a measured process: the sweep of `cells` tiny cells, or its aggregation."""
     import warnings
 
+    import numpy as np
+
     from distinterp import toy
+    from distinterp.jobs.grid import sweep
     from distinterp.jobs.sweep import aggregate_sweep
-    from distinterp.jobs.trajectory import trajectory
     from distinterp.parallel.distributed import runtime
 
     options = spec["options"]
@@ -97,14 +100,14 @@ def child(spec: dict[str, Any]) -> None:
         warnings.simplefilter("ignore")
         if spec["part"] == "sweep":
             model = toy.tiny_gpt2(32, 1, 0, n_positions=16)
-            cells = {f"c{i}": model for i in range(spec["cells"])}
             requests.clear()
             start = time.perf_counter()
-            trajectory(
-                cells,
+            sweep(
+                model,
                 ds,
                 {"train": ds},
                 output_path=spec["root"],
+                grid={"init_seed": list(range(spec["cells"]))},  # one cell per seed, one model load
                 storage_options=options or None,
                 num_chains=spec["chains"],
                 **CELL,
@@ -124,7 +127,7 @@ def child(spec: dict[str, Any]) -> None:
             result["seconds"] = time.perf_counter() - start
             result["rss_growth_mb"] = _rss_mb() - before
             result["requests"] = dict(requests)
-            assert table.sizes[next(iter(table.llc_mean.dims))] == spec["cells"]
+            assert table.llc_mean.size == spec["cells"] and bool(np.isfinite(table.llc_mean).all())
     harness.report(result)
     harness.finish()
 
