@@ -88,6 +88,10 @@ class RouteError(ValueError):
     """A setting the job cannot honour; the message names it and the fix."""
 
 
+class SweepError(RuntimeError):
+    """A store of a sweep failed on another rank: every rank stops, naming the rank, the store and why."""
+
+
 class NumericEnvironmentWarning(UserWarning):
     """A store is being continued under another numeric environment than the one it was created in."""
 
