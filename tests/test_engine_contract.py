@@ -64,9 +64,10 @@ def make_masks(out: Path, options: dict[str, Any]) -> None:
 
 
 def make_checkpoints(out: Path, options: dict[str, Any]) -> None:
-    """A run preempted after step 51 (its checkpoint at 50), rerun; beside the uninterrupted run. Two chains:
-    a checkpoint needs a chunk (50 steps) behind it, so this is the contract's costly case."""
-    opts = {**options, "num_chains": 2, "num_draws": 52, "checkpoint_every": 50, "save_metrics": True}
+    """A run preempted after step 51 (its checkpoint at 50), rerun; beside the uninterrupted run. One chain:
+    a checkpoint needs a whole chunk (50 steps) behind it, so this is the contract's costly case (batched
+    groups of two preempted together: tests/test_batched.py)."""
+    opts = {**options, "num_chains": 1, "num_draws": 52, "checkpoint_every": 50, "save_metrics": True}
     run(out / "clean.zarr", opts, loss_fn=_Preempt(None))
     loss = _Preempt(51)
     with pytest.raises(RuntimeError, match="preempted"):
