@@ -4,6 +4,7 @@ susceptibility table and per-token vectors, and BIF summaries per checkpoint."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -260,3 +261,27 @@ def test_grid_analyses_refuse_a_root_without_a_baseline_or_axes(tmp_path: Path, 
     (copy / "distinterp-sweep.json").write_text(json.dumps({**record, "axes": None, "kind": "trajectory"}))
     with pytest.raises(AnalysisInputError, match="trajectory root without axes"):
         GridCells.open(str(copy))
+
+
+def test_aggregator_reads_s3_stores_as_open_tree_does(
+    grid: tuple[Path, xr.Dataset], s3_server: Any, s3_url: str
+) -> None:
+    """The grid copied to S3 aggregates to the local table (each store's metadata read in one LIST and a
+    GET per array, see store/snapshot.py); open_store equals open_tree there; a missing store is None."""
+    import fsspec
+
+    from distinterp.jobs.sweep import aggregate_sweep
+    from distinterp.store import Location, open_tree, read_root_attrs
+    from distinterp.store.snapshot import open_store, root_attrs
+
+    root = grid[0]
+    options = s3_server.storage_options
+    fs = fsspec.filesystem("s3", **options)
+    fs.put(str(root), s3_url.removeprefix("s3://"), recursive=True)
+    remote = aggregate_sweep(s3_url, storage_options=options)
+    local = aggregate_sweep(str(root))
+    xr.testing.assert_identical(remote.drop_attrs(), local.drop_attrs())
+    store = Location(f"{s3_url}/checkpoint=100+restriction=l0h1.zarr", options)
+    xr.testing.assert_identical(open_store(store).dataset.load(), open_tree(store).dataset.load())
+    assert root_attrs(store) == read_root_attrs(store)
+    assert root_attrs(Location(f"{s3_url}/nothing.zarr", options)) is None
