@@ -78,10 +78,13 @@ def test_every_cell_equals_a_standalone_sample(reference, tmp_path):
     assert [a[0] for a in record["axes"]] == ["checkpoint", "restriction", "dataset"]
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_two_ranks_and_array_tasks_write_the_reference(reference, tmp_path):
     """Array task 0 of 4 on 2 torchrun ranks (9 pairs: 5 and 4, one cell shared) while tasks 1-3 run in
     this process: the reference's bytes. Each rank loads each checkpoint it runs once. In the same
-    launch, a grid whose loader fails on rank 1 stops both ranks, rank 0 naming rank 1 and the error."""
+    launch, a grid whose loader fails on rank 1 stops both ranks, rank 0 naming rank 1 and the error, and
+    a grid with fsdp_size 2 runs each cell over both ranks, equal to the standalone sharded sample()."""
     root = tmp_path / "grid"
     proc = torchrun(2, root, {"launch": True}, module=JOB)
     for task in range(1, 4):
@@ -95,6 +98,14 @@ def test_two_ranks_and_array_tasks_write_the_reference(reference, tmp_path):
     assert "checkpoint 0 is corrupt" in (tmp_path / "grid.fail-0").read_text()
     table = aggregate_sweep(str(root))
     assert table.llc_per_chain.equals(aggregate_sweep(str(reference)).llc_per_chain)
+    cell = tmp_path / "grid.fsdp" / "checkpoint=model+lr=0.002.zarr"  # fsdp_size 2: the collective path
+    assert tree_hash(cell) == tree_hash(tmp_path / "grid.fsdp-alone.zarr")
+    assert aggregate_sweep(str(tmp_path / "grid.fsdp")).llc_mean.dims == (
+        "checkpoint",
+        "restriction",
+        "dataset",
+        "lr",
+    )
 
 
 def test_killed_grid_resumes_to_the_reference(reference, tmp_path):
