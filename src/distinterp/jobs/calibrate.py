@@ -132,6 +132,8 @@ class Calibration:
     extrapolate=...)` reruns them and returns the same extrapolation as `llc_extrapolated`."""
     root: str = ""
     """Where the cells' stores are."""
+    estimate_se: float = float("nan")
+    """The standard error of `estimate` (over chains; through the line when extrapolated)."""
 
     def __str__(self) -> str:
         return f"calibration: {self.reason}"
@@ -326,6 +328,7 @@ def choose_cell(
     between = [str(table.cell.values[i]) for i in picked.cells]
     table.attrs.update(
         estimate=picked.estimate,
+        estimate_se=picked.estimate_se,
         chosen_lr=picked.lr or float("nan"),
         between=between,
         reason=picked.reason,
@@ -340,6 +343,7 @@ def choose_cell(
         estimate=picked.estimate,
         extrapolate=extrapolate,
         root=str(location.url if hasattr(location, "url") else root),
+        estimate_se=picked.estimate_se,
     )
 
 
