@@ -39,12 +39,13 @@ first K cases (it is the expensive part).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,12 @@ CROSSING_N = 1_000_000
 """n for the normal crossing w1^2 w2^4 (n_beta = n / log n = 72382): its exact finite-n target at
 localization 1 is 0.2413 (-3.5 % from lambda 1/4; -16 % at n 1000, -2.0 % at 1e7), since its next pole
 (1/2) leaves an n^(-1/4) term that the other cases' targets lack; `--crossing-n` changes it."""
+
+LARGE_DLN = [80, 60, 60, 80]
+"""The largest population case: a 3-layer network of 13,200 parameters at a rank-10 truth (lambda 1850)."""
+
+RESULTS = ROOT / "benchmarks" / "results"
+"""Where a full run writes its JSON and its markdown table (`--results NAME`)."""
 
 FIXED = dict(lr=5e-4, localization=1.0, num_chains=4, num_draws=1500)
 """The issue's fixed textbook settings (devinterp-style: one lr, localization 1, 1500 draws)."""
@@ -166,6 +173,8 @@ def cases(n: int, seeds: int, smoke: bool, crossing_n: int = CROSSING_N) -> list
         dln([4, 3, 5], 0, "population"),  # the fourth (general) regime
         dln([3, 2, 2, 3], 1, "population"),
         dln([3, 2, 3, 2, 3], 1, "population"),
+        dln([3, 2, 3, 2, 3, 3], 1, "population"),  # 5 layers
+        dln(LARGE_DLN, 10, "population"),  # 13,200 parameters
         monomial((1, 2), False),
         monomial((1, 2), True, crossing_n),
     ]
@@ -230,6 +239,7 @@ def run_case(
         "n_beta": case.n_beta,
         "expected_finite_n": target if target is not None else corrected,
         "calibrated": cal.estimate,
+        "calibrated_se": cal.estimate_se,
         "calibrated_error": (cal.estimate - case.lam) / case.lam,
         "chosen": {k: best.get(k) for k in ("lr", "localization", "num_draws")},
         "extrapolated": cal.extrapolate is not None,
@@ -306,11 +316,16 @@ def check_cells(row: dict[str, Any], case: Case, smoke: bool) -> list[dict[str, 
     return out
 
 
-def equilibration_table(smoke: bool) -> list[dict[str, Any]]:
-    """diagnose() against the truth on cells of known length: the 4-3-5 regression (population loss, n_beta
-    145, localization 1) at lr 1e-3 and 3e-3, each run for 1, 3 and 10 Langevin time units; the truth is
-    the last half of a 10-unit run (2 x 10 units for lr 1e-3's reference), and a cell has not
-    equilibrated when its all-steps estimate is > 5 % from it (beyond 2 standard errors)."""
+EQUILIBRATION_CASES = [([4, 3, 5], 0), ([3, 2, 6], 1), ([3, 2, 3, 2, 3], 1)]
+"""The population cases --equilibration runs cells of known length on (widths, rank)."""
+
+
+def equilibration_table(smoke: bool, chains: int = 8, keep: str | None = None) -> list[dict[str, Any]]:
+    """diagnose() against the truth on cells of known length: population-loss deep linear networks
+    (EQUILIBRATION_CASES, n_beta 145, localization 1) at lr 1e-3 and 3e-3, each run for 1, 3 and 10
+    Langevin time units with `chains` chains; the truth is the last half of a 20-unit run of the same
+    lr, and a cell has not equilibrated when its all-steps estimate is > 5 % from it (beyond 2 standard
+    errors). Each row carries what the checks measured: nested R-hat, bulk ESS, the plateau differences."""
     import numpy as np
     import torch
 
@@ -326,53 +341,91 @@ def equilibration_table(smoke: bool) -> list[dict[str, Any]]:
         localization=1.0,
         batch_size=1,
         num_init_loss_batches=1,
+        num_chains=chains,
     )
     rows = []
     times = [0.05, 0.1] if smoke else [1.0, 3.0, 10.0]
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+    todo = EQUILIBRATION_CASES[:1] if smoke else EQUILIBRATION_CASES
+    with workdir(keep, "equilibration") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for lr in [1e-3, 3e-3]:
-            model = toy.DeepLinearNetwork([4, 3, 5], 0, point="deepest")
-            ref_draws = round((0.2 if smoke else 20.0) / lr)
-            ref = distinterp.diagnose(
-                distinterp.sample(
-                    model, ids, {}, output_path=f"{tmp}/ref{lr}.zarr", lr=lr, num_draws=ref_draws, **common
-                )
-            ).checks
-            trace = np.asarray(ref.loss_trace.values)
-            half = trace.shape[1] // 2
-            per_chain = n_beta * (np.nanmean(trace[:, half:], axis=1) - float(ref.init_loss))
-            truth, se = float(per_chain.mean()), float(per_chain.std(ddof=1) / 2)
-            for t in times:
-                draws = max(8, round(t / lr))
-                path = f"{tmp}/cell{lr}_{draws}.zarr"
-                distinterp.sample(model, ids, {}, output_path=path, lr=lr, num_draws=draws, **common)
-                verdict = distinterp.diagnose(path)
-                strict = distinterp.diagnose(path, thresholds=THRESHOLDS)
-                llc = float(verdict.checks.llc_mean)
-                rows.append(
-                    {
-                        "lr": lr,
-                        "time": t,
-                        "draws": draws,
-                        "llc": llc,
-                        "truth": truth,
-                        "off": llc / truth - 1,
-                        "unequilibrated": bool(abs(llc - truth) > 0.05 * abs(truth) + 2 * se),
-                        "diagnose_flags": not verdict.healthy,
-                        "diagnose_checks": [p.split(":")[0] for p in verdict.problems],
-                        "calibration_flags": not strict.healthy,
-                    }
-                )
-                r = rows[-1]
-                print(
-                    f"lr {lr:g} time {t:5.1f} ({draws:6d} draws): LLC {llc:6.3f} vs {truth:6.3f} ({r['off']:+6.1%}) "
-                    f"{'NOT equilibrated' if r['unequilibrated'] else 'equilibrated    '}  diagnose: "
-                    f"{','.join(r['diagnose_checks']) or 'healthy'}; calibration cell: "
-                    f"{'flagged' if r['calibration_flags'] else 'counted'}",
-                    flush=True,
-                )
+        for widths, rank in todo:
+            name = f"{'-'.join(map(str, widths))} r{rank}"
+            for lr in [1e-3, 3e-3]:
+                model = toy.DeepLinearNetwork(widths, rank, point="deepest")
+                ref_draws = round((0.2 if smoke else 20.0) / lr)
+                ref_path = f"{tmp}/{slug(name)}_ref{lr:g}.zarr"
+                distinterp.sample(model, ids, {}, output_path=ref_path, lr=lr, num_draws=ref_draws, **common)
+                ref = distinterp.diagnose(ref_path).checks
+                trace = np.asarray(ref.loss_trace.values)
+                half = trace.shape[1] // 2
+                per_chain = n_beta * (np.nanmean(trace[:, half:], axis=1) - float(ref.init_loss))
+                truth = float(per_chain.mean())
+                se = float(per_chain.std(ddof=1) / math.sqrt(per_chain.size))
+                for t in times:
+                    draws = max(8, round(t / lr))
+                    path = f"{tmp}/{slug(name)}_cell{lr:g}_{draws}.zarr"
+                    distinterp.sample(model, ids, {}, output_path=path, lr=lr, num_draws=draws, **common)
+                    verdict = distinterp.diagnose(path)
+                    strict = distinterp.diagnose(path, thresholds=THRESHOLDS)
+                    c = verdict.checks
+                    llc = float(c.llc_mean)
+                    rows.append(
+                        {
+                            "case": name,
+                            "lr": lr,
+                            "time": t,
+                            "draws": draws,
+                            "chains": chains,
+                            "llc": llc,
+                            "truth": truth,
+                            "off": llc / truth - 1,
+                            "unequilibrated": bool(abs(llc - truth) > 0.05 * abs(truth) + 2 * se),
+                            "diagnose_flags": not verdict.healthy,
+                            "diagnose_checks": [p.split(":")[0] for p in verdict.problems],
+                            "calibration_flags": not strict.healthy,
+                            "nested_rhat": float(c.nested_rhat),
+                            "ess_bulk": float(c.ess_bulk),
+                            "plateau_transient": float(c.plateau_transient),
+                            "plateau_drift": float(c.plateau_drift),
+                        }
+                    )
+                    r = rows[-1]
+                    print(
+                        f"{name:10s} lr {lr:g} time {t:5.1f} ({draws:6d} draws): LLC {llc:6.3f} vs {truth:6.3f} "
+                        f"({r['off']:+6.1%}) {'NOT equilibrated' if r['unequilibrated'] else 'equilibrated    '} "
+                        f"nested R-hat {r['nested_rhat']:.3f} ESS {r['ess_bulk']:6.0f} plateau "
+                        f"{r['plateau_transient']:+.1%}/{r['plateau_drift']:+.1%}  diagnose: "
+                        f"{','.join(r['diagnose_checks']) or 'healthy'}; calibration cell: "
+                        f"{'flagged' if r['calibration_flags'] else 'counted'}",
+                        flush=True,
+                    )
     return rows
+
+
+def equilibration_markdown(rows: list[dict[str, Any]]) -> str:
+    """The --equilibration table: each cell against its truth, what every check measured and said."""
+    out = [
+        "| case | lr | time | draws x chains | LLC | truth | off | equilibrated? | nested R-hat | bulk ESS | "
+        "plateau transient / drift | diagnose() | calibration cell |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['case']} | {r['lr']:g} | {r['time']:g} | {r['draws']} x {r['chains']} | {r['llc']:.3f} | "
+            f"{r['truth']:.3f} | {r['off']:+.1%} | {'no' if r['unequilibrated'] else 'yes'} | "
+            f"{r['nested_rhat']:.3f} | {r['ess_bulk']:.0f} | {r['plateau_transient']:+.1%} / "
+            f"{r['plateau_drift']:+.1%} | {', '.join(r['diagnose_checks']) or 'healthy'} | "
+            f"{'flagged' if r['calibration_flags'] else 'counted'} |"
+        )
+    bad = [r for r in rows if r["unequilibrated"]]
+    caught = sum(r["diagnose_flags"] for r in bad)
+    false = sum(r["diagnose_flags"] for r in rows if not r["unequilibrated"])
+    out += [
+        "",
+        f"- {len(bad)} of {len(rows)} cells not equilibrated; diagnose() flagged {caught} of them and "
+        f"{false} equilibrated cells",
+    ]
+    return "\n".join(out) + "\n"
 
 
 def floats(text: str) -> list[float]:
@@ -408,6 +461,14 @@ def main() -> None:
         action="store_true",
         help="only diagnose() against the truth (cells of known length)",
     )
+    p.add_argument(
+        "--chains", type=int, default=8, help="chains per --equilibration cell (nested R-hat needs 8)"
+    )
+    p.add_argument("--keep", help="keep every store under this directory (default: temporary, removed)")
+    p.add_argument(
+        "--results",
+        help="also write benchmarks/results/NAME.json and NAME.md (the table the README quotes)",
+    )
     args = p.parse_args()
     if args.crossing_n < 3 or args.n < 3:
         p.error("--n and --crossing-n: need n >= 3 (n_beta = n / log n), e.g. --crossing-n 1000000")
@@ -419,7 +480,13 @@ def main() -> None:
     logging.getLogger("distinterp").setLevel(logging.ERROR)
     sys.path.insert(0, str(ROOT))
     if args.equilibration:
-        harness.write_json(args.json, {"equilibration": equilibration_table(args.smoke)})
+        eq = equilibration_table(args.smoke, args.chains, args.keep)
+        harness.write_json(args.json, {"equilibration": eq})
+        print(equilibration_markdown(eq).splitlines()[-1])
+        if args.results:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            harness.write_json(str(RESULTS / f"{args.results}.json"), {"equilibration": eq})
+            (RESULTS / f"{args.results}.md").write_text(equilibration_markdown(eq))
         return
     kinds = {"population", "empirical"} if args.smoke else set(args.cases.split(","))
     suite = [
@@ -444,11 +511,13 @@ def main() -> None:
     print(header, flush=True)
     for case in suite:
         for seed in case.seeds:
-            with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            with workdir(args.keep, f"{slug(case.name)}_seed{seed}") as tmp, warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 row = run_case(case, seed, grid, tmp, args.smoke, args.max_draws)
                 if len(rows) < args.check_cells:
                     cells += check_cells(row, case, args.smoke)
+            if not args.keep:
+                row["root"] = ""  # gone with the temporary directory
             rows.append(row)
             ch = row["chosen"]
             chosen = f"{ch['lr']}, {ch['localization']}, {ch['num_draws']}" + (
@@ -465,6 +534,53 @@ def main() -> None:
     for line in summary["lines"]:
         print(line)
     harness.write_json(args.json, {"rows": rows, "cells": cells, "summary": summary})
+    if args.results:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        harness.write_json(
+            str(RESULTS / f"{args.results}.json"), {"rows": rows, "cells": cells, "summary": summary}
+        )
+        (RESULTS / f"{args.results}.md").write_text(markdown(rows, summary["lines"]))
+        print(f"wrote {RESULTS / args.results}.json and .md")
+
+
+def slug(name: str) -> str:
+    """A case name as a directory name: 'w1^2*w2^4' -> 'w1_2xw2_4'."""
+    return "".join(
+        c if c.isalnum() or c in "-." else "x" if c == "*" else "p" if c == "+" else "_" for c in name
+    )
+
+
+@contextlib.contextmanager
+def workdir(keep: str | None, name: str) -> Iterator[str]:
+    """`keep/name` (made, and left for inspection) when --keep is given, else a temporary directory."""
+    if keep:
+        path = Path(keep) / name
+        path.mkdir(parents=True, exist_ok=True)
+        yield str(path)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield tmp
+
+
+def markdown(rows: list[dict[str, Any]], lines: list[str]) -> str:
+    """The table the README quotes: one row per (case, data seed), then the goals' summary lines."""
+    out = [
+        "| case | loss | data seed | lambda | calibrated | error | 2 s.e. | fixed settings | error | "
+        "chosen: lr, localization, draws | cells x total SGLD steps | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ch = r["chosen"]
+        how = " (extrapolated)" if r["extrapolated"] else ""
+        how += "" if r["confirmed"] else " (unconfirmed)"
+        se = r.get("calibrated_se", float("nan"))
+        out.append(
+            f"| {r['case']} | {r['kind']} | {r['seed']} | {r['lambda']:.4g} | {r['calibrated']:.4g} | "
+            f"{r['calibrated_error']:+.1%} | {2 * se / abs(r['lambda']):.1%} | {r['fixed']:.4g} | "
+            f"{r['fixed_error']:+.1%} | {ch['lr']}, {ch['localization']}, {ch['num_draws']}{how} | "
+            f"{r['cost_cells']} x {r['cost_steps']:,} | {r['seconds']:.0f} |"
+        )
+    return "\n".join(out + [""] + [f"- {line}" for line in lines]) + "\n"
 
 
 def summarize(rows: list[dict[str, Any]], cells: list[dict[str, Any]]) -> dict[str, Any]:

@@ -38,6 +38,27 @@ def test_rule_takes_the_smallest_equilibrated_lr_and_extrapolates_a_line():
     assert lone.lr == 1e-3 and lone.cells == (1,) and not lone.confirmed
 
 
+def test_estimate_standard_error_and_confirmation_needs_precision():
+    """The estimate carries its standard error (one cell's over chains; an extrapolation's propagated
+    through the weighted line: two points give sqrt(x2^2 s1^2 + x1^2 s2^2) / (x2 - x1)), and an estimate
+    whose two standard errors exceed the tolerance is not confirmed, however well the cells agree."""
+    from distinterp.analyses.calibration import fit_line_se
+
+    a, b, se = fit_line_se([1e-3, 3e-3], [1.0, 1.1], [0.02, 0.03])
+    assert a == pytest.approx(0.95) and b == pytest.approx(50.0)
+    assert se == pytest.approx(np.hypot(3e-3 * 0.02, 1e-3 * 0.03) / 2e-3)
+    x = np.array([1e-3, 2e-3, 4e-3])
+    design = np.stack([np.ones(3), x], axis=1)
+    cov = np.linalg.inv(design.T @ design / 0.05**2)
+    assert fit_line_se(x, [1.0, 1.0, 1.0], [0.05] * 3)[2] == pytest.approx(np.sqrt(cov[0, 0]))
+    precise = choose(LR, [0] * 4, [0.2, 0.74, 0.749, 0.839], [0.01] * 4, [False, True, True, True])
+    assert precise.confirmed and 0 < precise.estimate_se < 0.02, precise
+    noisy = choose(LR, [0] * 4, [0.2, 0.74, 0.749, 0.839], [0.2] * 4, [False, True, True, True])
+    assert noisy.estimate_se > 0.037 and not noisy.confirmed and "2 s.e." in noisy.reason, noisy
+    lone = choose(LR, [0] * 4, [0.1, 0.6, 0.8, 0.84], [0.03] * 4, [False, True, False, False])
+    assert lone.estimate_se == 0.03
+
+
 def test_rule_prefers_less_localization_over_a_flatter_curve():
     """A heavily localized group is flat at a biased value; the least localization with two neighbouring
     equilibrated lr wins."""
@@ -167,6 +188,7 @@ def test_cli_calibrate_with_grid_over_two_array_tasks(tmp_path, capsys):
     assert main([*args, "--array-task-id", "1", "--array-task-count", "2"]) == 0
     out = capsys.readouterr().out
     assert "lr=0.0001" in out and "lr=0.001" in out and "calibration:" in out, out
+    assert "s.e." in out, out  # each cell's standard error, and the rule's estimate with its own
     assert main(["sample", "--from-store", str(tmp_path / "cal" / "lr=0.001.zarr")]) == 0
     assert main(["report", str(tmp_path / "cal"), "--out", str(tmp_path / "rep")]) == 0
     assert (tmp_path / "rep" / "calibration.png").is_file()
@@ -190,6 +212,11 @@ def test_dln_learning_coefficient_matches_reduced_rank_regression_and_simple_cas
     assert toy.dln_learning_coefficient([1, 1, 1, 1], 0) == (Fraction(1, 2), 2)
     assert toy.dln_learning_coefficient([3, 3, 3, 3], 3) == (Fraction(9, 2), 1)
     assert toy.dln_learning_coefficient([3, 2, 2, 3], 1) == (Fraction(3), 1)
+    assert toy.dln_learning_coefficient([3, 2, 3, 2, 3, 3], 1) == (Fraction(3), 1)  # the 5-layer case
+    # the 13,200-parameter case: its rank-10 regular part (r (H_1 + H_4) - r^2) / 2 = 750 plus the
+    # rank-0 network of widths H - r (70-50-50-70: 1100), as Aoyagi's reduction to rank 0 has it
+    assert toy.dln_learning_coefficient([80, 60, 60, 80], 10) == (Fraction(1850), 1)
+    assert toy.dln_learning_coefficient([70, 50, 50, 70], 0) == (Fraction(1100), 1)
     model = toy.DeepLinearNetwork([3, 2, 2, 3], 1)
     assert int(np.linalg.matrix_rank(model.target.double().numpy(), tol=1e-5)) == 1
     ids = np.zeros((2, 2), dtype=np.int64)
@@ -290,6 +317,7 @@ def test_best_and_extrapolate_reproduce_the_calibrated_estimate(tmp_path, caplog
         extrapolate=cal.extrapolate,
     )
     assert float(res.llc_extrapolated) == pytest.approx(cal.estimate, rel=1e-5)
+    assert float(res.llc_extrapolated_se) == pytest.approx(cal.estimate_se, rel=1e-3)
     assert (tmp_path / "prod.lr=0.004.zarr").is_dir() and res.llc_by_lr.lr.values.tolist() == [2e-3, 4e-3]
     shutil.rmtree(cal.root)
     with pytest.raises(ValueError, match="extrapolate: needs output_path"):

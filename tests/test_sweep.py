@@ -78,10 +78,13 @@ def test_every_cell_equals_a_standalone_sample(reference, tmp_path):
     assert [a[0] for a in record["axes"]] == ["checkpoint", "restriction", "dataset"]
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_two_ranks_and_array_tasks_write_the_reference(reference, tmp_path):
     """Array task 0 of 4 on 2 torchrun ranks (9 pairs: 5 and 4, one cell shared) while tasks 1-3 run in
     this process: the reference's bytes. Each rank loads each checkpoint it runs once. In the same
-    launch, a grid whose loader fails on rank 1 stops both ranks, rank 0 naming rank 1 and the error."""
+    launch, a grid whose loader fails on rank 1 stops both ranks, rank 0 naming rank 1 and the error, and
+    a grid with fsdp_size 2 runs each cell over both ranks, equal to the standalone sharded sample()."""
     root = tmp_path / "grid"
     proc = torchrun(2, root, {"launch": True}, module=JOB)
     for task in range(1, 4):
@@ -95,6 +98,14 @@ def test_two_ranks_and_array_tasks_write_the_reference(reference, tmp_path):
     assert "checkpoint 0 is corrupt" in (tmp_path / "grid.fail-0").read_text()
     table = aggregate_sweep(str(root))
     assert table.llc_per_chain.equals(aggregate_sweep(str(reference)).llc_per_chain)
+    cell = tmp_path / "grid.fsdp" / "checkpoint=model+lr=0.002.zarr"  # fsdp_size 2: the collective path
+    assert tree_hash(cell) == tree_hash(tmp_path / "grid.fsdp-alone.zarr")
+    assert aggregate_sweep(str(tmp_path / "grid.fsdp")).llc_mean.dims == (
+        "checkpoint",
+        "restriction",
+        "dataset",
+        "lr",
+    )
 
 
 def test_killed_grid_resumes_to_the_reference(reference, tmp_path):
@@ -168,3 +179,50 @@ def test_sampler_grid_and_generators(tmp_path):
     }
     with pytest.raises(ValueError, match="same placeholders"):
         expand_restrictions({"l{L}h{H}": "l0h1"}, lambda: two)
+
+
+def test_cli_sweep_cells_equal_distinterp_sample_and_trajectory_takes_a_restriction(tmp_path, capsys):
+    """`distinterp sweep CONFIG`: 2 state-dict checkpoints x every head, parallel.chains_per_batch
+    honoured; a cell's store equals `distinterp sample` of it with that weight_restriction (same recorded
+    settings). weight_restriction is refused by name for a sweep, and honoured by a trajectory."""
+    import yaml
+
+    from distinterp import toy
+    from distinterp.jobs.cli import main
+    from tests.test_cli import TINY
+
+    for step in (20, 300):
+        torch.save(toy.tiny_gpt2(vocab_size=3, seed=step).state_dict(), tmp_path / f"step{step}.pt")
+    root = tmp_path / "grid"
+    config = {
+        **TINY,
+        "model": {"name": "tiny-gpt2"},
+        "checkpoints": {"state_dicts": str(tmp_path / "step*.pt")},
+        "restrictions": {"l{L}h{H}": "l{L}h{H}"},
+        "parallel": {"chains_per_batch": 2},
+        "output_path": str(root),
+    }
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(config))
+    assert main(["sweep", str(tmp_path / "g.yaml")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == [
+        f"checkpoint={c},restriction={h}" for c in ("step20", "step300") for h in ("l0h0", "l0h1")
+    ], lines
+    cell = root / "checkpoint=step300+restriction=l0h1.zarr"
+    assert json.loads((cell / "zarr.json").read_text())["attributes"]["distinterp"]["numerics"]["engine"] == (
+        "batched"
+    )
+    alone = {k: v for k, v in config.items() if k not in ("checkpoints", "restrictions")}
+    alone |= {"model": {"name": "tiny-gpt2", "state_dict": str(tmp_path / "step300.pt")}}
+    alone |= {"weight_restriction": "l0h1", "output_path": str(tmp_path / "alone.zarr")}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(alone))
+    assert main(["sample", str(tmp_path / "s.yaml")]) == 0
+    assert tree_hash(cell) == tree_hash(tmp_path / "alone.zarr")
+    capsys.readouterr()
+    assert main(["sweep", str(tmp_path / "g.yaml"), "--set", "weight_restriction=l0h1"]) == 2
+    assert "weight_restriction: a sweep job sets its own per cell" in capsys.readouterr().err
+    traj = {k: v for k, v in config.items() if k != "restrictions"} | {"weight_restriction": "l0h1"}
+    traj["output_path"] = str(tmp_path / "traj")
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(traj))
+    assert main(["trajectory", str(tmp_path / "t.yaml")]) == 0
+    assert tree_hash(tmp_path / "traj" / "step300.zarr") == tree_hash(tmp_path / "alone.zarr")

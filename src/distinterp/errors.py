@@ -60,6 +60,14 @@ class DamagedStoreError(StoreError):
         self.problems = list(problems)
 
 
+class DamagedCheckpoint(ValueError):
+    """A checkpoint whose bytes do not match the digest it was saved with (or that cannot be unpickled)."""
+
+
+class ChainHealthError(Exception):
+    """A chain's loss became NaN or Inf (devinterp's sample_single_chain); the chain stops with a warning."""
+
+
 class IncompleteStoreError(StoreError):
     """An analysis was asked of a store whose chains are not all complete."""
 

@@ -40,7 +40,10 @@ The rule:
    lr -> 0; else the smallest lr's own. The chosen lr is the smallest candidate (least biased, and its
    cell length is the one known to equilibrate). `confirmed` when the smallest lr's own estimate and
    the extrapolation agree within `tolerance` (plus two standard errors): the discretisation bias at
-   the chosen lr is small.
+   the chosen lr is small; and the estimate is precise enough to tell: two of its standard errors
+   (`Choice.estimate_se`, over chains, propagated through the line by `fit_line_se`) lie within
+   `tolerance` of it. An extrapolation magnifies the cells' noise (two cells a half-decade apart: about
+   1.5 x the smaller lr's standard error), so a grid of few chains can agree and still not confirm.
 4. No such pair: the first group's smallest healthy lr, unconfirmed; no candidate: no choice.
 
 Limits: the choice is only as fine as the lr grid; a run at the chosen lr alone keeps its first-order
@@ -59,7 +62,7 @@ import numpy as np
 
 TOLERANCE = 0.1
 """`confirmed` when the chosen lr's own estimate and the extrapolation differ by at most this fraction of
-the extrapolation, plus two standard errors."""
+the extrapolation, plus two standard errors, and two standard errors of the estimate are within it."""
 
 FIRST_ORDER_SLOPE = 0.25
 """Extrapolate only when the two smallest equilibrated lr's |d log LLC / d log lr| is at most this (a
@@ -91,6 +94,9 @@ class Choice:
     confirmed: bool
     estimate: float = float("nan")
     extrapolated: bool = False
+    estimate_se: float = float("nan")
+    """The estimate's standard error: over chains for one cell's own estimate, propagated through the
+    weighted line (`fit_line_se`) for an extrapolation."""
 
 
 def settled(transient: float, drift: float, tolerance: float = CUT_TOLERANCE) -> bool:
@@ -107,14 +113,24 @@ def extrapolate_to_zero(lr: Floats, llc_mean: Floats, llc_sem: Floats) -> float:
 
 def fit_line(lr: Floats, llc_mean: Floats, llc_sem: Floats) -> tuple[float, float]:
     """(a, b) of the weighted least-squares line LLC = a + b lr."""
+    a, b, _ = fit_line_se(lr, llc_mean, llc_sem)
+    return a, b
+
+
+def fit_line_se(lr: Floats, llc_mean: Floats, llc_sem: Floats) -> tuple[float, float, float]:
+    """(a, b, se of a) of the weighted least-squares line LLC = a + b lr: the intercept's standard error
+    from the points' own (floored) standard errors, (X^T W X)^-1 [0, 0] ** 0.5, not from the scatter
+    about the line (two points have none). Two points: sqrt(x2^2 s1^2 + x1^2 s2^2) / (x2 - x1)."""
     x, y, s = (np.asarray(v, dtype=np.float64) for v in (lr, llc_mean, llc_sem))
     if x.size < 2 or np.unique(x).size < 2:
         raise ValueError(f"lr: need at least two distinct step sizes to extrapolate, got {list(x)}")
     s = np.maximum(np.where(np.isfinite(s), s, 0.0), 0.01 * np.abs(y).mean() + 1e-12)
     w = 1.0 / s**2
     design = np.stack([np.ones_like(x), x], axis=1)
-    a, b = np.linalg.solve(design.T @ (w[:, None] * design), design.T @ (w * y))
-    return float(a), float(b)
+    normal = design.T @ (w[:, None] * design)
+    a, b = np.linalg.solve(normal, design.T @ (w * y))
+    cov = np.linalg.inv(normal)
+    return float(a), float(b), float(math.sqrt(max(float(cov[0, 0]), 0.0)))
 
 
 def choose(
@@ -153,6 +169,7 @@ def choose(
             f"healthy lr (LLC {mean[i]:.4g})",
             False,
             float(mean[i]),
+            estimate_se=float(sem[i]),
         )
     first = next(k for k, (a, b) in enumerate(itertools.pairwise(cells)) if ok[a] and ok[b])
     run = [cells[first]]
@@ -172,9 +189,10 @@ def choose(
             f"is not first order, so lr={lr_a[a]:g}'s own estimate",
             False,
             float(mean[a]),
+            estimate_se=float(sem[a]),
         )
     while True:  # drop the largest lr while the points are not on a line (curvature: past first order)
-        estimate, slope_b = fit_line(lr_a[fit], mean[fit], sem[fit])
+        estimate, slope_b, estimate_se = fit_line_se(lr_a[fit], mean[fit], sem[fit])
         line = estimate + slope_b * lr_a[fit]
         off = np.abs(mean[fit] - line) - 2 * sem[fit] - tolerance / 2 * abs(estimate)
         if len(fit) == 2 or not (off > 0).any():
@@ -182,14 +200,22 @@ def choose(
         fit = fit[:-1]
     values = ", ".join(f"{lr_a[j]:g}: {mean[j]:.4g}" for j in fit)
     diff = abs(mean[a] - estimate)
-    confirmed = bool(diff <= tolerance * abs(estimate) + 2 * float(np.hypot(sem[a], sem[b])))
+    agree = bool(diff <= tolerance * abs(estimate) + 2 * float(np.hypot(sem[a], sem[b])))
+    precise = bool(2 * estimate_se <= tolerance * abs(estimate))
+    confirmed = agree and precise
+    why = (
+        f"{'within' if agree else 'beyond'} {tolerance:.0%} of lr={lr_a[a]:g}'s own"
+        if precise or not agree
+        else f"agrees with lr={lr_a[a]:g}'s own, but 2 s.e. ({2 * estimate_se / abs(estimate):.0%}) exceed "
+        f"{tolerance:.0%}: more chains or draws"
+    )
     return Choice(
         float(lr_a[a]),
         tuple(fit),
         f"{'confirmed' if confirmed else 'UNCONFIRMED'}: smallest equilibrated lr {values} (LLC by lr); "
-        f"straight line to lr -> 0: {estimate:.4g}, {'within' if confirmed else 'beyond'} {tolerance:.0%} of "
-        f"lr={lr_a[a]:g}'s own",
+        f"straight line to lr -> 0: {estimate:.4g} +- {estimate_se:.2g}, {why}",
         confirmed,
         estimate,
         True,
+        estimate_se,
     )

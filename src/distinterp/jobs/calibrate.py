@@ -33,6 +33,7 @@ from distinterp.jobs.sweep import (
     aggregate_sweep,
     check_label,
     child,
+    restriction_masks,
     run_sweep,
     stores_complete,
     temporary_root,
@@ -131,6 +132,8 @@ class Calibration:
     extrapolate=...)` reruns them and returns the same extrapolation as `llc_extrapolated`."""
     root: str = ""
     """Where the cells' stores are."""
+    estimate_se: float = float("nan")
+    """The standard error of `estimate` (over chains; through the line when extrapolated)."""
 
     def __str__(self) -> str:
         return f"calibration: {self.reason}"
@@ -325,6 +328,7 @@ def choose_cell(
     between = [str(table.cell.values[i]) for i in picked.cells]
     table.attrs.update(
         estimate=picked.estimate,
+        estimate_se=picked.estimate_se,
         chosen_lr=picked.lr or float("nan"),
         between=between,
         reason=picked.reason,
@@ -339,6 +343,7 @@ def choose_cell(
         estimate=picked.estimate,
         extrapolate=extrapolate,
         root=str(location.url if hasattr(location, "url") else root),
+        estimate_se=picked.estimate_se,
     )
 
 
@@ -406,8 +411,6 @@ class CalibrateSettings(SampleSettings):
     def _calibration_only(self) -> CalibrateSettings:
         if self.chains is not None:
             raise ValueError("chains: a calibration splits its work by array_task, not chains; remove chains")
-        if self.weight_restriction is not None:
-            raise ValueError("weight_restriction: not supported for calibration yet; remove it")
         grid_cells(self.grid)
         return self
 
@@ -433,6 +436,8 @@ def run_calibrate(settings: CalibrateSettings) -> Calibration | None:
     model = load_model(settings.model, data, settings.dataset)
     observables = load_observables(settings, data, tokenizer, model)
     recorded = recorded_settings(settings, OWN["calibrate"])
+    if settings.weight_restriction is not None:  # every cell samples the same weights
+        common["param_masks"] = restriction_masks(model, settings.weight_restriction, "weight_restriction")
     return calibrate(
         model,
         data,

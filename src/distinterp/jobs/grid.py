@@ -14,12 +14,26 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import xarray as xr
+from pydantic import Field, model_validator
 
+from distinterp.config import SamplerConfig
 from distinterp.data import fingerprint, input_ids_tensor
+from distinterp.identity import recorded_settings
+from distinterp.jobs.route import OWN, sample_kwargs
+from distinterp.jobs.runner import check_output_path
+from distinterp.jobs.settings import DatasetSettings, ModelSettings, SampleSettings
+from distinterp.jobs.sources import (
+    architecture,
+    check_checkpoint,
+    load_dataset,
+    load_model,
+    load_observables,
+    tokenizer_name,
+)
 from distinterp.jobs.sweep import (
     ModelOrLoader,
     Models,
@@ -32,6 +46,7 @@ from distinterp.jobs.sweep import (
     stores_complete,
     temporary_root,
 )
+from distinterp.jobs.trajectory import REVISIONED, CheckpointSettings
 from distinterp.parallel.distributed import runtime
 from distinterp.store import Location
 
@@ -45,6 +60,7 @@ DEFAULT_DATASET = "default"
 PLACEHOLDERS = {"L": "layer", "H": "head", "G": "key/value group"}
 """Generator placeholders in a restriction's name and pattern: `{"l{L}h{H}": "l{L}h{H}"}` is every head."""
 
+GridAnalysisName = Literal["llc", "bif", "susceptibilities"]
 GridAnalysis = Callable[[Location, xr.Dataset], xr.Dataset]
 """An analysis of a finished grid: (root, the LLC table) -> variables to merge into the table."""
 ANALYSES: dict[str, str | None] = {
@@ -219,7 +235,7 @@ def sweep(
     analyses: Sequence[str] = ("llc",),
     storage_options: dict[str, Any] | None = None,
     array_task: tuple[int, int] | None = None,
-    run_settings: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
+    run_settings: Callable[[Mapping[str, Any], Any], dict[str, Any]] | None = None,
     **sample_kwargs: Any,
 ) -> xr.Dataset | None:
     """Sample every cell of checkpoints x restrictions x datasets x grid into `<output_path>/<cell>.zarr`
@@ -234,6 +250,7 @@ def sweep(
     `checkpoint=100+restriction=l0h1+lr=0.001.zarr`, and equals the standalone sample() of that cell.
     Collective under torchrun (`array_task=(i, n)`: block i of n of the (cell, chain) list); rank 0
     returns the aggregate once every cell is complete, other ranks and unfinished grids None.
+    `run_settings(coords, pattern)`: the provenance a cell's store records (the CLI's settings).
     """
     fns = {name: grid_analysis(name) for name in analyses}
     points = _checkpoints(checkpoints)
@@ -268,7 +285,7 @@ def sweep(
         coords = dict(zip((n for n, _ in axes), values))
         kwargs = {k: coords[k] for k in fields}
         if run_settings is not None:
-            kwargs["run_settings"] = run_settings(coords)
+            kwargs["run_settings"] = run_settings(coords, restricted[coords["restriction"]])
         runs.append(
             Run(
                 cell_label({k: v for k, v in coords.items() if k in named}),
@@ -306,3 +323,104 @@ def sweep(
         if fn is not None:
             table = table.merge(fn(root, table))
     return table
+
+
+# ─── The runner: `distinterp sweep CONFIG` ───────────────────────────────────
+
+
+class SweepSettings(SampleSettings):
+    """A grid job: SampleSettings (model = the checkpoint, or the architecture of `checkpoints`;
+    output_path = the root; sampler = every cell's settings, the grid's fields replaced per cell) plus
+    the axes. Array tasks take blocks of the (cell, chain) list."""
+
+    checkpoints: CheckpointSettings | None = Field(
+        None, description="the checkpoints axis (as a trajectory takes them); None: `model` alone"
+    )
+    restrictions: dict[str, str | list[str] | None] | None = Field(
+        None,
+        description="name -> create_param_masks pattern (None: every weight); a name with {L}/{H}/{G} "
+        "generates one per layer/head/group, e.g. {'l{L}h{H}': 'l{L}h{H}'}",
+    )
+    datasets: dict[str, DatasetSettings] | None = Field(
+        None, description="name -> the data its cells sample on (default: `dataset`)"
+    )
+    grid: dict[str, list[Any]] | None = Field(
+        None, description="sampler setting -> values, e.g. {lr: [1e-4, 1e-3]}: one axis each"
+    )
+    analyses: list[GridAnalysisName] = Field(  # type: ignore[assignment]
+        default_factory=lambda: list[GridAnalysisName](["llc"]),
+        description="per-cell analyses aggregated on rank 0",
+    )
+
+    @model_validator(mode="after")
+    def _sweep_only(self) -> SweepSettings:
+        for name in self.grid or {}:
+            if name not in SamplerConfig.model_fields or name == "sampling_method_kwargs":
+                raise ValueError(
+                    f"grid: {name!r} is not a sampler setting; sweep e.g. lr, localization, n_beta"
+                )
+        _grid(self.grid)
+        revisions = self.checkpoints is not None and self.checkpoints.revisions is not None
+        if revisions and self.model.source not in REVISIONED:
+            raise ValueError(
+                f"checkpoints.revisions: model.source={self.model.source!r} has no revisions; use model.source "
+                "hf or transformer_lens, or checkpoints.paths / checkpoints.state_dicts"
+            )
+        for name in self.datasets or {}:
+            check_label(name, "datasets name")
+        return self
+
+
+def run_grid(settings: SweepSettings) -> xr.Dataset | None:
+    """The plain function behind `distinterp sweep`: data once, each checkpoint loaded in its turn, once
+    per rank; every cell's store records what `distinterp sample` of that cell would."""
+    common = sample_kwargs(settings, "sweep")  # the one route: refuses before any work
+    check_output_path(settings.output_path, storage_options=settings.storage_options)
+    tokenizer = tokenizer_name(settings.model)
+    data = load_dataset(settings.dataset, "dataset", tokenizer)
+    observables = load_observables(settings, data, tokenizer)
+    extra = {
+        name: load_dataset(spec, f"datasets.{name}", tokenizer)
+        for name, spec in (settings.datasets or {}).items()
+    }
+    if settings.checkpoints is None:
+        specs = {"model": settings.model}
+    else:
+        specs = settings.checkpoints.models(settings.model)
+        arch = (
+            architecture(settings.model, data, settings.dataset) if settings.checkpoints.state_dicts else None
+        )
+        for label, spec in specs.items():  # every checkpoint, before any work
+            check_checkpoint(spec, arch, f"checkpoints {label!r}")
+        del arch
+    shared = recorded_settings(settings, OWN["sweep"])
+
+    def recorded(coords: Mapping[str, Any], pattern: Any) -> dict[str, Any]:
+        """What `distinterp sample` of this cell records (so --from-store reruns the cell alone)."""
+        out = {**shared, "model": specs[coords["checkpoint"]].model_dump(mode="json")}
+        out["sampler"] = {
+            **shared["sampler"],
+            **{k: v for k, v in coords.items() if k in (settings.grid or {})},
+        }
+        out["weight_restriction"] = pattern
+        if settings.datasets is not None:
+            out["dataset"] = settings.datasets[coords["dataset"]].model_dump(mode="json")
+        return out
+
+    def loader(spec: ModelSettings) -> Callable[[], torch.nn.Module]:
+        return lambda: load_model(spec, data, settings.dataset)
+
+    return sweep(
+        {label: loader(spec) for label, spec in specs.items()},
+        data,
+        observables,
+        output_path=settings.output_path,
+        restrictions=settings.restrictions,
+        datasets=extra if settings.datasets is not None else None,
+        grid=settings.grid,
+        analyses=settings.analyses,
+        storage_options=settings.storage_options,
+        array_task=settings.array_task.resolved(),
+        run_settings=recorded,
+        **common,
+    )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from distinterp.analyses.chains import llc_estimate
 
 
 def _print_llc(res: Any, truth: float | None = None) -> None:
@@ -43,7 +46,7 @@ def _print_trace(tree: Any, width: int = 48) -> None:
         float(ds.n_beta) if "n_beta" in ds else float(ds.attrs["metadata"]["config"]["sampler"]["n_beta"])
     )
     per_draw = ds.sampling_loss.mean(dim=[d for d in ds.sampling_loss.dims if d not in ("chain", "draw")])
-    trace = n_beta * (per_draw - ds.init_loss.mean(dim="token_pos")).mean(dim="chain").values
+    trace = llc_estimate(per_draw, ds.init_loss.mean(dim="token_pos"), n_beta).mean(dim="chain").values
     trace = trace[np.isfinite(trace)]
     if trace.size < 2:
         return
@@ -71,7 +74,14 @@ def _print_store(tree: Any, url: str) -> int:
 
 
 def _print_sweep(res: Any) -> None:
-    """One line per checkpoint / cell: label, LLC mean +- std over chains, chains used."""
+    """One line per checkpoint / cell: label, LLC mean +- std over chains, chains used. A grid's axes
+    (more than one dim besides `chain`) print as one line per cell, labelled axis=value,..."""
+    axes = [str(d) for d in res.llc_mean.dims]
+    if len(axes) > 1:
+        shown = [a for a in axes if res.sizes[a] > 1] or axes  # a one-value axis names no cell apart
+        res = res.drop_vars([c for c in res.coords if c not in axes]).stack(cell=axes)
+        names = [",".join(f"{a}={v}" for a, v in zip(axes, key) if a in shown) for key in res.cell.values]
+        res = res.drop_vars(["cell", *axes]).assign_coords(cell=names)
     dim = "checkpoint" if "checkpoint" in res.dims else "cell"
     for i, label in enumerate(res[dim].values):
         mean, std = float(res.llc_mean[i]), float(res.llc_std[i])
@@ -83,6 +93,14 @@ def _print_sweep(res: Any) -> None:
                 if bool(res.healthy[i])
                 else "  UNHEALTHY" + (f": {problems[0]}" if problems else "")
             )
-        print(f"{label:>24}  LLC {mean:9.3f} +- {std:7.3f}  ({int(res.num_chains_used[i])} chains){health}")
+        sem = f" (s.e. {float(res.llc_sem[i]):.3g})" if dim == "cell" and "llc_sem" in res else ""
+        print(
+            f"{label:>24}  LLC {mean:9.3f} +- {std:7.3f}{sem}  ({int(res.num_chains_used[i])} chains){health}"
+        )
+    estimate = float(res.attrs.get("estimate", float("nan")))
+    if dim == "cell" and math.isfinite(estimate):  # a calibration: the rule's number and its precision
+        se = float(res.attrs.get("estimate_se", float("nan")))
+        share = f", 2 s.e. = {2 * se / abs(estimate):.1%} of it" if math.isfinite(se) and estimate else ""
+        print(f"{'rule estimate':>24}  LLC {estimate:9.3f} +- {se:7.3g} (s.e.{share})")
     if res.attrs.get("missing"):
         print(f"unfinished: {', '.join(res.attrs['missing'])}")
