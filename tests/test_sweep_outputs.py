@@ -285,3 +285,12 @@ def test_aggregator_reads_s3_stores_as_open_tree_does(
     xr.testing.assert_identical(open_store(store).dataset.load(), open_tree(store).dataset.load())
     assert root_attrs(store) == read_root_attrs(store)
     assert root_attrs(Location(f"{s3_url}/nothing.zarr", options)) is None
+
+
+def test_length_one_axes_make_no_panels() -> None:
+    """A sweep's table always has every axis; one of length 1 (the default dataset, a single setting) adds
+    no panel and no title."""
+    table = grid_table(missing=False).isel(dataset=[0]).expand_dims(init_seed=[0])
+    fig = heatmap_figure(table)
+    assert fig.data["panels"] == ["all cells"]
+    assert [f.name for f in grid_figures(table)] == ["grid_heatmap", "grid_training"]
