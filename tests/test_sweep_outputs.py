@@ -256,7 +256,7 @@ def test_grid_analyses_refuse_a_root_without_a_baseline_or_axes(tmp_path: Path, 
     (copy / "distinterp-sweep.json").write_text(
         json.dumps({**record, "restrictions": {**RESTRICTIONS, "full": "l0"}})
     )
-    with pytest.raises(AnalysisInputError, match="unrestricted baseline; add one with pattern None"):
+    with pytest.raises(AnalysisInputError, match="need an unrestricted baseline; add one with pattern None"):
         susceptibility_table(str(copy))
     (copy / "distinterp-sweep.json").write_text(json.dumps({**record, "axes": None, "kind": "trajectory"}))
     with pytest.raises(AnalysisInputError, match="trajectory root without axes"):
@@ -294,3 +294,23 @@ def test_length_one_axes_make_no_panels() -> None:
     fig = heatmap_figure(table)
     assert fig.data["panels"] == ["all cells"]
     assert [f.name for f in grid_figures(table)] == ["grid_heatmap", "grid_training"]
+
+
+def test_susceptibilities_without_a_baseline_are_refused_before_sampling(tmp_path: Path) -> None:
+    import distinterp
+    from distinterp.analyses.bif import AnalysisInputError
+    from tests.conftest import SMALL, tiny_gpt2, token_dataset
+
+    ds = token_dataset(16)
+    for restrictions in (None, {"l0h0": "l0h0", "l0h1": "l0h1"}, {"full": None}):
+        with pytest.raises(AnalysisInputError, match="restrictions: analyses 'susceptibilities' need"):
+            distinterp.sweep(
+                tiny_gpt2(),
+                ds,
+                {"train": ds},
+                output_path=str(tmp_path / "g"),
+                restrictions=restrictions,
+                analyses=("llc", "susceptibilities"),
+                **SMALL,
+            )
+        assert not (tmp_path / "g").exists()
