@@ -34,6 +34,7 @@ from distinterp.config import SamplerConfig, merge_rmsprop_aliases
 from distinterp.data import fingerprint, input_ids_tensor
 from distinterp.errors import SweepError
 from distinterp.identity import INPUTS, WHERE, sweep_identity
+from distinterp.masks import ParamMasks, WeightRestrictionError, create_param_masks
 from distinterp.parallel.distributed import Runtime, runtime, solo
 from distinterp.parallel.plan import array_task_chains
 from distinterp.paths import sibling
@@ -55,7 +56,6 @@ RECORD = "distinterp-sweep.json"
 RECORD_VERSION = 2
 """2: the record names its axes (one aggregate dim each); 1: trajectory and calibration roots before."""
 ModelOrLoader = torch.nn.Module | Callable[[], torch.nn.Module]
-ParamMasks = dict[str, "torch.Tensor | None"]
 
 _OWN = INPUTS | WHERE
 """sample() arguments the sweep sets itself; a caller passing them is told so."""
@@ -297,8 +297,6 @@ class Models:
 
 def restriction_masks(model: torch.nn.Module, restriction: str | list[str], label: str) -> ParamMasks:
     """create_param_masks of one store's restriction, its errors naming the store."""
-    from distinterp.masks import WeightRestrictionError, create_param_masks
-
     try:
         return create_param_masks(model, restriction)
     except WeightRestrictionError as e:
