@@ -152,6 +152,8 @@ def test_finished_grid_loads_nothing_and_changed_axes_are_refused(reference, tmp
         sweep(models, data["a"], output_path=str(fresh), grid={"lrr": [1e-3]}, **OPTS)
     with pytest.raises(ValueError, match=r"unknown placeholder\(s\) \['X'\]"):
         sweep(models, data["a"], output_path=str(fresh), restrictions={"l{X}": "l{X}"}, **OPTS)
+    with pytest.raises(ValueError, match=r"restrictions\['late'\]: restriction 'l5h0': .*l0 to l0"):
+        sweep(models, data["a"], output_path=str(fresh), restrictions={"late": "l5h0"}, **OPTS)
     with pytest.raises(ValueError, match="restriction name 'l0 mlp'"):
         sweep(models, data["a"], output_path=str(fresh), restrictions={"l0 mlp": "l0 mlp"}, **OPTS)
     assert not fresh.exists()
