@@ -91,6 +91,10 @@ def test_two_ranks_and_array_tasks_write_the_reference(reference, tmp_path):
         run(str(root), array_task=[task, 4])
     finish(proc)
     assert hashes(root) == hashes(reference)
+    assert [json.loads((tmp_path / f"grid.solo-{r}").read_text()) for r in (0, 1)] == [
+        [0, 1, True],
+        [0, 1, False],
+    ]
     loads = (tmp_path / "grid.loads").read_text().split("\n")
     assert sorted(x for x in loads if x) == ["0 0", "1 0"], loads  # block 0: cells of checkpoint 0 only
     assert (tmp_path / "grid.fail-1").read_text() == "RuntimeError: checkpoint 0 is corrupt on this node"
