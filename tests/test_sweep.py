@@ -112,6 +112,7 @@ def test_two_ranks_and_array_tasks_write_the_reference(reference, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_killed_grid_resumes_to_the_reference(reference, tmp_path):
     """SIGKILL a grid once its first cells are written; the rerun finishes it with the same bytes."""
     root = tmp_path / "killed"

@@ -19,6 +19,7 @@ import logging
 import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,6 +241,26 @@ def steps_done(location: Location) -> np.ndarray | None:
         return None
 
 
+LOOKUPS = 16
+"""Stores whose progress rank 0 reads at once when a sweep starts (on S3 each read is a round trip)."""
+
+
+def pairs_left(
+    root: Location, blocks: Sequence[tuple[str, tuple[int, ...]]], num_steps: Mapping[str, int]
+) -> list[Pair]:
+    """The (label, chain) pairs of these blocks that their stores do not yet hold in full, in order;
+    the stores are read LOOKUPS at a time."""
+
+    def left(block: tuple[str, tuple[int, ...]]) -> list[Pair]:
+        label, chains = block
+        return [(label, c) for c in chains_left(child(root, label), chains, num_steps[label])]
+
+    if len(blocks) <= 1:
+        return [pair for block in blocks for pair in left(block)]
+    with ThreadPoolExecutor(min(LOOKUPS, len(blocks))) as pool:
+        return [pair for pairs in pool.map(left, blocks) for pair in pairs]
+
+
 def chains_done(location: Location, chains: Sequence[int], num_steps: int) -> bool:
     """Whether every one of these chains is durably complete in the store (False when there is none)."""
     return read_root_attrs(location) is not None and not chains_left(location, chains, num_steps)
@@ -369,9 +390,7 @@ def run_sweep(
         try:
             fresh = read_record(root) is None
             write_record(root, record)
-            for label, chains in by_label(mine):
-                left = chains_left(child(root, label), chains, configs[label].num_sgld_steps)
-                todo += [(label, c) for c in left]
+            todo = pairs_left(root, by_label(mine), {k: c.num_sgld_steps for k, c in configs.items()})
         except BaseException as e:  # noqa: BLE001 - re-raised below, on every rank
             error = e
     todo, error = rt.broadcast((todo, error))
