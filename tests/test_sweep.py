@@ -191,7 +191,7 @@ def test_sampler_grid_and_generators(tmp_path):
 def test_cli_sweep_cells_equal_distinterp_sample_and_trajectory_takes_a_restriction(tmp_path, capsys):
     """`distinterp sweep CONFIG`: 2 state-dict checkpoints x every head, parallel.chains_per_batch
     honoured; a cell's store equals `distinterp sample` of it with that weight_restriction (same recorded
-    settings). weight_restriction is refused by name for a sweep, and honoured by a trajectory."""
+    settings). weight_restriction is refused by name for a sweep, and honoured by calibrate and trajectory."""
     import yaml
 
     from distinterp import toy
@@ -228,6 +228,17 @@ def test_cli_sweep_cells_equal_distinterp_sample_and_trajectory_takes_a_restrict
     capsys.readouterr()
     assert main(["sweep", str(tmp_path / "g.yaml"), "--set", "weight_restriction=l0h1"]) == 2
     assert "weight_restriction: a sweep job sets its own per cell" in capsys.readouterr().err
+    cal = {k: v for k, v in alone.items() if k != "weight_restriction"} | {"weight_restriction": "l0h1"}
+    cal |= {"output_path": str(tmp_path / "cal"), "grid": {"lr": [1e-3]}, "scale_draws": False}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cal))
+    assert main(["calibrate", str(tmp_path / "c.yaml")]) == 0  # every cell samples head l0h1 only
+    attrs = json.loads((tmp_path / "cal" / "lr=0.001.zarr" / "zarr.json").read_text())["attributes"]
+    assert (
+        attrs["distinterp"]["identity"]["param_masks"]
+        == json.loads((tmp_path / "alone.zarr" / "zarr.json").read_text())["attributes"]["distinterp"][
+            "identity"
+        ]["param_masks"]
+    )
     traj = {k: v for k, v in config.items() if k != "restrictions"} | {"weight_restriction": "l0h1"}
     traj["output_path"] = str(tmp_path / "traj")
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(traj))
