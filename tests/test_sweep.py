@@ -244,3 +244,15 @@ def test_cli_sweep_cells_equal_distinterp_sample_and_trajectory_takes_a_restrict
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(traj))
     assert main(["trajectory", str(tmp_path / "t.yaml")]) == 0
     assert tree_hash(tmp_path / "traj" / "step300.zarr") == tree_hash(tmp_path / "alone.zarr")
+
+
+def test_pairs_are_balanced_over_ranks_whatever_the_chains_per_cell():
+    """4 cells x 3 chains over 2 ranks: 6 pairs each (a store-at-a-time split would give rank 0 eight
+    chains and rank 1 four); blocks stay contiguous, so a checkpoint's cells stay together on a rank."""
+    from distinterp.jobs.sweep import by_label, share
+
+    pairs = [(cell, c) for cell in "abcd" for c in range(3)]
+    ranks = [by_label(share(pairs, (r, 2))) for r in range(2)]
+    assert ranks == [[("a", (0, 1, 2)), ("b", (0, 1, 2))], [("c", (0, 1, 2)), ("d", (0, 1, 2))]]
+    three = [sum(len(c) for _, c in by_label(share(pairs[:9], (r, 2)))) for r in range(2)]
+    assert three == [5, 4] and by_label(share(pairs[:9], (1, 2)))[0] == ("b", (2,))
