@@ -19,7 +19,7 @@ import torch
 
 import distinterp
 from distinterp.jobs.grid import sweep
-from distinterp.parallel.distributed import runtime
+from distinterp.parallel.distributed import runtime, solo
 from tests.conftest import SMALL, tiny_gpt2, token_dataset
 
 STEPS = (0, 10, 200)
@@ -73,6 +73,10 @@ def main(root: str, overrides: dict[str, Any]) -> None:
     writes the error it stopped with to ROOT.fail-RANK; then a 2-cell grid with fsdp_size 2 (ROOT.fsdp)
     and one of its cells as a standalone sample() (ROOT.fsdp-alone.zarr)."""
     run(root, array_task=[0, 4], loads=f"{root}.loads", **overrides)
+    rank = runtime().rank
+    with solo():  # what a rank's share runs under: one process, but only the job's rank 0 draws progress
+        rt = runtime()
+        Path(f"{root}.solo-{rank}").write_text(json.dumps([rt.rank, rt.world_size, rt.shows_progress]))
 
     def broken() -> torch.nn.Module:
         if runtime().rank == 1:

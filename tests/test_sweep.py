@@ -91,6 +91,10 @@ def test_two_ranks_and_array_tasks_write_the_reference(reference, tmp_path):
         run(str(root), array_task=[task, 4])
     finish(proc)
     assert hashes(root) == hashes(reference)
+    assert [json.loads((tmp_path / f"grid.solo-{r}").read_text()) for r in (0, 1)] == [
+        [0, 1, True],
+        [0, 1, False],
+    ]
     loads = (tmp_path / "grid.loads").read_text().split("\n")
     assert sorted(x for x in loads if x) == ["0 0", "1 0"], loads  # block 0: cells of checkpoint 0 only
     assert (tmp_path / "grid.fail-1").read_text() == "RuntimeError: checkpoint 0 is corrupt on this node"
@@ -108,6 +112,7 @@ def test_two_ranks_and_array_tasks_write_the_reference(reference, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_killed_grid_resumes_to_the_reference(reference, tmp_path):
     """SIGKILL a grid once its first cells are written; the rerun finishes it with the same bytes."""
     root = tmp_path / "killed"
@@ -152,6 +157,8 @@ def test_finished_grid_loads_nothing_and_changed_axes_are_refused(reference, tmp
         sweep(models, data["a"], output_path=str(fresh), grid={"lrr": [1e-3]}, **OPTS)
     with pytest.raises(ValueError, match=r"unknown placeholder\(s\) \['X'\]"):
         sweep(models, data["a"], output_path=str(fresh), restrictions={"l{X}": "l{X}"}, **OPTS)
+    with pytest.raises(ValueError, match=r"restrictions\['late'\]: restriction 'l5h0': .*l0 to l0"):
+        sweep(models, data["a"], output_path=str(fresh), restrictions={"late": "l5h0"}, **OPTS)
     with pytest.raises(ValueError, match="restriction name 'l0 mlp'"):
         sweep(models, data["a"], output_path=str(fresh), restrictions={"l0 mlp": "l0 mlp"}, **OPTS)
     assert not fresh.exists()
@@ -184,7 +191,7 @@ def test_sampler_grid_and_generators(tmp_path):
 def test_cli_sweep_cells_equal_distinterp_sample_and_trajectory_takes_a_restriction(tmp_path, capsys):
     """`distinterp sweep CONFIG`: 2 state-dict checkpoints x every head, parallel.chains_per_batch
     honoured; a cell's store equals `distinterp sample` of it with that weight_restriction (same recorded
-    settings). weight_restriction is refused by name for a sweep, and honoured by a trajectory."""
+    settings). weight_restriction is refused by name for a sweep, and honoured by calibrate and trajectory."""
     import yaml
 
     from distinterp import toy
@@ -221,8 +228,31 @@ def test_cli_sweep_cells_equal_distinterp_sample_and_trajectory_takes_a_restrict
     capsys.readouterr()
     assert main(["sweep", str(tmp_path / "g.yaml"), "--set", "weight_restriction=l0h1"]) == 2
     assert "weight_restriction: a sweep job sets its own per cell" in capsys.readouterr().err
+    cal = {k: v for k, v in alone.items() if k != "weight_restriction"} | {"weight_restriction": "l0h1"}
+    cal |= {"output_path": str(tmp_path / "cal"), "grid": {"lr": [1e-3]}, "scale_draws": False}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cal))
+    assert main(["calibrate", str(tmp_path / "c.yaml")]) == 0  # every cell samples head l0h1 only
+    attrs = json.loads((tmp_path / "cal" / "lr=0.001.zarr" / "zarr.json").read_text())["attributes"]
+    assert (
+        attrs["distinterp"]["identity"]["param_masks"]
+        == json.loads((tmp_path / "alone.zarr" / "zarr.json").read_text())["attributes"]["distinterp"][
+            "identity"
+        ]["param_masks"]
+    )
     traj = {k: v for k, v in config.items() if k != "restrictions"} | {"weight_restriction": "l0h1"}
     traj["output_path"] = str(tmp_path / "traj")
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(traj))
     assert main(["trajectory", str(tmp_path / "t.yaml")]) == 0
     assert tree_hash(tmp_path / "traj" / "step300.zarr") == tree_hash(tmp_path / "alone.zarr")
+
+
+def test_pairs_are_balanced_over_ranks_whatever_the_chains_per_cell():
+    """4 cells x 3 chains over 2 ranks: 6 pairs each (a store-at-a-time split would give rank 0 eight
+    chains and rank 1 four); blocks stay contiguous, so a checkpoint's cells stay together on a rank."""
+    from distinterp.jobs.sweep import by_label, share
+
+    pairs = [(cell, c) for cell in "abcd" for c in range(3)]
+    ranks = [by_label(share(pairs, (r, 2))) for r in range(2)]
+    assert ranks == [[("a", (0, 1, 2)), ("b", (0, 1, 2))], [("c", (0, 1, 2)), ("d", (0, 1, 2))]]
+    three = [sum(len(c) for _, c in by_label(share(pairs[:9], (r, 2)))) for r in range(2)]
+    assert three == [5, 4] and by_label(share(pairs[:9], (1, 2)))[0] == ("b", (2,))

@@ -19,6 +19,7 @@ import logging
 import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from distinterp.config import SamplerConfig, merge_rmsprop_aliases
 from distinterp.data import fingerprint, input_ids_tensor
 from distinterp.errors import SweepError
 from distinterp.identity import INPUTS, WHERE, sweep_identity
+from distinterp.masks import ParamMasks, WeightRestrictionError, create_param_masks
 from distinterp.parallel.distributed import Runtime, runtime, solo
 from distinterp.parallel.plan import array_task_chains
 from distinterp.paths import sibling
@@ -56,7 +58,6 @@ RECORD = "distinterp-sweep.json"
 RECORD_VERSION = 2
 """2: the record names its axes (one aggregate dim each); 1: trajectory and calibration roots before."""
 ModelOrLoader = torch.nn.Module | Callable[[], torch.nn.Module]
-ParamMasks = dict[str, "torch.Tensor | None"]
 
 _OWN = INPUTS | WHERE
 """sample() arguments the sweep sets itself; a caller passing them is told so."""
@@ -241,6 +242,26 @@ def steps_done(location: Location) -> np.ndarray | None:
         return None
 
 
+LOOKUPS = 16
+"""Stores whose progress rank 0 reads at once when a sweep starts (on S3 each read is a round trip)."""
+
+
+def pairs_left(
+    root: Location, blocks: Sequence[tuple[str, tuple[int, ...]]], num_steps: Mapping[str, int]
+) -> list[Pair]:
+    """The (label, chain) pairs of these blocks that their stores do not yet hold in full, in order;
+    the stores are read LOOKUPS at a time."""
+
+    def left(block: tuple[str, tuple[int, ...]]) -> list[Pair]:
+        label, chains = block
+        return [(label, c) for c in chains_left(child(root, label), chains, num_steps[label])]
+
+    if len(blocks) <= 1:
+        return [pair for block in blocks for pair in left(block)]
+    with ThreadPoolExecutor(min(LOOKUPS, len(blocks))) as pool:
+        return [pair for pairs in pool.map(left, blocks) for pair in pairs]
+
+
 def chains_done(location: Location, chains: Sequence[int], num_steps: int) -> bool:
     """Whether every one of these chains is durably complete in the store (False when there is none)."""
     return read_root_attrs(location) is not None and not chains_left(location, chains, num_steps)
@@ -298,8 +319,6 @@ class Models:
 
 def restriction_masks(model: torch.nn.Module, restriction: str | list[str], label: str) -> ParamMasks:
     """create_param_masks of one store's restriction, its errors naming the store."""
-    from distinterp.masks import WeightRestrictionError, create_param_masks
-
     try:
         return create_param_masks(model, restriction)
     except WeightRestrictionError as e:
@@ -372,9 +391,7 @@ def run_sweep(
         try:
             fresh = read_record(root) is None
             write_record(root, record)
-            for label, chains in by_label(mine):
-                left = chains_left(child(root, label), chains, configs[label].num_sgld_steps)
-                todo += [(label, c) for c in left]
+            todo = pairs_left(root, by_label(mine), {k: c.num_sgld_steps for k, c in configs.items()})
         except BaseException as e:  # noqa: BLE001 - re-raised below, on every rank
             error = e
     todo, error = rt.broadcast((todo, error))
