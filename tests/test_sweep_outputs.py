@@ -266,8 +266,10 @@ def test_grid_analyses_refuse_a_root_without_a_baseline_or_axes(tmp_path: Path, 
 def test_aggregator_reads_s3_stores_as_open_tree_does(
     grid: tuple[Path, xr.Dataset], s3_server: Any, s3_url: str
 ) -> None:
-    """The grid copied to S3 aggregates to the local table (each store's metadata read in one LIST and a
+    """Part of the grid copied to S3 aggregates to the local table (each store's metadata read in one LIST and a
     GET per array, see store/snapshot.py); open_store equals open_tree there; a missing store is None."""
+    import json
+
     import fsspec
 
     from distinterp.jobs.sweep import aggregate_sweep
@@ -277,9 +279,19 @@ def test_aggregator_reads_s3_stores_as_open_tree_does(
     root, table = grid
     options = s3_server.storage_options
     fs = fsspec.filesystem("s3", **options)
-    fs.put(str(root), s3_url.removeprefix("s3://"), recursive=True)
+    # a grid of its own on S3: checkpoint 100's full and l0h1 stores (few files to upload)
+    record = json.loads((root / "distinterp-sweep.json").read_text())
+    labels = ["checkpoint=100+restriction=full", "checkpoint=100+restriction=l0h1"]
+    axes = [["checkpoint", ["100"]], ["restriction", ["full", "l0h1"]], ["dataset", ["default"]]]
+    bucket = s3_url.removeprefix("s3://")
+    fs.pipe_file(
+        f"{bucket}/distinterp-sweep.json", json.dumps({**record, "labels": labels, "axes": axes}).encode()
+    )
+    for label in labels:
+        fs.put(str(root / f"{label}.zarr"), f"{bucket}/{label}.zarr", recursive=True)
     remote = aggregate_sweep(s3_url, storage_options=options)
-    xr.testing.assert_identical(remote.drop_attrs(), table[list(remote.data_vars)].drop_attrs())
+    want = table[list(remote.data_vars)].sel(checkpoint=["100"], restriction=["full", "l0h1"])
+    xr.testing.assert_identical(remote.drop_attrs(), want.drop_attrs())
     store = Location(f"{s3_url}/checkpoint=100+restriction=l0h1.zarr", options)
     xr.testing.assert_identical(open_store(store).dataset.load(), open_tree(store).dataset.load())
     assert root_attrs(store) == read_root_attrs(store)
