@@ -21,8 +21,9 @@ SMOKES = {
     "bench_trajectory.py": [],  # 1 vs 2 ranks: a trajectory of 3 checkpoints and a 2 x 2 calibration grid
     "known_answers.py": [],  # calibrate() + fixed settings on a monomial and an empirical regression (~10 s)
     "bench_checksum.py": [],  # sample() without / with the chunk checksum, and the codec alone
+    "bench_sweep.py": [],  # a 2-cell sweep and its aggregation, local, 1 rank (~10 s)
 }
-SLOW = {"bench_sampling.py", "bench_fsdp.py", "accuracy_analyses.py", "bench_trajectory.py"}
+SLOW = {"bench_sampling.py", "bench_fsdp.py", "accuracy_analyses.py", "bench_trajectory.py", "bench_sweep.py"}
 
 
 @pytest.mark.parametrize(

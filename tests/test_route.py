@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from distinterp.config import SamplerConfig
 from distinterp.identity import HOW, INPUTS, NOT_IDENTITY, RUN_SPECIFIC, WHERE
 from distinterp.jobs.calibrate import CalibrateSettings
+from distinterp.jobs.grid import SweepSettings
 from distinterp.jobs.route import (
     JOBS,
     OTHER_COMMANDS,
@@ -36,6 +37,8 @@ def settings_of(job: str) -> SampleSettings:
         return TrajectorySettings(**BASE, checkpoints={"state_dicts": ["a.pt"]})
     if job == "calibrate":
         return CalibrateSettings(output_path=BASE["output_path"], grid={"lr": [1e-4, 1e-3]})
+    if job == "sweep":
+        return SweepSettings(**BASE, restrictions={"l{L}h{H}": "l{L}h{H}"}, grid={"localization": [0.0, 1.0]})
     return SampleSettings(**BASE)
 
 

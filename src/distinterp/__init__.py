@@ -52,6 +52,7 @@ __all__ = [
     "sample",
     "sgld_step",
     "susceptibilities",
+    "sweep",
     "trajectory",
     "xr_corrcoef_with_torch_backend",
 ]
@@ -59,7 +60,7 @@ from distinterp._version import __version__ as __version__
 
 
 def __getattr__(name: str) -> object:
-    """`distinterp.report`, `calibrate` and `trajectory` are imported on first use: report brings
+    """`distinterp.report`, `calibrate`, `trajectory` and `sweep` are imported on first use: report brings
     matplotlib, and the sweeps the job machinery, which sampling never needs."""
     if name == "report":
         from distinterp.jobs.report import report
@@ -73,4 +74,8 @@ def __getattr__(name: str) -> object:
         from distinterp.jobs.trajectory import trajectory
 
         return trajectory
+    if name == "sweep":
+        from distinterp.jobs.grid import sweep
+
+        return sweep
     raise AttributeError(f"module 'distinterp' has no attribute {name!r}")

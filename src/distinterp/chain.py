@@ -19,7 +19,7 @@ from distinterp.chain_setup import ChainSetup as ChainSetup  # re-exported: its 
 from distinterp.chain_setup import snapshot as snapshot
 from distinterp.checkpoint import ChainCheckpoint, CheckpointStore
 from distinterp.config import SamplerConfig
-from distinterp.data import Observable
+from distinterp.data import ProbeRows
 from distinterp.loss import LossFn, NonFiniteLogitsError, deferred_finite_check
 from distinterp.parallel.engine import ChainEngine
 from distinterp.sgld import MALA_GEOMETRIC, mala_acceptance
@@ -168,15 +168,16 @@ def _saver(engine: ChainEngine, i: int, checkpoints: CheckpointStore, every: int
         if steps_done % every:
             return None
         ckpt = engine.capture(i, steps_done)
-        if mala.loss[i] is not None:
-            ckpt = dataclasses.replace(ckpt, mala_loss=mala.loss[i].detach().to("cpu"))
+        loss = mala.loss[i]
+        if loss is not None:
+            ckpt = dataclasses.replace(ckpt, mala_loss=loss.detach().to("cpu"))
         return lambda: checkpoints.save(chain, ckpt)
 
     return on_flush
 
 
 def observable_loss(
-    model: torch.nn.Module, loss_fn: LossFn, obs: Observable, batch_size: int, device: torch.device
+    model: torch.nn.Module, loss_fn: LossFn, obs: ProbeRows, batch_size: int, device: torch.device
 ) -> torch.Tensor:
     """Per-token loss (n_samples, token_pos) on the observable's fixed rows, batch by batch."""
     out = torch.zeros(obs.n_samples, obs.input_ids.shape[1] - 1, dtype=torch.float32, device=device)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from distinterp.config import SamplerConfig
-from distinterp.data import BatchFeed, Observable
+from distinterp.data import BatchFeed, ProbeRows
 from distinterp.loss import LossFn
 from distinterp.noise import DEFAULT_BLOCK, NoiseStream
 
@@ -22,7 +22,7 @@ class ChainSetup:
     masks: dict[str, torch.Tensor | None]  # sampled parameters, in noise-draw order
     config: SamplerConfig
     sampling_ids: torch.Tensor  # (rows, seq) int64 on CPU
-    observables: list[Observable]
+    observables: list[ProbeRows]
     loss_fn: LossFn
     device: torch.device
     noise: NoiseStream = "devinterp"  # noise.py: devinterp's global stream, or the layout-invariant one

@@ -162,4 +162,4 @@ def default_nbeta(dataloader: Any, gradient_accumulation_steps: int = 1) -> floa
             stacklevel=2,
         )
         return 1
-    return m / np.log(m)
+    return float(m / np.log(m))

@@ -147,8 +147,9 @@ def observable_rows(n_rows: int, n_samples: int, obs_seed: int, name: str) -> li
 
 
 @dataclass(frozen=True)
-class Observable:
-    """A probe dataset evaluated at every draw on the same fixed rows."""
+class ProbeRows:
+    """A probe dataset evaluated at every draw on the same fixed rows (what sample() evaluates; devinterp's
+    `Observable` class, which builds and evaluates one itself, is distinterp.slt.observables.Observable)."""
 
     name: str
     obs_id: str
@@ -169,14 +170,14 @@ def build_observables(
     obs_seed: int,
     seq_len: int,
     vocab_size: int | None,
-) -> list[Observable]:
+) -> list[ProbeRows]:
     """Validate the `observables` argument and load each one's fixed rows."""
     if not isinstance(observables, Mapping):
         raise DatasetError(
             f"observables: expected a dict of name -> Dataset or (Dataset, batches_per_draw), got "
             f"{type(observables).__name__}"
         )
-    out: list[Observable] = []
+    out: list[ProbeRows] = []
     seen: dict[str, str] = {}
     for name, spec in observables.items():
         if not isinstance(name, str) or not name:
@@ -204,7 +205,7 @@ def build_observables(
             )
         rows = observable_rows(len(ids), batch_size * bpd, obs_seed, name)
         out.append(
-            Observable(
+            ProbeRows(
                 name=name,
                 obs_id=obs_id,
                 batches_per_draw=bpd,
@@ -277,3 +278,10 @@ def tokenize_and_concatenate(
         raise ValueError("Tokenization produced no sequences. Check that the input text is not empty.")
     tokenized.set_format(type="torch", columns=["input_ids"])
     return tokenized
+
+
+def __getattr__(name: str) -> Any:
+    """`Observable`: ProbeRows' old name here (one `Observable` class now: slt.observables')."""
+    if name == "Observable":
+        return ProbeRows
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -60,6 +60,14 @@ class DamagedStoreError(StoreError):
         self.problems = list(problems)
 
 
+class DamagedCheckpoint(ValueError):
+    """A checkpoint whose bytes do not match the digest it was saved with (or that cannot be unpickled)."""
+
+
+class ChainHealthError(Exception):
+    """A chain's loss became NaN or Inf (devinterp's sample_single_chain); the chain stops with a warning."""
+
+
 class IncompleteStoreError(StoreError):
     """An analysis was asked of a store whose chains are not all complete."""
 
@@ -78,6 +86,10 @@ class JobError(ValueError):
 
 class RouteError(ValueError):
     """A setting the job cannot honour; the message names it and the fix."""
+
+
+class SweepError(RuntimeError):
+    """A store of a sweep failed on another rank: every rank stops, naming the rank, the store and why."""
 
 
 class NumericEnvironmentWarning(UserWarning):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from distinterp.config import SamplerConfig
-from distinterp.data import Observable, fingerprint
+from distinterp.data import ProbeRows, fingerprint
 
 INPUTS = frozenset({"model", "dataset", "observables"})
 """sample()'s positional inputs: in the identity by fingerprint (model, dataset, observables' data)."""
@@ -58,7 +58,7 @@ def store_identity(
     config: SamplerConfig,
     model: torch.nn.Module,
     ids: torch.Tensor,
-    obs_list: Sequence[Observable],
+    obs_list: Sequence[ProbeRows],
     masks: Mapping[str, torch.Tensor | None],
     loss_fn: Any,
     batches_per_draw: int,

@@ -18,7 +18,6 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from os import PathLike
 from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
@@ -26,8 +25,10 @@ import zarr
 from zarr.core.sync import sync
 
 from distinterp.errors import ChunkProblem as ChunkProblem  # re-exported: its old home
+from distinterp.errors import DamagedCheckpoint as DamagedCheckpoint  # re-exported: its old home
 from distinterp.errors import DamagedStoreError as DamagedStoreError  # re-exported: its old home
 from distinterp.store import DIVERGED_STEP, STEPS_DONE, Location, redact
+from distinterp.store.source import StoreSource, handle, handles_of
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +131,9 @@ def rerun_advice(problems: Sequence[ChunkProblem], settings_hint: str) -> str:
     )
 
 
-def damage_message(location: Location, problems: Sequence[ChunkProblem], settings_hint: str) -> str:
+def damage_message(location: StoreSource, problems: Sequence[ChunkProblem], settings_hint: str) -> str:
     """The store, each problem chunk (array, chain, draws), and what to do."""
+    location = handle(location)
     lines = [f"{location}: {len(problems)} chunk(s) damaged or missing; their data is not returned:"]
     lines += [f"  {p.line()}" for p in problems[:20]]
     if len(problems) > 20:
@@ -185,7 +187,7 @@ class Verification:
 
 
 def verify(
-    location: Location,
+    location: StoreSource,
     *,
     chains: Iterable[int] | None = None,
     workers: int | None = None,
@@ -195,6 +197,7 @@ def verify(
 
     Streams: at most `workers` chunks are in memory at once; reads run in parallel (16 on a remote store).
     """
+    location = handle(location).location
     store = location.zarr_store(read_only=True)
     group = zarr.open_group(store, mode="r")
     attrs: dict[str, Any] = dict(group.attrs)
@@ -263,12 +266,12 @@ def _collect(
                 on_problem(problem)
 
 
-def settings_hint(location: Location) -> str:
+def settings_hint(location: StoreSource) -> str:
     """How to name this store's sampling job on the command line (`--from-store STORE` when it records it)."""
-    return f"--from-store {location}"
+    return f"--from-store {handle(location)}"
 
 
-def raise_if_damaged(location: Location, chains: Iterable[int] | None = None) -> None:
+def raise_if_damaged(location: StoreSource, chains: Iterable[int] | None = None) -> None:
     """Verify the store (or `chains`' chunks) and raise DamagedStoreError naming every problem chunk."""
     result = verify(location, chains=chains)
     if result.problems:
@@ -277,15 +280,16 @@ def raise_if_damaged(location: Location, chains: Iterable[int] | None = None) ->
         )
 
 
-def explain(location: Location, error: BaseException) -> DamagedStoreError | None:
+def explain(location: StoreSource, error: BaseException) -> DamagedStoreError | None:
     """For a read that failed on a damaged chunk: the store's damaged chunks, named (None: not damage)."""
     return damage_in([location], error) if is_damage(error) else None
 
 
-def damage_in(locations: Sequence[Location], error: BaseException) -> DamagedStoreError:
+def damage_in(locations: Sequence[StoreSource], error: BaseException) -> DamagedStoreError:
     """The damaged chunks behind a failed read, named in whichever of `locations` holds them; what is known
     (the stores, the decoder's words, how to find the chunk) when none can be walked or none is known."""
-    for location in locations:
+    stores = [handle(location) for location in locations]
+    for location in stores:
         try:
             problems = verify(location).problems
         except Exception:  # noqa: BLE001 - cannot even walk this store: try the next, else say what we know
@@ -294,9 +298,9 @@ def damage_in(locations: Sequence[Location], error: BaseException) -> DamagedSto
             return DamagedStoreError(damage_message(location, problems, settings_hint(location)), problems)
     unknown = ChunkProblem("?", (), "damaged", "unknown chunk", None, redact(str(error)))
     where = (
-        ", ".join(map(str, locations)) or "the samples (not opened from a store path: which store is unknown)"
+        ", ".join(map(str, stores)) or "the samples (not opened from a store path: which store is unknown)"
     )
-    store = str(locations[0]) if len(locations) == 1 else "STORE"
+    store = str(stores[0]) if len(stores) == 1 else "STORE"
     return DamagedStoreError(
         f"{where}: a chunk failed its checksum on read ({unknown.detail}); its data is not returned. Find "
         f"it with `distinterp inspect {store} --verify`, then rerun the chains it names: `distinterp sample "
@@ -307,18 +311,9 @@ def damage_in(locations: Sequence[Location], error: BaseException) -> DamagedSto
 
 
 def store_locations(samples: Any, storage_options: Mapping[str, Any] | None = None) -> list[Location]:
-    """The stores an analysis reads, from what it was given: a path or URL, a DataTree or Dataset opened
-    from one (xarray keeps it in `.encoding["source"]`), or a mapping of them (compute_susceptibilities')."""
-    encoding = getattr(samples, "encoding", None)  # before Mapping: a DataTree is a mapping of its children
-    if isinstance(encoding, Mapping) and encoding.get("source"):
-        url = str(encoding["source"])
-    elif isinstance(samples, (str, PathLike)):
-        url = str(samples)
-    elif isinstance(samples, Mapping):
-        return [loc for value in samples.values() for loc in store_locations(value, storage_options)]
-    else:
-        return []
-    return [Location(url, dict(storage_options)) if storage_options else Location.known(url)]
+    """The stores an analysis reads, from what it was given: a path, URL, Location or SampleStore, a
+    DataTree or Dataset opened from one, or a mapping of them (store.source.handles_of's addresses)."""
+    return [h.location for h in handles_of(samples, storage_options)]
 
 
 P = ParamSpec("P")
@@ -339,7 +334,7 @@ def names_damaged_chunks(analysis: Callable[P, R]) -> Callable[P, R]:
                 raise
             samples = args[0] if args else kwargs.get(first)
             options = kwargs.get("storage_options")
-            locations = store_locations(samples, options if isinstance(options, Mapping) else None)
+            locations = handles_of(samples, options if isinstance(options, Mapping) else None)
             if locations:
                 logger.warning(
                     "%s: a chunk failed its checksum; reading every chunk of %s to name it",
@@ -355,10 +350,6 @@ def names_damaged_chunks(analysis: Callable[P, R]) -> Callable[P, R]:
 
 SEAL = b"distinterp-checkpoint-sha256\n"
 """Leads a checkpoint file: then the SHA-256 of the payload (32 bytes), then the payload (torch.save's)."""
-
-
-class DamagedCheckpoint(ValueError):
-    """A checkpoint whose bytes do not match the digest it was saved with (or that cannot be unpickled)."""
 
 
 def seal(payload: bytes) -> bytes:

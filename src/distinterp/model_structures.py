@@ -164,7 +164,7 @@ def decoder(
         attn=attn,
         mlp=mlp,
         heads=separate_heads() if heads is None else heads,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 

@@ -1,5 +1,5 @@
 """Every path beside a store, named in one table (checkpoints, numerics notes, analyses, reports, the
-susceptibilities job's per-restriction stores, a sweep's children), so no module invents its own rule."""
+susceptibilities job's per-restriction stores, a sweep's children, its record and a grid's token vectors), so no module invents its own rule."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ SIBLINGS: dict[str, str] = {
     "susceptibilities": "{stem}.susceptibilities.zarr",
     "restriction": "{stem}_{name}.zarr",
     "child": "{store}/{name}.zarr",
+    "record": "{store}/distinterp-sweep.json",
+    "token_vectors": "{stem}.token_vectors.zarr",
 }
 """kind -> path pattern: {store} is the store's URL or path, {stem} the same without '.zarr'."""
 RESULTS = ("bif", "susceptibilities")

@@ -46,10 +46,11 @@ def progress_bar(
 class RunningLLC:
     """The LLC over every step durably written so far, chunk by chunk (each chunk is read once)."""
 
-    def __init__(self, location: Location, num_chains: int, n_beta: float):
-        store = location.zarr_store(read_only=True)
-        self.losses = zarr.open_array(store, path="sampling_loss_micro", mode="r")
-        self.init = zarr.open_array(store, path="init_loss", mode="r")
+    def __init__(self, store: SampleStore | Location, num_chains: int, n_beta: float):
+        location = store.location if isinstance(store, SampleStore) else store
+        zstore = location.zarr_store(read_only=True)
+        self.losses = zarr.open_array(zstore, path="sampling_loss_micro", mode="r")
+        self.init = zarr.open_array(zstore, path="init_loss", mode="r")
         self.n_beta = n_beta
         self.folded = np.zeros(num_chains, dtype=np.int64)  # steps of each chain already summed
         self.sums = np.zeros(num_chains)
@@ -88,14 +89,14 @@ class ProgressReporter:
         """`initial`: per-chain steps the store held before any rank started (read by rank 0 while it
         prepared the store; read here otherwise); `resumable`: unfinished chains continue from
         checkpoints (else they restart, and their old steps are not counted as done)."""
-        schema = store.schema
+        schema = store.schema_for("progress")
         self.store = store
         self.num_steps = schema.num_steps
         self.chains = list(plan.chains)
         self.total = schema.num_steps * len(self.chains)
         self.interval_s = interval_s
         self.llc = RunningLLC(
-            store.location, schema.num_chains, float(schema.attrs["metadata"]["config"]["sampler"]["n_beta"])
+            store, schema.num_chains, float(schema.attrs["metadata"]["config"]["sampler"]["n_beta"])
         )
         steps = store.progress()[0] if initial is None else initial
         complete = int((steps[self.chains] >= self.num_steps).sum())

@@ -18,15 +18,14 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import fsspec
 import torch
-from fsspec.implementations.local import LocalFileSystem
 
 from distinterp.errors import (
     NumericEnvironmentWarning as NumericEnvironmentWarning,  # re-exported: its old home
 )
 from distinterp.paths import sibling
 from distinterp.store import Location, redact
+from distinterp.store.source import StoreSource, handle
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +55,14 @@ def numeric_environment(
     }
 
 
-def numerics_url(location: Location) -> str:
+def numerics_url(location: StoreSource) -> str:
     """Where continuations under another environment are recorded: `<store>.numerics/`, beside the store
     (zarr warns about foreign objects inside it), one JSON object per writer."""
-    return sibling(location.url, "numerics")
+    return sibling(handle(location).url, "numerics")
 
 
 def note_environment(
-    location: Location,
+    location: StoreSource,
     created_under: Mapping[str, Any] | None,
     current: Mapping[str, Any],
     chains: Sequence[int],
@@ -75,6 +74,7 @@ def note_environment(
     (or the store predates these records)."""
     if created_under is None or dict(created_under) == dict(current) or not chains:
         return None
+    store = handle(location)
     differs = {k: (created_under.get(k), current.get(k)) for k in sorted(set(created_under) | set(current))}
     differs = {k: v for k, v in differs.items() if v[0] != v[1]}
     record = {
@@ -87,15 +87,13 @@ def note_environment(
         "pid": os.getpid(),
         "time": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
     }
-    url = f"{numerics_url(location)}/{record['time']}-rank{rank}-{uuid.uuid4().hex[:8]}.json"
-    fs, path = fsspec.core.url_to_fs(url, **location.fsspec_options())
-    data = json.dumps(record, indent=1, sort_keys=True).encode()
-    if isinstance(fs, LocalFileSystem):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    fs.pipe_file(path, data)
+    url = f"{numerics_url(store)}/{record['time']}-rank{rank}-{uuid.uuid4().hex[:8]}.json"
+    Location(url, store.location.storage_options).write_atomic(
+        json.dumps(record, indent=1, sort_keys=True).encode()
+    )
     what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in differs.items())
     warnings.warn(
-        f"{location}: created under another numeric environment ({what}); chains {list(chains)} written "
+        f"{store}: created under another numeric environment ({what}); chains {list(chains)} written "
         f"now will not be bitwise those of an uninterrupted run. Recorded in {redact(url)}",
         NumericEnvironmentWarning,
         stacklevel=4,

@@ -14,7 +14,8 @@ import numpy as np
 import zarr
 
 from distinterp.integrity import verify
-from distinterp.store import DIVERGED_STEP, STEPS_DONE, Location, Schema, check_existing
+from distinterp.store import DIVERGED_STEP, STEPS_DONE, Schema, check_existing
+from distinterp.store.source import StoreSource, handle
 
 logger = logging.getLogger(__name__)
 
@@ -43,25 +44,26 @@ def check_rerun_chains(
     return out
 
 
-def reset_chains(location: Location, schema: Schema, chains: Sequence[int]) -> None:
+def reset_chains(store: StoreSource, schema: Schema, chains: Sequence[int]) -> None:
     """Mark `chains` as not started (their progress back to 0, not diverged) so this run rewrites them;
     the store's `completed` flag goes until every chain is done again. By the coordinator only."""
+    location = handle(store).location
     state = check_existing(location, schema)  # a store of another run is refused, untouched
     if not state.exists or state.foreign:
         return
-    store = location.zarr_store()
-    steps = zarr.open_array(store, path=STEPS_DONE, mode="r+", config={"write_empty_chunks": True})
-    diverged = zarr.open_array(store, path=DIVERGED_STEP, mode="r+", config={"write_empty_chunks": True})
+    zstore = location.zarr_store()
+    steps = zarr.open_array(zstore, path=STEPS_DONE, mode="r+", config={"write_empty_chunks": True})
+    diverged = zarr.open_array(zstore, path=DIVERGED_STEP, mode="r+", config={"write_empty_chunks": True})
     for c in chains:
         steps[c : c + 1] = np.zeros(1, np.int64)
         diverged[c : c + 1] = np.full(1, -1, np.int64)
-    group = zarr.open_group(store, mode="r+")
+    group = zarr.open_group(zstore, mode="r+")
     if "completed" in group.attrs:
         del group.attrs["completed"]  # one metadata write, by this process only
     logger.warning("%s: rewriting chain(s) %s from their start", location, list(chains))
 
 
-def damaged_chains(location: Location, chains: Sequence[int]) -> list[int]:
+def damaged_chains(location: StoreSource, chains: Sequence[int]) -> list[int]:
     """Of the chains a resumed run is about to extend, those with a damaged or missing chunk (warned)."""
     if not chains:
         return []
@@ -70,7 +72,7 @@ def damaged_chains(location: Location, chains: Sequence[int]) -> list[int]:
     for c in bad:
         lines = "; ".join(p.line() for p in result.problems if p.chain == c)
         warnings.warn(
-            f"{location}: chain {c} has {lines}; it restarts from its start (its checkpoints are not used)",
+            f"{handle(location)}: chain {c} has {lines}; it restarts from its start (its checkpoints are not used)",
             stacklevel=3,
         )
     return bad

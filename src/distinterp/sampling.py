@@ -25,7 +25,7 @@ from distinterp.config import (
     merge_rmsprop_aliases,
     sampling_method_name,
 )
-from distinterp.data import Observable, build_observables, input_ids_tensor
+from distinterp.data import ProbeRows, build_observables, input_ids_tensor
 from distinterp.identity import masks_fingerprint, model_fingerprint, store_identity  # noqa: F401 - re-exported
 from distinterp.loss import (
     AUTOCAST_DTYPES,
@@ -37,6 +37,7 @@ from distinterp.loss import (
     lm_forward_logits,
     resolve_loss_fn,
 )
+from distinterp.masks import ParamMasks
 from distinterp.noise import DEFAULT_BLOCK, NoiseStream, resolve_noise
 from distinterp.parallel.distributed import Runtime, runtime
 from distinterp.parallel.engine import EngineFactory
@@ -56,7 +57,6 @@ from distinterp.store import (
 
 logger = logging.getLogger(__name__)
 
-ParamMasks = dict[str, "torch.Tensor | None"]
 ObservableSpec = Any  # Dataset | tuple[Dataset, int]
 
 
@@ -243,7 +243,7 @@ def sample(
     if rt.is_coordinator:
         try:
             if rerun:
-                reset_chains(store.location, schema, rerun)
+                reset_chains(store, schema, rerun)
             state = _prepare_store(store, obs_list, config)
             if state != "complete":  # a complete store may be devinterp's, which records no progress
                 initial = store.progress()[0]
@@ -294,10 +294,10 @@ def _run_my_chains(
     """Run this rank's unfinished chains, group by group, through the plan's engine, into the store.
     Returns rank 0's progress display, for its closing line once every rank is done."""
     c = setup.config
-    schema = store.schema
+    schema = store.schema_for("sampling")
     steps_done, _ = store.progress()
     todo = [ch for ch in plan.my_chains if steps_done[ch] < schema.num_steps]
-    for ch in damaged_chains(store.location, [ch for ch in todo if steps_done[ch] > 0]):
+    for ch in damaged_chains(store, [ch for ch in todo if steps_done[ch] > 0]):
         steps_done[ch] = 0  # its stored rows fail their checksum: rewrite it from its start
     checkpoints = CheckpointStore(store, plan.shard) if checkpoint_every else None
     every = -(-checkpoint_every // schema.step_chunk) * schema.step_chunk if checkpoint_every else None
@@ -306,7 +306,7 @@ def _run_my_chains(
     if plan.is_writer:
         created_under = (store.root_attrs() or {}).get("distinterp", {}).get("numerics")
         note_environment(
-            store.location,
+            store,
             created_under,
             schema.attrs["distinterp"]["numerics"],
             todo,
@@ -352,7 +352,7 @@ def _schema(
     config: SamplerConfig,
     model: torch.nn.Module,
     ids: torch.Tensor,
-    obs_list: list[Observable],
+    obs_list: list[ProbeRows],
     masks: ParamMasks,
     loss_fn: LossFn | None,
     batches_per_draw: int,
@@ -542,7 +542,7 @@ def _location(
     return Location(str(output_path), dict(storage_options or {}))
 
 
-def _prepare_store(store: SampleStore, obs_list: list[Observable], config: SamplerConfig) -> str:
+def _prepare_store(store: SampleStore, obs_list: list[ProbeRows], config: SamplerConfig) -> str:
     """Rank 0: create the store or check the existing one; returns 'complete' or 'continue'."""
     state = store.state()
     if state.completed:

@@ -9,6 +9,8 @@ then, with a bounding box b, theta is clamped to [theta_0 - b, theta_0 + b]. g i
 mean per-token loss, M the parameter's 0/1 mask (1 where unrestricted), and G = 1 for plain SGLD or
 G = 1 / (sqrt(V) + eps) with V <- alpha V + (1 - alpha) g^2 for RMSprop-SGLD (Li et al. 2015).
 The operations and their order follow devinterp 2.x exactly, so one chain reproduces it bitwise.
+This module is the update itself; devinterp's torch optimizer classes that step with it (`SGLD`, `SGMCMC`)
+are distinterp.optim.sgld and distinterp.optim.sgmcmc.
 """
 
 from __future__ import annotations

@@ -263,7 +263,7 @@ def tiny_gpt2(
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # transformers' logging is untyped
     cfg = GPT2Config(
         vocab_size=vocab_size,
         n_layer=n_layer,
@@ -330,7 +330,7 @@ class DeepLinearNetwork(torch.nn.Module):
 
     def product(self) -> torch.Tensor:
         """W_L ... W_1, an (H_{L+1}, H_1) matrix."""
-        out = self.weights[0]
+        out: torch.Tensor = self.weights[0]
         for w in self.weights[1:]:
             out = w @ out
         return out

@@ -14,7 +14,6 @@ import math
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +22,6 @@ import torch
 import xarray as xr
 import zarr
 
-from distinterp.analyses.chains import usable_chains
 from distinterp.analyses.covariance import (
     Moments,
     cross_products,
@@ -31,11 +29,13 @@ from distinterp.analyses.covariance import (
     standardise,
     xr_corrcoef_with_torch_backend,
 )
+from distinterp.analyses.observables import ObservableLosses as ObservableLosses  # re-exported: its old home
+from distinterp.analyses.observables import available_observables as available_observables
 from distinterp.errors import AnalysisInputError as AnalysisInputError  # re-exported: its old home
 from distinterp.integrity import names_damaged_chunks
 from distinterp.parallel.distributed import Runtime
 from distinterp.progress import progress_bar
-from distinterp.store import STEPS_DONE
+from distinterp.store.source import Samples, samples_of
 
 logger = logging.getLogger(__name__)
 
@@ -47,109 +47,6 @@ _RESULT_CHUNK_BYTES = 16 << 20
 MAX_DENSE_BYTES = 512 << 20
 """Token-wise BIF inputs up to this size (float32 rows x tokens x observations) are standardised in memory
 and reduced by one batched matmul per block; larger ones stream through a scratch copy block by block."""
-
-
-# ─── Reading a store's observables ───────────────────────────────────────────
-
-
-@dataclass(frozen=True)
-class ObservableLosses:
-    """The observables of a sampling store as analyses read them: which, how many rows, which chains."""
-
-    ds: xr.Dataset
-    keys: list[str]
-    sizes: list[int]  # rows per key
-    context_length: int
-    chains: list[int]
-    num_draws: int
-    draw_chunk: int
-
-    @classmethod
-    def open(
-        cls,
-        samples: xr.DataTree | xr.Dataset,
-        keys: Sequence[str] | None = None,
-        *,
-        allow_partial: bool = False,
-        what: str = "analysis",
-        field: str = "loss_keys",
-    ) -> ObservableLosses:
-        """Check the schema of the named observables (all, sorted, when None) and pick usable chains."""
-        ds = samples.dataset if isinstance(samples, xr.DataTree) else samples
-        if not isinstance(ds, xr.Dataset):
-            raise AnalysisInputError(
-                f"{what}: samples must be the DataTree sample() returns, got {type(samples)}"
-            )
-        available = available_observables(ds)
-        if keys is None:
-            keys = sorted(available)
-        missing = [k for k in keys if k not in available]
-        if missing:
-            raise AnalysisInputError(
-                f"{what}: {field}: {missing} not in the store; available observables: {sorted(available)}"
-            )
-        if not keys:
-            raise AnalysisInputError(f"{what}: {field}: no observables (loss_*) in the store")
-        sizes, context = [], None
-        for key in keys:
-            loss, ids = f"loss_{key}", f"input_ids_{key}"
-            expected = ("chain", "draw", f"batch_{key}", "token_pos")
-            if ds[loss].dims != expected:
-                raise AnalysisInputError(
-                    f"{what}: store field {loss} has dims {ds[loss].dims}, expected {expected}"
-                )
-            if ids not in ds or ds[ids].dims != (f"batch_{key}", "token"):
-                got = ds[ids].dims if ids in ds else "nothing"
-                raise AnalysisInputError(
-                    f"{what}: store field {ids} has dims {got}, expected ('batch_{key}', 'token')"
-                )
-            T = ds.sizes["token_pos"]
-            if ds.sizes["token"] != T + 1:
-                raise AnalysisInputError(
-                    f"{what}: store field {ids} has {ds.sizes['token']} tokens; expected token_pos + 1 = {T + 1}"
-                )
-            context = T
-            sizes.append(int(ds.sizes[f"batch_{key}"]))
-        chains = (
-            usable_chains(ds, allow_partial=allow_partial, what=what)
-            if STEPS_DONE in ds
-            else list(range(ds.sizes["chain"]))
-        )
-        chunks = ds[f"loss_{keys[0]}"].encoding.get("chunks")
-        draw_chunk = int(chunks[1]) if chunks else min(50, ds.sizes["draw"])
-        return cls(ds, list(keys), sizes, int(context), chains, int(ds.sizes["draw"]), max(1, draw_chunk))
-
-    @property
-    def num_rows(self) -> int:
-        return sum(self.sizes)
-
-    @property
-    def offsets(self) -> list[int]:
-        """First row of each key in the concatenation (keys in order)."""
-        return [int(x) for x in np.cumsum([0, *self.sizes[:-1]])]
-
-    @property
-    def excluded_chains(self) -> list[int]:
-        return sorted(set(range(self.ds.sizes["chain"])) - set(self.chains))
-
-    def draw_slices(self) -> list[slice]:
-        """Draw ranges aligned with the store's chunks: each read touches one chunk per chain."""
-        d, c = self.num_draws, self.draw_chunk
-        return [slice(i, min(i + c, d)) for i in range(0, d, c)]
-
-    def read(self, key: str, chain: int, draws: slice) -> np.ndarray:
-        """loss_<key>[chain, draws] as float32 (draws, rows, token_pos): one chunk of the store."""
-        return np.asarray(self.ds[f"loss_{key}"].isel(chain=chain, draw=draws).values, dtype=np.float32)
-
-    def input_ids(self) -> xr.DataArray:
-        """input_ids of every key concatenated along `batch` (dims batch, position), as devinterp returns."""
-        parts = [np.asarray(self.ds[f"input_ids_{k}"].values) for k in self.keys]
-        return xr.DataArray(np.concatenate(parts), dims=("batch", "position"))
-
-
-def available_observables(ds: xr.Dataset) -> list[str]:
-    """Observable ids of a store: the `loss_<id>` variables."""
-    return [str(v)[len("loss_") :] for v in ds.data_vars if str(v).startswith("loss_")]
 
 
 def _index_range(field: str, value: Literal["all"] | Sequence[int], n: int) -> np.ndarray:
@@ -260,7 +157,7 @@ class _Rows:
                     x = self.data[g, int(uniq[0]) : int(uniq[-1]) + 1, :, draws]
                 else:
                     x = self.data.get_orthogonal_selection((g, uniq, slice(None), draws))
-                yield torch.as_tensor(x[inverse], device=device) - mean
+                yield torch.as_tensor(np.asarray(x)[inverse], device=device) - mean
 
 
 def dense_bytes(obs: ObservableLosses, rows: np.ndarray, mean_chains: bool) -> int:
@@ -287,7 +184,9 @@ def standardised_rows(
         for draws in obs.draw_slices():
             if mean_chains:
                 total = sum(obs.read(key, c, draws)[:, local].astype(np.float64) for c in obs.chains)
-                x[:, :, 0, draws] = (total / len(obs.chains)).astype(np.float32).transpose(1, 2, 0)
+                x[:, :, 0, draws] = (
+                    (np.asarray(total) / len(obs.chains)).astype(np.float32).transpose(1, 2, 0)
+                )
             else:
                 for g, c in enumerate(obs.chains):
                     x[:, :, g, draws] = obs.read(key, c, draws)[:, local].transpose(1, 2, 0)
@@ -305,7 +204,7 @@ def _divisor_at_most(n: int, limit: float) -> int:
 class _ZarrResult:
     """A token-wise result written block by block to a zarr group; `dataset()` reopens it lazily."""
 
-    def __init__(self, path: Path, array: zarr.Array):
+    def __init__(self, path: Path, array: zarr.Array[Any]):
         self.path = path
         self.array = array
 
@@ -366,7 +265,7 @@ def _local_source(samples: xr.DataTree | xr.Dataset) -> Path | None:
 
 @names_damaged_chunks
 def compute_bif(
-    samples: xr.DataTree | xr.Dataset,
+    samples: Samples,
     *,
     correlation_method: CorrelationMethod = "token",
     reduce_chain_dimension_method: ChainReductionMethod = "stack",
@@ -381,6 +280,7 @@ def compute_bif(
     output_path: str | Path | None = None,
     max_result_bytes: int = MAX_RESULT_BYTES,
     runtime: Runtime | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> xr.Dataset | None:
     """BIF of a sampling store: Pearson correlation (or covariance) between observable losses over draws.
 
@@ -390,10 +290,12 @@ def compute_bif(
     blocks, every one calling this; rank 0 returns the result, the others None; default: this process
     alone, which always gets the result). Observables are concatenated along batch in sorted id order;
     'stack' pools (chain, draw) as observations, 'mean' averages chains first. The sequence-level BIF runs
-    on rank 0 alone.
+    on rank 0 alone. `samples`: what sample() returned, or the store's path, URL or SampleStore (opened
+    lazily, with `storage_options`).
     """
     rt = Runtime() if runtime is None else runtime
     _check_options(correlation_method, reduce_chain_dimension_method, batch_size, "batch_size")
+    samples = samples_of(samples, storage_options)
     if loss_keys == "all":
         keys = None
     elif isinstance(loss_keys, str) or not all(isinstance(k, str) for k in loss_keys):
@@ -411,7 +313,7 @@ def compute_bif(
     if correlation_method == "sequence":
         if not rt.is_coordinator:
             return None
-        result = _sequence_bif(obs, rows_1, rows_2, mean_chains, compute_covariance, dev)
+        result: xr.Dataset | None = _sequence_bif(obs, rows_1, rows_2, mean_chains, compute_covariance, dev)
     else:
         n1, n2, T = len(rows_1), len(rows_2), obs.context_length
         big = not average_tokenwise_bif and result_bytes(n1, n2, T) > max_result_bytes
@@ -444,8 +346,8 @@ def compute_bif(
             path,
             rt,
         )
-        if result is None:
-            return None
+    if result is None:
+        return None
     result.attrs.update(chains=list(obs.chains), excluded_chains=obs.excluded_chains)
     return result
 

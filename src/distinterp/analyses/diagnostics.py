@@ -12,7 +12,6 @@ import logging
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,8 @@ from distinterp.analyses.equilibration import nested_rhat, running_llc_plateau
 from distinterp.errors import UnhealthyRunWarning as UnhealthyRunWarning  # re-exported: its old home
 from distinterp.integrity import names_damaged_chunks
 from distinterp.progress import progress_bar
-from distinterp.store import STEPS_DONE, Location, open_tree
+from distinterp.store import STEPS_DONE
+from distinterp.store.source import Samples, samples_of
 
 logger = logging.getLogger(__name__)
 
@@ -218,19 +218,15 @@ def split_rhat_ess(traces: np.ndarray) -> tuple[float, float]:
 # ─── reading the store, chunk by chunk ──────────────────────────────────────
 
 
-def _as_dataset(samples: Any, storage_options: dict[str, Any] | None) -> xr.Dataset:
-    if isinstance(samples, xr.DataTree):
-        return samples.dataset
-    if isinstance(samples, xr.Dataset):
-        return samples
-    if isinstance(samples, (str, Path)):
-        location = Location(str(samples), dict(storage_options or {}))
-        if location.is_local and not (location.local_path / "zarr.json").is_file():
-            raise FileNotFoundError(f"diagnose: no store at {samples}")
-        return open_tree(location).dataset
-    raise TypeError(
-        f"diagnose: expected a DataTree, a Dataset or a store path/URL, got {type(samples).__name__}"
-    )
+def _as_dataset(samples: Samples, storage_options: dict[str, Any] | None) -> xr.Dataset:
+    """The samples to diagnose: an address's store opened lazily (store.source), or what sample() returned."""
+    try:
+        opened = samples_of(samples, storage_options)
+    except TypeError as e:
+        raise TypeError(f"diagnose: {e}") from None
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"diagnose: {e}") from None
+    return opened.dataset if isinstance(opened, xr.DataTree) else opened
 
 
 def _step_chunk(var: xr.DataArray) -> int:
@@ -285,7 +281,7 @@ def _chains(chains: list[int]) -> str:
 
 @names_damaged_chunks
 def diagnose(
-    samples: xr.DataTree | xr.Dataset | str | Path,
+    samples: Samples,
     *,
     storage_options: dict[str, Any] | None = None,
     thresholds: Thresholds | None = None,

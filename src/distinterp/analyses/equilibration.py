@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from distinterp.analyses.chains import llc_estimate
+
 
 @dataclass(frozen=True)
 class Plateau:
@@ -69,7 +71,7 @@ def running_llc_plateau(traces: np.ndarray, init_loss: float, n_beta: float, tai
         q4.append(r[mid:].mean())
 
     def llc(v: list[float]) -> np.ndarray:
-        return n_beta * (np.asarray(v, dtype=np.float64) - init_loss)
+        return np.asarray(llc_estimate(np.asarray(v, dtype=np.float64), init_loss, n_beta))
 
     all_c, tail_c = llc(full), llc(last)
     scale = abs(float(tail_c.mean()))

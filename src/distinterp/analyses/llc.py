@@ -13,18 +13,25 @@ import xarray as xr
 from distinterp.analyses.chains import chain_status, llc_estimate, usable_chains  # noqa: F401 - their old home
 from distinterp.analyses.diagnostics import diagnose
 from distinterp.integrity import names_damaged_chunks
+from distinterp.store.source import Samples, samples_of
 
 
 @names_damaged_chunks
 def compute_llc(
-    samples: xr.DataTree | xr.Dataset, *, allow_partial: bool = False, check: bool = True
+    samples: Samples,
+    *,
+    allow_partial: bool = False,
+    check: bool = True,
+    storage_options: dict[str, Any] | None = None,
 ) -> xr.Dataset:
     """LLC per chain and pooled from a sampling store (devinterp 2.x's compute_llc, plus exclusions).
 
-    With `check`, the store is diagnosed too: attrs `healthy`, `diagnosis` and `diagnosis_problems`, and
-    an UnhealthyRunWarning naming the problems when it is not healthy.
+    `samples`: what sample() returned, or the store's path, URL or SampleStore (opened lazily, with
+    `storage_options`). With `check`, the store is diagnosed too: attrs `healthy`, `diagnosis` and
+    `diagnosis_problems`, and an UnhealthyRunWarning naming the problems when it is not healthy.
     """
-    ds = samples.dataset if isinstance(samples, xr.DataTree) else samples
+    opened = samples_of(samples, storage_options)
+    ds = opened.dataset if isinstance(opened, xr.DataTree) else opened
     n_beta = float(ds.attrs["metadata"]["config"]["sampler"]["n_beta"])
     use = usable_chains(ds, allow_partial=allow_partial, what="compute_llc")
     all_chains = ds.sizes["chain"]

@@ -8,6 +8,7 @@ computes on rank 0; `compute_susceptibilities()` streams each store chunk by chu
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +16,19 @@ import numpy as np
 import torch
 import xarray as xr
 
-from distinterp.analyses.bif import AnalysisInputError, ObservableLosses, available_observables
+from distinterp.analyses.observables import ObservableLosses, available_observables
 from distinterp.data import to_obs_id
+from distinterp.errors import AnalysisInputError
 from distinterp.integrity import names_damaged_chunks
+from distinterp.store.source import Samples, samples_of
 
 Restriction = dict[str, torch.Tensor | None] | str | list[str] | None
 """Param masks, or a restriction string / list for distinterp.masks.create_param_masks, or None (full)."""
 
 
-def check_restriction_names(restrictions: dict[str, Any], field: str) -> None:
-    if not isinstance(restrictions, dict) or "full" not in restrictions:
-        got = list(restrictions) if isinstance(restrictions, dict) else type(restrictions).__name__
+def check_restriction_names(restrictions: Mapping[str, Any], field: str) -> None:
+    if not isinstance(restrictions, Mapping) or "full" not in restrictions:
+        got = list(restrictions) if isinstance(restrictions, Mapping) else type(restrictions).__name__
         raise AnalysisInputError(
             f"{field}: must include a 'full' key (the unrestricted model; None for its masks), got {got}"
         )
@@ -45,7 +48,7 @@ def restriction_path(base: str | Path, name: str) -> str | Path:
 
 @names_damaged_chunks
 def compute_susceptibilities(
-    wr_map: dict[str, xr.DataTree],
+    wr_map: Mapping[str, Samples],
     sampling_task: str,
     observable_names: list[str] | None = None,
     include_sampling_task: bool = False,
@@ -59,11 +62,13 @@ def compute_susceptibilities(
 
         chi_w = E_w[phi * (Pbar - l)] - E_w[phi] * E_full[Pbar - l]
 
-    expectations over the pooled (chain, draw) of w's run and of the "full" run. Ours: `allow_partial`.
+    expectations over the pooled (chain, draw) of w's run and of the "full" run. Ours: `allow_partial`;
+    a store may be given by its path, URL or SampleStore (opened lazily).
     """
     check_restriction_names(wr_map, "wr_map")
+    trees = {name: samples_of(samples) for name, samples in wr_map.items()}
     sampling_id = to_obs_id(sampling_task)
-    full_ds = wr_map["full"].dataset if isinstance(wr_map["full"], xr.DataTree) else wr_map["full"]
+    full_ds = trees["full"].dataset if isinstance(trees["full"], xr.DataTree) else trees["full"]
     present = available_observables(full_ds)
     if sampling_id not in present:
         raise AnalysisInputError(
@@ -89,7 +94,7 @@ def compute_susceptibilities(
             what=f"compute_susceptibilities[{name!r}]",
             field="observable_names",
         )
-        for name, tree in wr_map.items()
+        for name, tree in trees.items()
     }
     full = stores["full"]
     if "init_loss" not in full.ds or full.ds["init_loss"].dims != ("chain", "token_pos"):

@@ -33,6 +33,7 @@ from distinterp.jobs.sweep import (
     aggregate_sweep,
     check_label,
     child,
+    restriction_masks,
     run_sweep,
     stores_complete,
     temporary_root,
@@ -410,8 +411,6 @@ class CalibrateSettings(SampleSettings):
     def _calibration_only(self) -> CalibrateSettings:
         if self.chains is not None:
             raise ValueError("chains: a calibration splits its work by array_task, not chains; remove chains")
-        if self.weight_restriction is not None:
-            raise ValueError("weight_restriction: not supported for calibration yet; remove it")
         grid_cells(self.grid)
         return self
 
@@ -437,6 +436,8 @@ def run_calibrate(settings: CalibrateSettings) -> Calibration | None:
     model = load_model(settings.model, data, settings.dataset)
     observables = load_observables(settings, data, tokenizer, model)
     recorded = recorded_settings(settings, OWN["calibrate"])
+    if settings.weight_restriction is not None:  # every cell samples the same weights
+        common["param_masks"] = restriction_masks(model, settings.weight_restriction, "weight_restriction")
     return calibrate(
         model,
         data,

@@ -1,4 +1,4 @@
-"""The `distinterp` command: demo; the jobs sample, llc, bif, susceptibilities, trajectory, calibrate;
+"""The `distinterp` command: demo; the jobs sample, llc, bif, susceptibilities, trajectory, calibrate, sweep;
 aggregate, status, inspect, report."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from distinterp.jobs.commands.report import cmd_report
 from distinterp.jobs.commands.sample import cmd_sample
 from distinterp.jobs.commands.status import cmd_status
 from distinterp.jobs.commands.susceptibilities import cmd_susceptibilities
+from distinterp.jobs.commands.sweep import cmd_sweep
 from distinterp.jobs.commands.trajectory import cmd_trajectory
 from distinterp.jobs.results import write_result
 
@@ -142,6 +143,25 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--array-task-id", type=int, help="this task's block of the (checkpoint, chain) list")
     t.add_argument("--array-task-count", type=int, help="number of tasks in the job array")
     t.set_defaults(func=cmd_trajectory)
+
+    g = sub.add_parser(
+        "sweep",
+        parents=[verbose],
+        help="a grid of checkpoints x weight restrictions x datasets x sampler settings (one store per cell)",
+    )
+    g.add_argument(
+        "config", help="YAML settings file (sample's settings plus checkpoints, restrictions, ...)"
+    )
+    g.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="override settings, e.g. sampler.lr=1e-3 parallel.fsdp_size=2",
+    )
+    g.add_argument("--array-task-id", type=int, help="this task's block of the (cell, chain) list")
+    g.add_argument("--array-task-count", type=int, help="number of tasks in the job array")
+    g.set_defaults(func=cmd_sweep)
 
     c = sub.add_parser(
         "calibrate",

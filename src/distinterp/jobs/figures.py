@@ -224,7 +224,8 @@ def open_result(source: Any, storage_options: dict[str, Any] | None, tree: bool 
     """A BIF Dataset / susceptibilities DataTree, given as itself or as a path/URL."""
     if isinstance(source, (xr.Dataset, xr.DataTree)):
         return source
-    kwargs = {"storage_options": storage_options} if storage_options and "://" in str(source) else {}
+    location = Location(str(source), dict(storage_options or {}))
+    kwargs = {} if location.is_local else {"storage_options": location.fsspec_options()}
     opener = xr.open_datatree if tree else xr.open_dataset
     return opener(str(source), engine="zarr", consolidated=False, **kwargs)
 
@@ -235,7 +236,7 @@ def find_beside(url: str, name: str, storage_options: dict[str, Any] | None, tre
     for candidate in result_candidates(url, name):
         location = Location(candidate, dict(storage_options or {}))
         fs, path = fsspec.core.url_to_fs(candidate, **location.fsspec_options())
-        if fs.exists(f"{path}/zarr.json"):
+        if fs.exists(f"{path}/zarr.json"):  # not SampleStore.exists: a missing bucket here means no result
             return open_result(candidate, storage_options, tree=tree)
     return None
 

@@ -11,12 +11,13 @@ import xarray as xr
 from distinterp.analyses.chains import chain_status
 from distinterp.analyses.diagnostics import Diagnosis, diagnose
 from distinterp.paths import RESULTS, result_candidates
-from distinterp.store import Location, open_tree
+from distinterp.store import SampleStore
+from distinterp.store.source import StoreSource, handle
 
 
-def _sizes(location: Location, names: list[str]) -> tuple[dict[str, int], list[str]]:
+def _sizes(store: SampleStore, names: list[str]) -> tuple[dict[str, int], list[str]]:
     """Bytes stored per array, and the objects beside the store that share its name (analyses, checkpoints)."""
-    fs, root = fsspec.core.url_to_fs(location.url, **location.fsspec_options())
+    fs, root = fsspec.core.url_to_fs(store.url, **store.location.fsspec_options())
     root = root.rstrip("/")
     sizes = {}
     for name in names:
@@ -43,20 +44,21 @@ def _human(n: float) -> str:
     return f"{n} B"
 
 
-def describe(url: str, storage_options: dict[str, Any] | None = None) -> tuple[list[str], Diagnosis]:
-    """Lines describing the store at url, and its diagnosis."""
-    location = Location(url, dict(storage_options or {}))
-    if location.is_local and not (location.local_path / "zarr.json").is_file():
-        raise FileNotFoundError(f"no store at {url}")
-    ds = open_tree(location).dataset
-    return describe_dataset(ds, location), diagnose(ds)
+def describe(url: StoreSource, storage_options: dict[str, Any] | None = None) -> tuple[list[str], Diagnosis]:
+    """Lines describing the store at url (a path, URL or SampleStore), and its diagnosis."""
+    store = handle(url, storage_options)
+    if store.is_local and not store.exists():
+        raise FileNotFoundError(f"no store at {store}")
+    ds = store.open().dataset
+    return describe_dataset(ds, store), diagnose(ds)
 
 
-def describe_dataset(ds: xr.Dataset, location: Location) -> list[str]:
+def describe_dataset(ds: xr.Dataset, location: StoreSource) -> list[str]:
     """Config, schema, layout, per-chain progress, sizes and analyses beside the store."""
     sampler = ds.attrs.get("metadata", {}).get("config", {}).get("sampler", {})
     ours = ds.attrs.get("distinterp")
-    lines = [f"store     {location}  ({'distinterp' if ours else 'devinterp'}-written, zarr v3)"]
+    store = handle(location)
+    lines = [f"store     {store}  ({'distinterp' if ours else 'devinterp'}-written, zarr v3)"]
     lines.append("config    " + ", ".join(f"{k}={v}" for k, v in sorted(sampler.items()) if v is not None))
     if ours:
         lines.append(
@@ -65,9 +67,10 @@ def describe_dataset(ds: xr.Dataset, location: Location) -> list[str]:
             + (", job settings recorded" if "run_settings" in ours else "")
             + ")"
         )
-    sizes, beside = _sizes(location, list(ds.data_vars))
+    names = [str(n) for n in ds.data_vars]
+    sizes, beside = _sizes(store, names)
     lines.append(f"schema    {len(ds.data_vars)} arrays, {_human(sum(sizes.values()))} stored")
-    for name in sorted(ds.data_vars):
+    for name in sorted(names):
         var = ds[name]
         chunks = var.encoding.get("chunks")
         dims = ", ".join(f"{d}={n}" for d, n in zip(var.dims, var.shape))

@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
         if name.startswith("torch.distributed.elastic"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        run(parse_args(argv))
+        run(parse_args(argv))  # type: ignore[no-untyped-call]  # torch.distributed.run is untyped
     except ChildFailedError as e:
         codes = [f.exitcode for f in e.failures.values()]
         return next((c for c in codes if c > 0), 130 if any(c < 0 for c in codes) else 1)

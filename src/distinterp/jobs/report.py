@@ -27,7 +27,7 @@ from distinterp.jobs.page import (  # noqa: F401 - the page kit's old home
     write_report,
 )
 from distinterp.paths import local_sibling
-from distinterp.store import Location, open_tree
+from distinterp.store.source import StoreSource, handle
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def default_out(url: str) -> Path:
 
 
 def report(
-    samples: str | Path | xr.DataTree,
+    samples: StoreSource | xr.DataTree,
     *,
     out: str | Path | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -64,11 +64,11 @@ def report(
     if isinstance(samples, xr.DataTree):
         tree, url = samples, str(samples.encoding.get("source", "") or "samples")
     else:
-        url = str(samples)
-        location = Location(url, dict(storage_options or {}))
-        if location.is_local and not (location.local_path / "zarr.json").is_file():
-            raise FileNotFoundError(f"report: no store at {url}")
-        tree = open_tree(location)
+        store = handle(samples, storage_options)
+        url = store.url
+        if store.is_local and not store.exists():
+            raise FileNotFoundError(f"report: no store at {store}")
+        tree = store.open()
     ds = tree.dataset
     diagnosis = diagnose(ds)
     figs = figures.store_figures(ds, diagnosis)

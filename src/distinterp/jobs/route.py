@@ -1,5 +1,5 @@
 """The one route from job settings to sample() keyword arguments, for every runner (sample, llc, bif,
-susceptibilities, trajectory, calibrate).
+susceptibilities, trajectory, calibrate, sweep).
 
 Every top-level setting is either ROUTED here into sample() arguments, used by the job's runner itself
 (RUNNER, a job's OWN section), a section of another command (OTHER_COMMANDS: one YAML may serve several
@@ -19,8 +19,8 @@ from distinterp.parallel.plan import array_task_chains
 
 logger = logging.getLogger(__name__)
 
-JOBS = ("sample", "llc", "bif", "susceptibilities", "trajectory", "calibrate")
-SWEEPS = frozenset({"trajectory", "calibrate"})
+JOBS = ("sample", "llc", "bif", "susceptibilities", "trajectory", "calibrate", "sweep")
+SWEEPS = frozenset({"trajectory", "calibrate", "sweep"})
 """Jobs of many stores under one root: the sweep sets each store's output_path and chains."""
 
 ROUTED = frozenset(
@@ -35,6 +35,7 @@ OWN: dict[str, frozenset[str]] = {
     "susceptibilities": frozenset({"susceptibilities"}),
     "trajectory": frozenset({"checkpoints"}),
     "calibrate": frozenset({"grid", "tolerance", "scale_draws", "max_draws", "relaxations"}),
+    "sweep": frozenset({"checkpoints", "restrictions", "datasets", "grid"}),
 }
 """Each job's own section."""
 OTHER_COMMANDS = frozenset({"bif", "susceptibilities"})
@@ -42,12 +43,15 @@ OTHER_COMMANDS = frozenset({"bif", "susceptibilities"})
 
 _SWEEP_REFUSES = {
     "chains": "splits its work by array_task, not chains; remove chains",
-    "weight_restriction": "is not supported yet; remove it",
     "logging.wandb": "is not logged to W&B yet; remove logging.wandb",
 }
 REFUSED: dict[str, dict[str, str]] = {
     "trajectory": _SWEEP_REFUSES,
     "calibrate": _SWEEP_REFUSES,
+    "sweep": {
+        **_SWEEP_REFUSES,
+        "weight_restriction": "sets its own per cell; name restrictions under restrictions",
+    },
     "susceptibilities": {
         "weight_restriction": "sets its own per run; name restrictions under susceptibilities.restrictions",
     },
@@ -85,7 +89,7 @@ def job_chains(settings: SampleSettings) -> list[int] | None:
 def sample_kwargs(settings: SampleSettings, job: str) -> dict[str, Any]:
     """sample()'s keyword arguments as `job`'s settings say (all but model, data, observables, param_masks).
 
-    A sweep (trajectory, calibrate) gets what every store shares: it sets each store's output_path,
+    A sweep (trajectory, calibrate, sweep) gets what every store shares: it sets each store's output_path,
     storage_options, chains and run_settings itself. Unset lr / n_beta (a calibration's) are left out.
     """
     refuse_unhonoured(settings, job)

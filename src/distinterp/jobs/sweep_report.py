@@ -1,5 +1,6 @@
-"""`distinterp report ROOT` for a trajectory or calibration root: the LLC over training, or the sweep of
-LLC against lr with the choice, drawn with the report's helpers (`distinterp.jobs.report`)."""
+"""`distinterp report ROOT` for a trajectory, calibration or grid root: the LLC over training, the sweep of
+LLC against lr with the choice, or a grid's heatmaps (`distinterp.jobs.grid_report`), drawn with the
+report's helpers (`distinterp.jobs.report`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from distinterp.jobs.grid_report import is_grid, write_grid_report
 from distinterp.jobs.page import ReportFigure, new_figure, render, table_html, write_report
 from distinterp.jobs.sweep import aggregate_sweep, read_record
 from distinterp.store import Location
@@ -119,6 +121,12 @@ def sweep_report(
         dim = "cell"
     else:
         table = aggregate_sweep(location, allow_partial=allow_partial)
+        if is_grid(table):
+            page = write_grid_report(
+                table, _target(location, root, out), f"distinterp {record['kind']}: {root}"
+            )
+            logger.info("report: wrote %s", page)
+            return page
         figures = [trajectory_figure(table, log_step=log_step)]
         dim = "checkpoint"
     rows = [
@@ -134,14 +142,19 @@ def sweep_report(
         header += f"<p><b>choice</b>: {html.escape(str(table.attrs['reason']))}</p>"
     if table.attrs.get("missing"):
         header += f"<p><b>unfinished</b>: {html.escape(', '.join(table.attrs['missing']))}</p>"
-    stem = str(root).rstrip("/").rsplit("/", 1)[-1]
-    target = (
-        Path(out)
-        if out
-        else (
-            location.local_path.with_name(stem + ".report") if location.is_local else Path(stem + ".report")
-        )
+    page = write_report(
+        _target(location, root, out),
+        f"distinterp {record['kind']}: {root}",
+        figures,
+        header + table_html(rows),
     )
-    page = write_report(target, f"distinterp {record['kind']}: {root}", figures, header + table_html(rows))
     logger.info("report: wrote %s", page)
     return page
+
+
+def _target(location: Location, root: str | Path, out: str | Path | None) -> Path:
+    """Where the page goes: `out`, else `<root stem>.report` beside a local root or in the working directory."""
+    if out:
+        return Path(out)
+    stem = str(root).rstrip("/").rsplit("/", 1)[-1]
+    return location.local_path.with_name(stem + ".report") if location.is_local else Path(stem + ".report")

@@ -37,7 +37,7 @@ def step_rows(ds: xr.Dataset, diagnosis: Diagnosis) -> list[dict[str, float]]:
     use = c.attrs.get("chains_used", list(range(trace.shape[0])))
     metrics = {
         n.removeprefix("metrics_"): np.asarray(ds[n].values, np.float64)
-        for n in ds.data_vars
+        for n in map(str, ds.data_vars)
         if n.startswith("metrics_")
     }
     rows = []

@@ -52,6 +52,7 @@ def trajectory(
     analyses: Sequence[str] = ("llc",),
     storage_options: dict[str, Any] | None = None,
     array_task: tuple[int, int] | None = None,
+    weight_restriction: str | list[str] | None = None,
     **sample_kwargs: Any,
 ) -> xr.Dataset | None:
     """Sample every checkpoint into `<output_path>/<label>.zarr` and return the LLC over a `checkpoint` dim.
@@ -61,14 +62,19 @@ def trajectory(
     `sample(model, dataset, observables, **sample_kwargs)`. `array_task=(i, n)`: this job runs block i
     of n of the (checkpoint, chain) list. Collective under torchrun; rank 0 returns the aggregate once
     every store is complete, other ranks and unfinished trajectories None. output_path None: a new
-    temporary directory, logged (for interactive use).
+    temporary directory, logged (for interactive use). weight_restriction: a create_param_masks pattern
+    resolved on each checkpoint (the refined LLC over training). A trajectory is a one-axis sweep (the
+    same run_sweep / aggregate_sweep as `distinterp.sweep`), keeping its `<label>.zarr` names.
     """
     unknown = sorted(set(analyses) - set(ANALYSES))
     if unknown:
         raise ValueError(f"analyses: {unknown} are not trajectory analyses; choose from {list(ANALYSES)}")
     if not isinstance(checkpoints, Mapping) or not checkpoints:
         raise ValueError("checkpoints: expected a non-empty mapping of label -> model or loader")
-    runs = [Run(check_label(label, "checkpoint label"), model) for label, model in checkpoints.items()]
+    runs = [
+        Run(check_label(label, "checkpoint label"), model, restriction=weight_restriction)
+        for label, model in checkpoints.items()
+    ]
     if output_path is None:
         output_path = temporary_root("trajectory")
     root = run_sweep(
@@ -159,8 +165,6 @@ class TrajectorySettings(SampleSettings):
     def _trajectory_only(self) -> TrajectorySettings:
         if self.chains is not None:
             raise ValueError("chains: a trajectory splits its work by array_task, not chains; remove chains")
-        if self.weight_restriction is not None:
-            raise ValueError("weight_restriction: not supported for trajectories yet; remove it")
         if self.checkpoints.revisions is not None and self.model.source not in REVISIONED:
             raise ValueError(
                 f"checkpoints.revisions: model.source={self.model.source!r} has no revisions (every checkpoint "
@@ -189,6 +193,8 @@ def run_trajectory(settings: TrajectorySettings) -> xr.Dataset | None:
             (lambda spec=spec: load_model(spec, data, settings.dataset)),
             # what `distinterp sample` of this checkpoint records (same keys, same order): --from-store works
             {"run_settings": {**shared, "model": spec.model_dump(mode="json")}},
+            checkpoint=label,
+            restriction=settings.weight_restriction,  # resolved on each checkpoint as it is loaded
         )
         for label, spec in specs.items()
     ]

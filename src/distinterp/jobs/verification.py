@@ -17,22 +17,22 @@ from distinterp.integrity import (
     settings_hint,
     verify,
 )
-from distinterp.store import Location, require_store
+from distinterp.store.source import StoreSource, handle
 
 
-def verify_store(url: str, storage_options: dict[str, Any]) -> int:
+def verify_store(url: StoreSource, storage_options: dict[str, Any] | None = None) -> int:
     """Print each damaged or missing chunk as it is found, then a summary; 1 when any, else 0."""
-    location = Location(url, storage_options)
+    store = handle(url, storage_options)
     # aiobotocore closes the S3 clients of s3fs on a loop of their own and asyncio logs each as a page of
     # "attached to a different loop" tracebacks (harmless: reads are unaffected); keep the report readable
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    require_store(location)
+    store.require()
     start = time.perf_counter()
 
     def show(problem: ChunkProblem) -> None:
         print(f"  {problem.line()}", flush=True)
 
-    result = verify(location, on_problem=show)
+    result = verify(store, on_problem=show)
     took = time.perf_counter() - start
     if result.unchecksummed:
         print(
@@ -46,19 +46,18 @@ def verify_store(url: str, storage_options: dict[str, Any]) -> int:
         + (f"{len(result.problems)} damaged or missing" if result.problems else "all good")
     )
     if result.problems:
-        print(rerun_advice(result.problems, settings_hint(location)))
+        print(rerun_advice(result.problems, settings_hint(store)))
         return 1
     return 0
 
 
-def checksum_line(url: str, storage_options: dict[str, Any]) -> str:
+def checksum_line(url: StoreSource, storage_options: dict[str, Any] | None = None) -> str:
     """'checksums ...' for inspect: whether the arrays carry a checksum (stores written before do not)."""
     import zarr
 
     from distinterp.integrity import checksummed
 
-    location = Location(url, storage_options)
-    group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
+    group = zarr.open_group(handle(url, storage_options).location.zarr_store(read_only=True), mode="r")
     names = sorted(group.array_keys())
     plain = [n for n in names if not checksummed(zarr.open_array(group.store, path=n, mode="r").metadata)]
     if not plain:
@@ -69,13 +68,13 @@ def checksum_line(url: str, storage_options: dict[str, Any]) -> str:
 
 
 def damage_error(
-    store: str | None, storage_options: dict[str, Any], error: BaseException
+    store: StoreSource | None, storage_options: dict[str, Any] | None, error: BaseException
 ) -> DamagedStoreError | None:
     """A read command's error as the damaged chunks of its store, named (None: not a damaged chunk)."""
     if store is None or not is_damage(error):
         return None
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # as in verify_store: S3 client-close noise
-    damaged = explain(Location(store, storage_options), error)
+    damaged = explain(handle(store, storage_options), error)
     if damaged is not None:
         print(f"(verifying {store} to name the damaged chunks)", file=sys.stderr)
     return damaged

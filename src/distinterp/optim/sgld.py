@@ -64,7 +64,8 @@ class SGLD(SGMCMC):
                 p.grad = None
         if self._metrics is not None:
             self._metrics.unscaled_grad = self._metrics.scaled_grad
-            self._metrics.distance = distance
+            if distance is not None:
+                self._metrics.distance = distance
 
     def _masked_distance(self) -> torch.Tensor:
         """||M * (theta - theta_0)|| over every parameter, before the step (devinterp SGLD's `distance`)."""

@@ -16,7 +16,11 @@ import torch
 
 from distinterp.sgld import DOT_FIELDS, NORM_FIELDS, ParamSlot, SGLDHyper, StepMetrics, make_slots, sgld_step
 
-SamplingMethodLiteral = Literal["sgld", "rmsprop_sgld", "sgnht"]
+SGMCMCMethod = Literal["sgld", "rmsprop_sgld", "sgnht"]
+"""The update rules SGMCMC.get_method builds (sample()'s `sampling_method` values are another set:
+distinterp.config.SamplingMethodLiteral)."""
+SamplingMethodLiteral = SGMCMCMethod
+"""devinterp.optim's name for SGMCMCMethod, kept so its imports work."""
 
 
 def _zero() -> torch.Tensor:
@@ -277,8 +281,12 @@ class SGMCMC(torch.optim.Optimizer):
         )
 
     @classmethod
-    def get_method(cls, method: SamplingMethodLiteral) -> Callable[..., SGMCMC]:
-        factories = {"sgld": cls.sgld, "rmsprop_sgld": cls.rmsprop_sgld, "sgnht": cls.sgnht}
+    def get_method(cls, method: SGMCMCMethod) -> Callable[..., SGMCMC]:
+        factories: dict[str, Callable[..., SGMCMC]] = {
+            "sgld": cls.sgld,
+            "rmsprop_sgld": cls.rmsprop_sgld,
+            "sgnht": cls.sgnht,
+        }
         if method not in factories:
             raise ValueError(f"`method` should be one of 'sgld', 'rmsprop_sgld', or 'sgnht'. Got {method}")
         return factories[method]

@@ -29,7 +29,7 @@ from torch.func import functional_call, vmap
 
 from distinterp.chain import ChainSetup, compiled, seed_everything
 from distinterp.checkpoint import ChainCheckpoint
-from distinterp.data import BatchFeed, Observable
+from distinterp.data import BatchFeed, ProbeRows
 from distinterp.loss import LossFn
 from distinterp.parallel.engine import StepOutput
 from distinterp.parallel.serial import SerialEngine
@@ -250,7 +250,7 @@ class BatchedEngine:
             losses = {f"loss_{o.obs_id}": self._observable_loss(o) for o in self.setup.observables}
         return [{k: v[i] for k, v in losses.items()} for i in range(self.k)]
 
-    def _observable_loss(self, obs: Observable) -> torch.Tensor:
+    def _observable_loss(self, obs: ProbeRows) -> torch.Tensor:
         """(K, n_samples, token_pos) on the observable's fixed rows, batch by batch as the serial engine."""
         B = self.setup.config.batch_size
         dev = self.setup.device

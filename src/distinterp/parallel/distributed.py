@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import atexit
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,12 +81,31 @@ def _leave() -> None:
         dist.destroy_process_group()
 
 
+_SOLO = [0]
+"""How many solo() blocks this process is inside (a list: mutable without `global`)."""
+
+
+@contextmanager
+def solo() -> Iterator[None]:
+    """Within this block runtime() answers a single process (rank 0 of 1, on this rank's device), so a rank
+    can run its own share of a sweep's chains as an independent one-process sample(): no collective is
+    called and the stores are byte for byte what any other layout writes. The process group stays."""
+    _SOLO[0] += 1
+    try:
+        yield
+    finally:
+        _SOLO[0] -= 1
+
+
 def runtime() -> Runtime:
-    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); a single process otherwise.
+    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); a single process otherwise
+    (and inside solo()).
 
     Idempotent: a process group that already exists (the user's own, or ours) is used as it is.
     """
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if _SOLO[0]:
+        return Runtime(local_rank=local_rank)
     if dist.is_available() and dist.is_initialized():
         world_size = dist.get_world_size()
         local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))

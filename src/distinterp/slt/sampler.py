@@ -19,11 +19,10 @@ from torch.utils.data import DataLoader
 from distinterp.chain import seed_everything
 from distinterp.config import EpochMode
 from distinterp.data import DatasetError, epoch_order
+from distinterp.errors import ChainHealthError as ChainHealthError  # its old home
 from distinterp.loss import NonFiniteLogitsError, is_transformer_lens_model
+from distinterp.masks import ParamMasks as ParamMasks  # one definition, in masks
 from distinterp.optim import SGLD
-
-ParamMasks = dict[str, torch.Tensor | None]
-"""Parameter name -> mask (or None for unrestricted). Parameters not in the dict are frozen."""
 
 __all__ = [
     "ChainHealthError",
@@ -35,10 +34,6 @@ __all__ = [
     "sample_single_chain",
     "set_seed",
 ]
-
-
-class ChainHealthError(Exception):
-    """A chain's loss became NaN or Inf; the chain stops with a warning."""
 
 
 class StepCallback(Protocol):

@@ -7,7 +7,8 @@ that chain). Metadata is written once, by one process; progress lives in `chain_
 
 A package: location (local/remote, credentials redacted), schema, open (create, validate, open,
 progress), writer (the background region writes), recorder (a chain's rows and its divergence rule),
-handle (SampleStore: address and schema, what sample()'s chain loop, progress and checkpoints receive).
+handle (SampleStore: address and schema, what sample()'s chain loop, progress, checkpoints and analyses
+receive), source (store_of / samples_of: a path, URL, Location, handle or opened samples, as one thing).
 Every name is importable from `distinterp.store` as before the split.
 """
 
@@ -39,6 +40,7 @@ from distinterp.store.schema import (
     build_schema,
     identity_hash,
 )
+from distinterp.store.source import Samples, StoreSource, handles_of, samples_of, store_of
 from distinterp.store.writer import WRITE_RETRY_S, StoreWriter
 
 __all__ = [
@@ -52,15 +54,18 @@ __all__ = [
     "IncompleteStoreError",
     "Location",
     "SampleStore",
+    "Samples",
     "Schema",
     "StoreConfigMismatch",
     "StoreError",
+    "StoreSource",
     "StoreState",
     "StoreWriter",
     "build_schema",
     "check_existing",
     "check_reachable",
     "ensure",
+    "handles_of",
     "identity_hash",
     "mark_completed",
     "mismatch_message",
@@ -70,5 +75,7 @@ __all__ = [
     "redact",
     "require_reachable",
     "require_store",
+    "samples_of",
+    "store_of",
     "write_once",
 ]

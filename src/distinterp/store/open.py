@@ -170,7 +170,9 @@ def ensure(location: Location, schema: Schema) -> None:
         check_existing(location, schema)  # raced with another creator, or resuming: same config or refuse
         root = zarr.open_group(store, mode="r+")
     existing = set(root.array_keys())
-    missing = {name: spec.metadata() for name, spec in schema.arrays.items() if name not in existing}
+    missing: dict[str, Any] = {
+        name: spec.metadata() for name, spec in schema.arrays.items() if name not in existing
+    }
     if missing:
         with contextlib.suppress(
             zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError, FileExistsError

@@ -4,7 +4,7 @@ the divergence rule."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -112,7 +112,11 @@ class ChainRecorder:
             start = self._first_draw if is_draw else self._first_step
             if is_draw:
                 n_draws = max(n_draws, len(values))
-            stacked = torch.stack(values) if isinstance(values[0], torch.Tensor) else np.stack(values)
+            stacked = (
+                torch.stack(cast(list[torch.Tensor], values))
+                if isinstance(values[0], torch.Tensor)
+                else np.stack(values)
+            )
             block = _np(stacked, self.schema.arrays[name].dtype)
             writes.append((name, (self.chain, slice(start, start + len(values))), block))
         if self.diverged_at is not None:

@@ -81,20 +81,19 @@ def _storage_options(text: str | None) -> dict[str, Any]:
 
 
 def _open(url: str, storage_options: dict[str, Any]) -> Any:
-    from distinterp.store import Location, open_tree, require_store
+    """The store at url, opened lazily: one line, fast, when its endpoint, bucket or store is missing."""
+    from distinterp.store import SampleStore
 
-    location = Location(url, storage_options)
-    require_store(location)  # one line, fast: unreachable endpoint, no bucket, no store
-    return open_tree(location)
+    return SampleStore.at(url, storage_options).require().open()
 
 
 def _existing(url: str | None, flag: str, options: dict[str, Any]) -> str | None:
     """A result path given on the command line, checked before any work."""
-    from distinterp.store import Location
+    from distinterp.store import SampleStore
 
     if url is not None:
-        location = Location(url, options)
-        if location.is_local and not (location.local_path / "zarr.json").is_file():
+        result = SampleStore.at(url, options)
+        if result.is_local and not result.exists():
             raise FileNotFoundError(f"{flag} {url}: no zarr result there")
     return url
 

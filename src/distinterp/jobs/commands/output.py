@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from distinterp.analyses.chains import llc_estimate
+
 
 def _print_llc(res: Any, truth: float | None = None) -> None:
     per_chain = np.asarray(res.llc_per_chain.values)
@@ -44,7 +46,7 @@ def _print_trace(tree: Any, width: int = 48) -> None:
         float(ds.n_beta) if "n_beta" in ds else float(ds.attrs["metadata"]["config"]["sampler"]["n_beta"])
     )
     per_draw = ds.sampling_loss.mean(dim=[d for d in ds.sampling_loss.dims if d not in ("chain", "draw")])
-    trace = n_beta * (per_draw - ds.init_loss.mean(dim="token_pos")).mean(dim="chain").values
+    trace = llc_estimate(per_draw, ds.init_loss.mean(dim="token_pos"), n_beta).mean(dim="chain").values
     trace = trace[np.isfinite(trace)]
     if trace.size < 2:
         return
@@ -72,7 +74,14 @@ def _print_store(tree: Any, url: str) -> int:
 
 
 def _print_sweep(res: Any) -> None:
-    """One line per checkpoint / cell: label, LLC mean +- std over chains, chains used."""
+    """One line per checkpoint / cell: label, LLC mean +- std over chains, chains used. A grid's axes
+    (more than one dim besides `chain`) print as one line per cell, labelled axis=value,..."""
+    axes = [str(d) for d in res.llc_mean.dims]
+    if len(axes) > 1:
+        shown = [a for a in axes if res.sizes[a] > 1] or axes  # a one-value axis names no cell apart
+        res = res.drop_vars([c for c in res.coords if c not in axes]).stack(cell=axes)
+        names = [",".join(f"{a}={v}" for a, v in zip(axes, key) if a in shown) for key in res.cell.values]
+        res = res.drop_vars(["cell", *axes]).assign_coords(cell=names)
     dim = "checkpoint" if "checkpoint" in res.dims else "cell"
     for i, label in enumerate(res[dim].values):
         mean, std = float(res.llc_mean[i]), float(res.llc_std[i])

@@ -1,0 +1,217 @@
+"""sweep(): a 3-checkpoint x 2-head x 2-dataset grid; every cell equals a standalone sample() of it; 2
+torchrun ranks (sharing a cell, each running its chains alone) plus array tasks write the reference's
+bytes; a killed grid resumes; a changed axis is refused before anything is written; a failing rank stops
+every rank; a finished grid loads no checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+import distinterp
+from distinterp.jobs.grid import cell_label, expand_restrictions, sweep
+from distinterp.jobs.sweep import RECORD, aggregate_sweep
+from distinterp.masks import create_param_masks
+from distinterp.store import Location, StoreConfigMismatch, open_tree
+from tests.conftest import tiny_gpt2, token_dataset
+from tests.sweep_job import HEADS, OPTS, STEPS, checkpoint, datasets, run
+from tests.test_distributed import PYTHONPATH, ROOT, finish, kill_tree, torchrun
+from tests.test_sampling import tree_hash
+
+JOB = "tests.sweep_job"
+CELLS = [(step, head, name) for step in STEPS for head in ("l0h0", "l0h1") for name in ("a", "b")]
+
+
+def label(step: int, head: str, name: str) -> str:
+    return cell_label({"checkpoint": step, "restriction": head, "dataset": name})
+
+
+def hashes(root: Path) -> dict[str, str]:
+    return {label(*c): tree_hash(root / f"{label(*c)}.zarr") for c in CELLS}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The whole grid in this process."""
+    root = tmp_path_factory.mktemp("grid") / "ref"
+    table = run(str(root))
+    assert table is not None
+    return root
+
+
+def test_every_cell_equals_a_standalone_sample(reference, tmp_path):
+    """Cell (checkpoint, head, dataset) is byte for byte sample() of that checkpoint, with that head's
+    masks, on that dataset; the aggregate has a dim per axis with the user's labels."""
+    data = datasets()
+    for step, head, name in CELLS:
+        model = checkpoint(step)
+        out = tmp_path / f"{label(step, head, name)}.zarr"
+        distinterp.sample(
+            model,
+            data[name],
+            {"train": data["a"]},
+            param_masks=create_param_masks(model, head),
+            output_path=str(out),
+            **OPTS,
+        )
+        assert tree_hash(out) == tree_hash(reference / out.name), out.name
+    table = aggregate_sweep(str(reference))
+    assert table.llc_mean.dims == ("checkpoint", "restriction", "dataset")
+    assert list(table.checkpoint.values) == ["0", "10", "200"] and list(table.step.values) == [0, 10, 200]
+    assert list(table.restriction.values) == ["l0h0", "l0h1"] and list(table.dataset.values) == ["a", "b"]
+    assert table.llc_per_chain.sizes["chain"] == 3 and table.attrs["kind"] == "sweep"
+    one = distinterp.compute_llc(open_tree(Location(str(tmp_path / f"{label(10, 'l0h1', 'b')}.zarr"))))
+    np.testing.assert_array_equal(
+        table.llc_per_chain.sel(checkpoint="10", restriction="l0h1", dataset="b").values,
+        one.llc_per_chain.values,
+    )
+    record = json.loads((reference / RECORD).read_text())
+    assert record["version"] == 2 and record["restrictions"] == {"l0h0": "l0h0", "l0h1": "l0h1"}
+    assert [a[0] for a in record["axes"]] == ["checkpoint", "restriction", "dataset"]
+
+
+def test_two_ranks_and_array_tasks_write_the_reference(reference, tmp_path):
+    """Array task 0 of 4 on 2 torchrun ranks (9 pairs: 5 and 4, one cell shared) while tasks 1-3 run in
+    this process: the reference's bytes. Each rank loads each checkpoint it runs once. In the same
+    launch, a grid whose loader fails on rank 1 stops both ranks, rank 0 naming rank 1 and the error."""
+    root = tmp_path / "grid"
+    proc = torchrun(2, root, {"launch": True}, module=JOB)
+    for task in range(1, 4):
+        run(str(root), array_task=[task, 4])
+    finish(proc)
+    assert hashes(root) == hashes(reference)
+    loads = (tmp_path / "grid.loads").read_text().split("\n")
+    assert sorted(x for x in loads if x) == ["0 0", "1 0"], loads  # block 0: cells of checkpoint 0 only
+    assert (tmp_path / "grid.fail-1").read_text() == "RuntimeError: checkpoint 0 is corrupt on this node"
+    assert (tmp_path / "grid.fail-0").read_text().startswith("SweepError: rank 1 failed while sampling")
+    assert "checkpoint 0 is corrupt" in (tmp_path / "grid.fail-0").read_text()
+    table = aggregate_sweep(str(root))
+    assert table.llc_per_chain.equals(aggregate_sweep(str(reference)).llc_per_chain)
+
+
+def test_killed_grid_resumes_to_the_reference(reference, tmp_path):
+    """SIGKILL a grid once its first cells are written; the rerun finishes it with the same bytes."""
+    root = tmp_path / "killed"
+    env = {"PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", JOB, str(root), json.dumps({"sleep": 0.5})],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and len(list(root.glob("*.zarr"))) < 2:
+        time.sleep(0.02)
+    kill_tree(proc)
+    done = [p for p in root.glob("*.zarr") if zarr.open_group(str(p), mode="r").attrs.get("completed") == 1]
+    assert len(list(root.glob("*.zarr"))) > 0 and len(done) < len(CELLS), "the kill did not land mid-grid"
+    assert run(str(root)) is not None
+    assert hashes(root) == hashes(reference)
+
+
+def test_finished_grid_loads_nothing_and_changed_axes_are_refused(reference, tmp_path):
+    """A rerun of the finished grid loads no checkpoint; another dataset, head list or setting is refused
+    naming it, with the root untouched; bad input is refused before a byte is written."""
+    loads = tmp_path / "loads"
+    again = run(str(reference), loads=str(loads))
+    assert not loads.exists() or loads.read_text() == ""
+    assert again is not None and again.llc_mean.equals(aggregate_sweep(str(reference)).llc_mean)
+    before = tree_hash(reference)
+    data = datasets()
+    models = {s: checkpoint(s) for s in STEPS}
+    with pytest.raises(StoreConfigMismatch, match="labels"):
+        sweep(models, data["a"], {"train": data["a"]}, output_path=str(reference), restrictions=HEADS,
+              datasets={**data, "c": token_dataset(seed=3)}, **OPTS)  # fmt: skip
+    with pytest.raises(StoreConfigMismatch, match=r"lr: stored=0.001, current=0.002"):
+        sweep(models, data["a"], {"train": data["a"]}, output_path=str(reference), restrictions=HEADS,
+              datasets=data, **{**OPTS, "lr": 2e-3})  # fmt: skip
+    assert tree_hash(reference) == before
+    fresh = tmp_path / "bad"
+    with pytest.raises(TypeError, match="'lrr'"):
+        sweep(models, data["a"], output_path=str(fresh), grid={"lrr": [1e-3]}, **OPTS)
+    with pytest.raises(ValueError, match=r"unknown placeholder\(s\) \['X'\]"):
+        sweep(models, data["a"], output_path=str(fresh), restrictions={"l{X}": "l{X}"}, **OPTS)
+    with pytest.raises(ValueError, match="restriction name 'l0 mlp'"):
+        sweep(models, data["a"], output_path=str(fresh), restrictions={"l0 mlp": "l0 mlp"}, **OPTS)
+    assert not fresh.exists()
+
+
+def test_sampler_grid_and_generators(tmp_path):
+    """A bare model and a sampler grid: cells named by the axes given, one dim per grid field; the
+    generators expand to every layer / head of the model."""
+    torch.manual_seed(0)
+    model = tiny_gpt2(seed=3)
+    ds = token_dataset()
+    out = sweep(model, ds, output_path=str(tmp_path / "g"), grid={"lr": [1e-3, 2e-3]}, **OPTS)
+    assert out is not None and out.llc_mean.dims == ("checkpoint", "restriction", "dataset", "lr")
+    assert list(out.lr.values) == [1e-3, 2e-3] and list(out.checkpoint.values) == ["model"]
+    assert (tmp_path / "g" / "checkpoint=model+lr=0.002.zarr").is_dir()
+    alone = distinterp.sample(model, ds, {}, output_path=str(tmp_path / "a.zarr"), **{**OPTS, "lr": 2e-3})
+    assert alone is not None
+    assert tree_hash(tmp_path / "a.zarr") == tree_hash(tmp_path / "g" / "checkpoint=model+lr=0.002.zarr")
+    two = tiny_gpt2(seed=0)
+    assert expand_restrictions({"l{L}": "l{L}"}, lambda: two) == {"l0": "l0"}
+    assert expand_restrictions({"L{L}H{H}": "l{L}h{H}", "all": None}, lambda: two) == {
+        "L0H0": "l0h0",
+        "L0H1": "l0h1",
+        "all": None,
+    }
+    with pytest.raises(ValueError, match="same placeholders"):
+        expand_restrictions({"l{L}h{H}": "l0h1"}, lambda: two)
+
+
+def test_cli_sweep_cells_equal_distinterp_sample_and_trajectory_takes_a_restriction(tmp_path, capsys):
+    """`distinterp sweep CONFIG`: 2 state-dict checkpoints x every head, parallel.chains_per_batch
+    honoured; a cell's store equals `distinterp sample` of it with that weight_restriction (same recorded
+    settings). weight_restriction is refused by name for a sweep, and honoured by a trajectory."""
+    import yaml
+
+    from distinterp import toy
+    from distinterp.jobs.cli import main
+    from tests.test_cli import TINY
+
+    for step in (20, 300):
+        torch.save(toy.tiny_gpt2(vocab_size=3, seed=step).state_dict(), tmp_path / f"step{step}.pt")
+    root = tmp_path / "grid"
+    config = {
+        **TINY,
+        "model": {"name": "tiny-gpt2"},
+        "checkpoints": {"state_dicts": str(tmp_path / "step*.pt")},
+        "restrictions": {"l{L}h{H}": "l{L}h{H}"},
+        "parallel": {"chains_per_batch": 2},
+        "output_path": str(root),
+    }
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(config))
+    assert main(["sweep", str(tmp_path / "g.yaml")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == [
+        f"checkpoint={c},restriction={h}" for c in ("step20", "step300") for h in ("l0h0", "l0h1")
+    ], lines
+    cell = root / "checkpoint=step300+restriction=l0h1.zarr"
+    assert json.loads((cell / "zarr.json").read_text())["attributes"]["distinterp"]["numerics"]["engine"] == (
+        "batched"
+    )
+    alone = {k: v for k, v in config.items() if k not in ("checkpoints", "restrictions")}
+    alone |= {"model": {"name": "tiny-gpt2", "state_dict": str(tmp_path / "step300.pt")}}
+    alone |= {"weight_restriction": "l0h1", "output_path": str(tmp_path / "alone.zarr")}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(alone))
+    assert main(["sample", str(tmp_path / "s.yaml")]) == 0
+    assert tree_hash(cell) == tree_hash(tmp_path / "alone.zarr")
+    capsys.readouterr()
+    assert main(["sweep", str(tmp_path / "g.yaml"), "--set", "weight_restriction=l0h1"]) == 2
+    assert "weight_restriction: a sweep job sets its own per cell" in capsys.readouterr().err
+    traj = {k: v for k, v in config.items() if k != "restrictions"} | {"weight_restriction": "l0h1"}
+    traj["output_path"] = str(tmp_path / "traj")
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(traj))
+    assert main(["trajectory", str(tmp_path / "t.yaml")]) == 0
+    assert tree_hash(tmp_path / "traj" / "step300.zarr") == tree_hash(tmp_path / "alone.zarr")
