@@ -493,6 +493,9 @@ class Cell:
     """One store's share of the aggregate: LLC per chain (chains the estimate used), health, or why not."""
 
     missing: str | None = None
+    unusable: str | None = None
+    """A finished store with no chain to use (every chain diverged): NaN and unhealthy, not a reason to
+    refuse the root (a calibration grid's largest lr diverges as a matter of course)."""
     chains: list[int] = field(default_factory=list)
     per_chain: list[float] = field(default_factory=list)
     mean: float = float("nan")
@@ -526,8 +529,9 @@ def _summarise(loc: Location, allow_partial: bool, thresholds: Thresholds | None
         cell.chains = [int(c) for c in res.attrs["chains"]]
         cell.per_chain = [float(v) for v in res.llc_per_chain.values]
         cell.mean, cell.std = float(res.llc_mean), float(res.llc_std)
-    except IncompleteStoreError:
-        cell.missing = cell.missing or "no complete chain"
+    except IncompleteStoreError:  # an unfinished store says so in `missing` already
+        if cell.missing is None:
+            cell.unusable = "no complete, finite chain"
     verdict = diagnose(tree, thresholds=thresholds)
     cell.rhat, cell.ess = float(verdict.checks.rhat), float(verdict.checks.ess_bulk)
     cell.healthy = bool(verdict.healthy)
@@ -595,7 +599,8 @@ def aggregate_sweep(
         "rhat": np.asarray([c.rhat for c in cells]),
         "ess_bulk": np.asarray([c.ess for c in cells]),
     }
-    attrs = {"kind": record["kind"], "root": str(root), "missing": sorted(missing)}
+    unusable = [label for label, c in zip(labels, cells) if c.unusable]
+    attrs = {"kind": record["kind"], "root": str(root), "missing": sorted([*missing, *unusable])}
     axes = record_axes(record)
     shape = tuple(len(values) for _, values in axes)
     dims = tuple(name for name, _ in axes)
