@@ -114,7 +114,8 @@ def test_two_ranks_and_array_tasks_write_the_reference(reference, tmp_path):
 
 @pytest.mark.slow
 def test_killed_grid_resumes_to_the_reference(reference, tmp_path):
-    """SIGKILL a grid once its first cells are written; the rerun finishes it with the same bytes."""
+    """SIGKILL a grid once its first cells are written (`distinterp status ROOT` exits 1); the rerun
+    finishes it with the same bytes (status 0)."""
     root = tmp_path / "killed"
     env = {"PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen(
@@ -131,8 +132,12 @@ def test_killed_grid_resumes_to_the_reference(reference, tmp_path):
     kill_tree(proc)
     done = [p for p in root.glob("*.zarr") if zarr.open_group(str(p), mode="r").attrs.get("completed") == 1]
     assert len(list(root.glob("*.zarr"))) > 0 and len(done) < len(CELLS), "the kill did not land mid-grid"
+    from distinterp.jobs.cli import main
+
+    assert main(["status", str(root)]) == 1  # the root's stores, the unfinished ones named
     assert run(str(root)) is not None
     assert hashes(root) == hashes(reference)
+    assert main(["status", str(root)]) == 0
 
 
 def test_finished_grid_loads_nothing_and_changed_axes_are_refused(reference, tmp_path):
