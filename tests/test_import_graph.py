@@ -136,3 +136,19 @@ def test_the_llc_formula_is_written_once():
             if isinstance(node, ast.BinOp) and pattern.match(ast.unparse(node)):
                 found.append(name)
     assert sorted(set(found)) == ["distinterp.analyses.chains", "distinterp.sgld"]
+
+
+def test_results_are_written_one_way():
+    """Every analysis result the CLI, the runners and the grid analyses save goes through
+    store.results.write_result (issue 19 found `cli._write` beside a bare `to_zarr` in runner.py)."""
+    import ast
+
+    writers = sorted(
+        {
+            name
+            for name, path in script().modules().items()
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Attribute) and node.attr in ("to_zarr", "to_netcdf")
+        }
+    )
+    assert writers == ["distinterp.store.results"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
+from typing import cast
 
 import torch
 
@@ -52,15 +53,13 @@ def context_limit(model: torch.nn.Module) -> tuple[int, str] | None:
 def lm_forward_logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """Run a forward pass and return logits (batch, seq, vocab)."""
     if is_transformer_lens_model(model):
-        return model(input_ids, return_type="logits")
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:  # pragma: no cover - transformers is a core dependency
-        PreTrainedModel = ()  # type: ignore[assignment]
+        return cast(torch.Tensor, model(input_ids, return_type="logits"))
+    from transformers import PreTrainedModel  # a core dependency; imported on first use (slow to import)
+
     if isinstance(model, PreTrainedModel):
-        return model(input_ids, return_dict=False, use_cache=False)[0]
+        return cast(torch.Tensor, model(input_ids, return_dict=False, use_cache=False)[0])
     output = model(input_ids)
-    return output.logits if hasattr(output, "logits") else output
+    return cast(torch.Tensor, output.logits if hasattr(output, "logits") else output)
 
 
 def lm_cross_entropy_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from distinterp.analyses.bif import AnalysisInputError, available_observables, c
 from distinterp.analyses.susceptibilities import compute_susceptibilities
 from distinterp.paths import sibling
 from distinterp.store import Location, open_tree
+from distinterp.store.results import write_result
 
 FULL = "full"
 """compute_susceptibilities' name for the unrestricted run: the grid's restriction whose pattern is None."""
@@ -276,17 +277,7 @@ def write_susceptibility_vectors(
     )
     encoding = {"vectors": {"chunks": (min(chunk_tokens, out.sizes["token"]), out.sizes["component"])}}
     target = loc.sibling("token_vectors")
-    if target.is_local:
-        out.to_zarr(str(target.local_path), mode="w", zarr_format=3, consolidated=False, encoding=encoding)
-    else:
-        out.to_zarr(
-            target.url,
-            mode="w",
-            zarr_format=3,
-            consolidated=False,
-            encoding=encoding,
-            storage_options=target.fsspec_options(),
-        )
+    write_result(out, target, encoding=encoding)
     return target
 
 

@@ -21,7 +21,7 @@ import functools
 import random
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -83,7 +83,10 @@ class BatchedEngine:
 
     def _per_token(self, params: dict[str, torch.Tensor], input_ids: torch.Tensor) -> torch.Tensor:
         """One chain's per-token loss (batch, seq-1) with `params` in place of the model's own."""
-        return functional_call(self.module, {f"model.{n}": p for n, p in params.items()}, (input_ids,))
+        return cast(
+            torch.Tensor,
+            functional_call(self.module, {f"model.{n}": p for n, p in params.items()}, (input_ids,)),
+        )
 
     def _seed(self) -> None:
         """Every chain's noise stream at its start; the global RNG (dropout only) from the first chain."""
@@ -105,6 +108,8 @@ class BatchedEngine:
     def _add_init_noise(self, params: dict[str, torch.Tensor], masks: dict[str, Any]) -> None:
         """Chain i's init noise from its own stream, parameter by parameter in `masks` order (as serial)."""
         scale = self.setup.config.init_noise
+        if not scale:
+            return
         with torch.no_grad():
             for i, g in enumerate(self.generators):
                 for name, mask in masks.items():
@@ -139,7 +144,7 @@ class BatchedEngine:
 
     def _unbatched_params_loss(self, ids: torch.Tensor) -> torch.Tensor:
         """Per-chain losses at the shared start parameters (only the data differ)."""
-        return vmap(lambda x: self.module(x), randomness="different")(ids)
+        return cast(torch.Tensor, vmap(lambda x: self.module(x), randomness="different")(ids))
 
     def begin(self, resume: Sequence[ChainCheckpoint | None]) -> None:
         s, c = self.setup, self.setup.config

@@ -38,7 +38,7 @@ class SerialEngine:
         if len(chains) != 1:
             raise ValueError(f"{type(self).__name__} runs one chain at a time, got {chains}")
         self.setup = setup
-        self.chains = chains
+        self.chains: tuple[int, ...] = chains  # (len 1, checked above: not narrowed to tuple[int])
         self.chain = chains[0]
         self.hyper = SGLDHyper.from_config(setup.config)
         self.named = dict(setup.model.named_parameters())

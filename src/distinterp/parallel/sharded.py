@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -35,6 +35,11 @@ if TYPE_CHECKING:
     from distinterp.parallel.plan import Plan
 
 _DROPOUT = 2  # stream_seed key part: a shard's dropout stream
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor parameter or gradient (every one of a sharded working model is one)."""
+    return cast(DTensor, t).to_local()
 
 
 class ShardedEngine(SerialEngine):
@@ -86,7 +91,7 @@ class ShardedEngine(SerialEngine):
         with torch.no_grad():
             for name, p in working.named_parameters():
                 lo, hi = shard_rows(p)
-                p.to_local().copy_(source[name].detach()[lo:hi])
+                _local(p).copy_(source[name].detach()[lo:hi])
             for name, b in working.named_buffers():
                 b.copy_(buffers[name])
         return working
@@ -98,7 +103,7 @@ class ShardedEngine(SerialEngine):
             for j, (name, p) in enumerate(self.named.items()):
                 lo, _ = shard_rows(p)
                 row = p.numel() // p.shape[0] if p.shape[0] else 0
-                out[name] = (p.to_local().detach(), Piece(j, p.numel(), lo * row))
+                out[name] = (_local(p).detach(), Piece(j, p.numel(), lo * row))
         return out
 
     def _local_mask(self, name: str, mask: torch.Tensor) -> torch.Tensor:
@@ -138,7 +143,7 @@ class ShardedEngine(SerialEngine):
     def _sync_grads(self) -> None:
         for slot in self.slots:
             grad = self.named[slot.name].grad
-            slot.param.grad = grad.to_local() if grad is not None else None
+            slot.param.grad = _local(grad) if grad is not None else None
 
     # ── collectives over the group ──
     def _agree(self, ok: bool) -> None:

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["SAFE_DTYPE_STRINGS", "ZarrWriter", "validate_dtype_str_torch_numpy_compat"]
 
 
-def _region(arr: zarr.Array, **dim_indices: int | slice) -> tuple[int | slice, ...]:
+def _region(arr: zarr.Array[Any], **dim_indices: int | slice) -> tuple[int | slice, ...]:
     """The selection for `arr` from indices given by dimension name (unnamed dims: everything)."""
     dims = tuple(arr.metadata.dimension_names or ())  # type: ignore[union-attr]
     region = tuple(dim_indices.pop(d, slice(None)) for d in dims)
@@ -56,7 +56,7 @@ class ZarrWriter:
     Use ZarrWriter.open() for a context manager that owns the thread pool and flushes on exit.
     """
 
-    arrays: dict[str, zarr.Array]
+    arrays: dict[str, zarr.Array[Any]]
     chain_buffer_size: int
     buffer_device: torch.device
     executor: ThreadPoolExecutor | None = None
@@ -68,7 +68,7 @@ class ZarrWriter:
     @contextmanager
     def open(
         cls,
-        arrays: dict[str, zarr.Array],
+        arrays: dict[str, zarr.Array[Any]],
         chain_buffer_size: int,
         buffer_device: torch.device,
         max_write_threads: int = 4,
@@ -86,7 +86,7 @@ class ZarrWriter:
                 writer.flush_all_buffers()
                 writer.wait_for_writes()
 
-    def _submit(self, arr: zarr.Array, region: tuple[int | slice, ...], value: np.ndarray) -> None:
+    def _submit(self, arr: zarr.Array[Any], region: tuple[int | slice, ...], value: np.ndarray) -> None:
         """Write now, or on the pool; writes to one array are serialised, so two regions that share a chunk
         cannot lose each other's data (a chunk write is read-modify-write)."""
         lock = self._locks.setdefault(id(arr), threading.Lock())
@@ -145,7 +145,8 @@ class ZarrWriter:
         done, _ = futures.wait(self._futures, return_when=futures.ALL_COMPLETED)
         self._futures.clear()
         errors = [e for f in done if (e := f.exception()) is not None]
-        if len(errors) > 1 and hasattr(builtins, "ExceptionGroup"):
-            raise builtins.ExceptionGroup(f"{len(errors)} zarr write(s) failed", errors)
+        # BaseExceptionGroup builds an ExceptionGroup when every error is an Exception (the usual case)
+        if len(errors) > 1 and hasattr(builtins, "BaseExceptionGroup"):
+            raise builtins.BaseExceptionGroup(f"{len(errors)} zarr write(s) failed", errors)
         if errors:
             raise errors[0]
