@@ -272,6 +272,10 @@ def sweep(
         output_path = temporary_root(KIND)
     root = Location(str(output_path), dict(storage_options or {}))
     restricted = {ALL: None} if restrictions is None else _expand_once(restrictions, models, first_run, root)
+    if "susceptibilities" in analyses:  # its baseline checked before any work, not after the sampling
+        from distinterp.analyses.grid import check_baseline
+
+        check_baseline(None if restrictions is None else restricted)
     for name in restricted:
         check_label(name, "restriction name")
     fields = _grid(grid)

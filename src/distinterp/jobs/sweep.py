@@ -50,6 +50,7 @@ from distinterp.store import (
     read_progress,
     read_root_attrs,
 )
+from distinterp.store.snapshot import open_store, root_attrs
 
 logger = logging.getLogger(__name__)
 
@@ -505,7 +506,7 @@ class Cell:
 
 def _summarise(loc: Location, allow_partial: bool, thresholds: Thresholds | None, compute: bool) -> Cell:
     """Read one store (and let it go): what is missing, and unless told not to, its LLC and verdict."""
-    attrs = read_root_attrs(loc)
+    attrs = root_attrs(loc)
     if attrs is None:
         return Cell(missing="not started", problems="not started")
     cell = Cell()
@@ -518,7 +519,7 @@ def _summarise(loc: Location, allow_partial: bool, thresholds: Thresholds | None
         cell.missing = "incomplete: " + ", ".join(left)
     if not compute:
         return cell
-    tree = open_tree(loc)
+    tree = open_store(loc)
     cell.width = int(tree.dataset.sizes["chain"])
     try:
         res = compute_llc(tree, allow_partial=allow_partial, check=False)
