@@ -261,3 +261,21 @@ def test_pairs_are_balanced_over_ranks_whatever_the_chains_per_cell():
     assert ranks == [[("a", (0, 1, 2)), ("b", (0, 1, 2))], [("c", (0, 1, 2)), ("d", (0, 1, 2))]]
     three = [sum(len(c) for _, c in by_label(share(pairs[:9], (r, 2)))) for r in range(2)]
     assert three == [5, 4] and by_label(share(pairs[:9], (1, 2)))[0] == ("b", (2,))
+
+
+def test_a_store_whose_creator_died_between_an_array_folder_and_its_metadata_resumes(tmp_path):
+    """A kill between an array's folder and its zarr.json (as a killed grid can leave): the rerun
+    recreates that array instead of failing on zarr's warning about the unknown folder."""
+    import shutil
+
+    ds = token_dataset()
+    out = tmp_path / "a.zarr"
+    distinterp.sample(tiny_gpt2(), ds, {}, output_path=str(out), **OPTS)
+    meta = json.loads((out / "zarr.json").read_text())
+    del meta["attributes"]["completed"]
+    (out / "zarr.json").write_text(json.dumps(meta))
+    shutil.rmtree(out / "sampling_input_ids_micro")
+    (out / "sampling_input_ids_micro").mkdir()
+    distinterp.sample(tiny_gpt2(), ds, {}, output_path=str(out), **OPTS)
+    assert (out / "sampling_input_ids_micro" / "zarr.json").is_file()
+    assert json.loads((out / "zarr.json").read_text())["attributes"]["completed"] == 1
