@@ -114,7 +114,8 @@ def test_two_ranks_and_array_tasks_write_the_reference(reference, tmp_path):
 
 @pytest.mark.slow
 def test_killed_grid_resumes_to_the_reference(reference, tmp_path):
-    """SIGKILL a grid once its first cells are written; the rerun finishes it with the same bytes."""
+    """SIGKILL a grid once its first cells are written (`distinterp status ROOT` exits 1); the rerun
+    finishes it with the same bytes (status 0)."""
     root = tmp_path / "killed"
     env = {"PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen(
@@ -131,8 +132,12 @@ def test_killed_grid_resumes_to_the_reference(reference, tmp_path):
     kill_tree(proc)
     done = [p for p in root.glob("*.zarr") if zarr.open_group(str(p), mode="r").attrs.get("completed") == 1]
     assert len(list(root.glob("*.zarr"))) > 0 and len(done) < len(CELLS), "the kill did not land mid-grid"
+    from distinterp.jobs.cli import main
+
+    assert main(["status", str(root)]) == 1  # the root's stores, the unfinished ones named
     assert run(str(root)) is not None
     assert hashes(root) == hashes(reference)
+    assert main(["status", str(root)]) == 0
 
 
 def test_finished_grid_loads_nothing_and_changed_axes_are_refused(reference, tmp_path):
@@ -256,3 +261,21 @@ def test_pairs_are_balanced_over_ranks_whatever_the_chains_per_cell():
     assert ranks == [[("a", (0, 1, 2)), ("b", (0, 1, 2))], [("c", (0, 1, 2)), ("d", (0, 1, 2))]]
     three = [sum(len(c) for _, c in by_label(share(pairs[:9], (r, 2)))) for r in range(2)]
     assert three == [5, 4] and by_label(share(pairs[:9], (1, 2)))[0] == ("b", (2,))
+
+
+def test_a_store_whose_creator_died_between_an_array_folder_and_its_metadata_resumes(tmp_path):
+    """A kill between an array's folder and its zarr.json (as a killed grid can leave): the rerun
+    recreates that array instead of failing on zarr's warning about the unknown folder."""
+    import shutil
+
+    ds = token_dataset()
+    out = tmp_path / "a.zarr"
+    distinterp.sample(tiny_gpt2(), ds, {}, output_path=str(out), **OPTS)
+    meta = json.loads((out / "zarr.json").read_text())
+    del meta["attributes"]["completed"]
+    (out / "zarr.json").write_text(json.dumps(meta))
+    shutil.rmtree(out / "sampling_input_ids_micro")
+    (out / "sampling_input_ids_micro").mkdir()
+    distinterp.sample(tiny_gpt2(), ds, {}, output_path=str(out), **OPTS)
+    assert (out / "sampling_input_ids_micro" / "zarr.json").is_file()
+    assert json.loads((out / "zarr.json").read_text())["attributes"]["completed"] == 1
