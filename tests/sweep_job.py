@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
+import distinterp
 from distinterp.jobs.grid import sweep
-from distinterp.parallel.distributed import runtime
+from distinterp.parallel.distributed import runtime, solo
 from tests.conftest import SMALL, tiny_gpt2, token_dataset
 
 STEPS = (0, 10, 200)
@@ -69,8 +70,13 @@ def run(root: str, **overrides: Any) -> Any:
 def main(root: str, overrides: dict[str, Any]) -> None:
     """What the test's one torchrun launch does: block 0 of 4 of the grid (its 9 pairs split 5/4 over
     the ranks, one cell shared by both), then a one-cell grid whose loader fails on rank 1: each rank
-    writes the error it stopped with to ROOT.fail-RANK."""
+    writes the error it stopped with to ROOT.fail-RANK; then a 2-cell grid with fsdp_size 2 (ROOT.fsdp)
+    and one of its cells as a standalone sample() (ROOT.fsdp-alone.zarr)."""
     run(root, array_task=[0, 4], loads=f"{root}.loads", **overrides)
+    rank = runtime().rank
+    with solo():  # what a rank's share runs under: one process, but only the job's rank 0 draws progress
+        rt = runtime()
+        Path(f"{root}.solo-{rank}").write_text(json.dumps([rt.rank, rt.world_size, rt.shows_progress]))
 
     def broken() -> torch.nn.Module:
         if runtime().rank == 1:
@@ -81,6 +87,13 @@ def main(root: str, overrides: dict[str, Any]) -> None:
         sweep({0: broken}, datasets()["a"], output_path=f"{root}.failing", **OPTS)
     except Exception as e:  # noqa: BLE001 - written for the test to read
         Path(f"{root}.fail-{runtime().rank}").write_text(f"{type(e).__name__}: {e}")
+    # fsdp_size 2: every rank runs every cell, each chain sharded over both; and one cell standalone
+    sharded = {**OPTS, "num_chains": 2, "fsdp_size": 2}
+    data = datasets()["a"]
+    sweep(checkpoint(0), data, output_path=f"{root}.fsdp", grid={"lr": [1e-3, 2e-3]}, **sharded)
+    distinterp.sample(
+        checkpoint(0), data, {}, output_path=f"{root}.fsdp-alone.zarr", **{**sharded, "lr": 2e-3}
+    )
 
 
 if __name__ == "__main__":

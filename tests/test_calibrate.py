@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import distinterp
@@ -101,6 +102,34 @@ def test_a_cut_cell_must_show_it_settled():
 def test_rule_refuses_to_choose_without_a_healthy_positive_cell():
     picked = choose(LR, [0] * 4, [0.1, -0.2, np.nan, 3.0], [0.01] * 4, [False, True, True, False])
     assert picked.lr is None and "no cell is healthy" in picked.reason
+
+
+def test_a_cell_whose_every_chain_diverged_is_unhealthy_not_unfinished(tmp_path):
+    """A grid's largest lr diverging in every chain is a finished, unhealthy cell (NaN LLC, named in
+    attrs['missing']), not an unfinished store that stops the choice (the 13,200-parameter network's
+    lr 1e-3 cell at localization 0 did, on the default grid)."""
+    from distinterp import toy
+
+    with pytest.warns(UserWarning, match="diverged"):
+        cal = calibrate(
+            toy.Monomials((1, 2)),
+            torch.zeros((8, 2), dtype=torch.int64),
+            {},
+            output_path=str(tmp_path / "cal"),
+            grid={"lr": [1e-3, 3e-3, 1e3]},
+            loss_fn=toy.monomial_loss,
+            n_beta=100.0,
+            batch_size=1,
+            num_init_loss_batches=1,
+            num_chains=2,
+            num_draws=100,
+            scale_draws=False,
+        )
+    assert cal is not None  # the rule ran on the finished cells (too short here to be healthy)
+    table = cal.table
+    assert np.isfinite(table.llc_mean.values[:2]).all()
+    assert np.isnan(float(table.llc_mean[2])) and not bool(table.healthy[2])
+    assert table.attrs["missing"] == ["lr=1000"]
 
 
 def test_grid_cells_labels_and_parsing():

@@ -78,16 +78,23 @@ def test_every_cell_equals_a_standalone_sample(reference, tmp_path):
     assert [a[0] for a in record["axes"]] == ["checkpoint", "restriction", "dataset"]
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_two_ranks_and_array_tasks_write_the_reference(reference, tmp_path):
     """Array task 0 of 4 on 2 torchrun ranks (9 pairs: 5 and 4, one cell shared) while tasks 1-3 run in
     this process: the reference's bytes. Each rank loads each checkpoint it runs once. In the same
-    launch, a grid whose loader fails on rank 1 stops both ranks, rank 0 naming rank 1 and the error."""
+    launch, a grid whose loader fails on rank 1 stops both ranks, rank 0 naming rank 1 and the error, and
+    a grid with fsdp_size 2 runs each cell over both ranks, equal to the standalone sharded sample()."""
     root = tmp_path / "grid"
     proc = torchrun(2, root, {"launch": True}, module=JOB)
     for task in range(1, 4):
         run(str(root), array_task=[task, 4])
     finish(proc)
     assert hashes(root) == hashes(reference)
+    assert [json.loads((tmp_path / f"grid.solo-{r}").read_text()) for r in (0, 1)] == [
+        [0, 1, True],
+        [0, 1, False],
+    ]
     loads = (tmp_path / "grid.loads").read_text().split("\n")
     assert sorted(x for x in loads if x) == ["0 0", "1 0"], loads  # block 0: cells of checkpoint 0 only
     assert (tmp_path / "grid.fail-1").read_text() == "RuntimeError: checkpoint 0 is corrupt on this node"
@@ -95,10 +102,20 @@ def test_two_ranks_and_array_tasks_write_the_reference(reference, tmp_path):
     assert "checkpoint 0 is corrupt" in (tmp_path / "grid.fail-0").read_text()
     table = aggregate_sweep(str(root))
     assert table.llc_per_chain.equals(aggregate_sweep(str(reference)).llc_per_chain)
+    cell = tmp_path / "grid.fsdp" / "checkpoint=model+lr=0.002.zarr"  # fsdp_size 2: the collective path
+    assert tree_hash(cell) == tree_hash(tmp_path / "grid.fsdp-alone.zarr")
+    assert aggregate_sweep(str(tmp_path / "grid.fsdp")).llc_mean.dims == (
+        "checkpoint",
+        "restriction",
+        "dataset",
+        "lr",
+    )
 
 
+@pytest.mark.slow
 def test_killed_grid_resumes_to_the_reference(reference, tmp_path):
-    """SIGKILL a grid once its first cells are written; the rerun finishes it with the same bytes."""
+    """SIGKILL a grid once its first cells are written (`distinterp status ROOT` exits 1); the rerun
+    finishes it with the same bytes (status 0)."""
     root = tmp_path / "killed"
     env = {"PYTHONPATH": PYTHONPATH, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen(
@@ -115,8 +132,12 @@ def test_killed_grid_resumes_to_the_reference(reference, tmp_path):
     kill_tree(proc)
     done = [p for p in root.glob("*.zarr") if zarr.open_group(str(p), mode="r").attrs.get("completed") == 1]
     assert len(list(root.glob("*.zarr"))) > 0 and len(done) < len(CELLS), "the kill did not land mid-grid"
+    from distinterp.jobs.cli import main
+
+    assert main(["status", str(root)]) == 1  # the root's stores, the unfinished ones named
     assert run(str(root)) is not None
     assert hashes(root) == hashes(reference)
+    assert main(["status", str(root)]) == 0
 
 
 def test_finished_grid_loads_nothing_and_changed_axes_are_refused(reference, tmp_path):
@@ -141,6 +162,8 @@ def test_finished_grid_loads_nothing_and_changed_axes_are_refused(reference, tmp
         sweep(models, data["a"], output_path=str(fresh), grid={"lrr": [1e-3]}, **OPTS)
     with pytest.raises(ValueError, match=r"unknown placeholder\(s\) \['X'\]"):
         sweep(models, data["a"], output_path=str(fresh), restrictions={"l{X}": "l{X}"}, **OPTS)
+    with pytest.raises(ValueError, match=r"restrictions\['late'\]: restriction 'l5h0': .*l0 to l0"):
+        sweep(models, data["a"], output_path=str(fresh), restrictions={"late": "l5h0"}, **OPTS)
     with pytest.raises(ValueError, match="restriction name 'l0 mlp'"):
         sweep(models, data["a"], output_path=str(fresh), restrictions={"l0 mlp": "l0 mlp"}, **OPTS)
     assert not fresh.exists()
@@ -173,7 +196,7 @@ def test_sampler_grid_and_generators(tmp_path):
 def test_cli_sweep_cells_equal_distinterp_sample_and_trajectory_takes_a_restriction(tmp_path, capsys):
     """`distinterp sweep CONFIG`: 2 state-dict checkpoints x every head, parallel.chains_per_batch
     honoured; a cell's store equals `distinterp sample` of it with that weight_restriction (same recorded
-    settings). weight_restriction is refused by name for a sweep, and honoured by a trajectory."""
+    settings). weight_restriction is refused by name for a sweep, and honoured by calibrate and trajectory."""
     import yaml
 
     from distinterp import toy
@@ -210,8 +233,49 @@ def test_cli_sweep_cells_equal_distinterp_sample_and_trajectory_takes_a_restrict
     capsys.readouterr()
     assert main(["sweep", str(tmp_path / "g.yaml"), "--set", "weight_restriction=l0h1"]) == 2
     assert "weight_restriction: a sweep job sets its own per cell" in capsys.readouterr().err
+    cal = {k: v for k, v in alone.items() if k != "weight_restriction"} | {"weight_restriction": "l0h1"}
+    cal |= {"output_path": str(tmp_path / "cal"), "grid": {"lr": [1e-3]}, "scale_draws": False}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cal))
+    assert main(["calibrate", str(tmp_path / "c.yaml")]) == 0  # every cell samples head l0h1 only
+    attrs = json.loads((tmp_path / "cal" / "lr=0.001.zarr" / "zarr.json").read_text())["attributes"]
+    assert (
+        attrs["distinterp"]["identity"]["param_masks"]
+        == json.loads((tmp_path / "alone.zarr" / "zarr.json").read_text())["attributes"]["distinterp"][
+            "identity"
+        ]["param_masks"]
+    )
     traj = {k: v for k, v in config.items() if k != "restrictions"} | {"weight_restriction": "l0h1"}
     traj["output_path"] = str(tmp_path / "traj")
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(traj))
     assert main(["trajectory", str(tmp_path / "t.yaml")]) == 0
     assert tree_hash(tmp_path / "traj" / "step300.zarr") == tree_hash(tmp_path / "alone.zarr")
+
+
+def test_pairs_are_balanced_over_ranks_whatever_the_chains_per_cell():
+    """4 cells x 3 chains over 2 ranks: 6 pairs each (a store-at-a-time split would give rank 0 eight
+    chains and rank 1 four); blocks stay contiguous, so a checkpoint's cells stay together on a rank."""
+    from distinterp.jobs.sweep import by_label, share
+
+    pairs = [(cell, c) for cell in "abcd" for c in range(3)]
+    ranks = [by_label(share(pairs, (r, 2))) for r in range(2)]
+    assert ranks == [[("a", (0, 1, 2)), ("b", (0, 1, 2))], [("c", (0, 1, 2)), ("d", (0, 1, 2))]]
+    three = [sum(len(c) for _, c in by_label(share(pairs[:9], (r, 2)))) for r in range(2)]
+    assert three == [5, 4] and by_label(share(pairs[:9], (1, 2)))[0] == ("b", (2,))
+
+
+def test_a_store_whose_creator_died_between_an_array_folder_and_its_metadata_resumes(tmp_path):
+    """A kill between an array's folder and its zarr.json (as a killed grid can leave): the rerun
+    recreates that array instead of failing on zarr's warning about the unknown folder."""
+    import shutil
+
+    ds = token_dataset()
+    out = tmp_path / "a.zarr"
+    distinterp.sample(tiny_gpt2(), ds, {}, output_path=str(out), **OPTS)
+    meta = json.loads((out / "zarr.json").read_text())
+    del meta["attributes"]["completed"]
+    (out / "zarr.json").write_text(json.dumps(meta))
+    shutil.rmtree(out / "sampling_input_ids_micro")
+    (out / "sampling_input_ids_micro").mkdir()
+    distinterp.sample(tiny_gpt2(), ds, {}, output_path=str(out), **OPTS)
+    assert (out / "sampling_input_ids_micro" / "zarr.json").is_file()
+    assert json.loads((out / "zarr.json").read_text())["attributes"]["completed"] == 1

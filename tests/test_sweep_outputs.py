@@ -4,6 +4,7 @@ susceptibility table and per-token vectors, and BIF summaries per checkpoint."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -255,8 +256,72 @@ def test_grid_analyses_refuse_a_root_without_a_baseline_or_axes(tmp_path: Path, 
     (copy / "distinterp-sweep.json").write_text(
         json.dumps({**record, "restrictions": {**RESTRICTIONS, "full": "l0"}})
     )
-    with pytest.raises(AnalysisInputError, match="unrestricted baseline; add one with pattern None"):
+    with pytest.raises(AnalysisInputError, match="need an unrestricted baseline; add one with pattern None"):
         susceptibility_table(str(copy))
     (copy / "distinterp-sweep.json").write_text(json.dumps({**record, "axes": None, "kind": "trajectory"}))
     with pytest.raises(AnalysisInputError, match="trajectory root without axes"):
         GridCells.open(str(copy))
+
+
+def test_aggregator_reads_s3_stores_as_open_tree_does(
+    grid: tuple[Path, xr.Dataset], s3_server: Any, s3_url: str
+) -> None:
+    """Part of the grid copied to S3 aggregates to the local table (each store's metadata read in one LIST and a
+    GET per array, see store/snapshot.py); open_store equals open_tree there; a missing store is None."""
+    import json
+
+    import fsspec
+
+    from distinterp.jobs.sweep import aggregate_sweep
+    from distinterp.store import Location, open_tree, read_root_attrs
+    from distinterp.store.snapshot import open_store, root_attrs
+
+    root, table = grid
+    options = s3_server.storage_options
+    fs = fsspec.filesystem("s3", **options)
+    # a grid of its own on S3: checkpoint 100's full and l0h1 stores (few files to upload)
+    record = json.loads((root / "distinterp-sweep.json").read_text())
+    labels = ["checkpoint=100+restriction=full", "checkpoint=100+restriction=l0h1"]
+    axes = [["checkpoint", ["100"]], ["restriction", ["full", "l0h1"]], ["dataset", ["default"]]]
+    bucket = s3_url.removeprefix("s3://")
+    fs.pipe_file(
+        f"{bucket}/distinterp-sweep.json", json.dumps({**record, "labels": labels, "axes": axes}).encode()
+    )
+    for label in labels:
+        fs.put(str(root / f"{label}.zarr"), f"{bucket}/{label}.zarr", recursive=True)
+    remote = aggregate_sweep(s3_url, storage_options=options)
+    want = table[list(remote.data_vars)].sel(checkpoint=["100"], restriction=["full", "l0h1"])
+    xr.testing.assert_identical(remote.drop_attrs(), want.drop_attrs())
+    store = Location(f"{s3_url}/checkpoint=100+restriction=l0h1.zarr", options)
+    xr.testing.assert_identical(open_store(store).dataset.load(), open_tree(store).dataset.load())
+    assert root_attrs(store) == read_root_attrs(store)
+    assert root_attrs(Location(f"{s3_url}/nothing.zarr", options)) is None
+
+
+def test_length_one_axes_make_no_panels() -> None:
+    """A sweep's table always has every axis; one of length 1 (the default dataset, a single setting) adds
+    no panel and no title."""
+    table = grid_table(missing=False).isel(dataset=[0]).expand_dims(init_seed=[0])
+    fig = heatmap_figure(table)
+    assert fig.data["panels"] == ["all cells"]
+    assert [f.name for f in grid_figures(table)] == ["grid_heatmap", "grid_training"]
+
+
+def test_susceptibilities_without_a_baseline_are_refused_before_sampling(tmp_path: Path) -> None:
+    import distinterp
+    from distinterp.analyses.bif import AnalysisInputError
+    from tests.conftest import SMALL, tiny_gpt2, token_dataset
+
+    ds = token_dataset(16)
+    for restrictions in (None, {"l0h0": "l0h0", "l0h1": "l0h1"}, {"full": None}):
+        with pytest.raises(AnalysisInputError, match="restrictions: analyses 'susceptibilities' need"):
+            distinterp.sweep(
+                tiny_gpt2(),
+                ds,
+                {"train": ds},
+                output_path=str(tmp_path / "g"),
+                restrictions=restrictions,
+                analyses=("llc", "susceptibilities"),
+                **SMALL,
+            )
+        assert not (tmp_path / "g").exists()

@@ -190,3 +190,22 @@ def test_report_of_a_trajectory_root_draws_the_llc_over_training(reference, tmp_
     fig = trajectory_figure(table.assign(healthy=("checkpoint", [True, False, True])), log_step=True)
     assert fig.data["healthy"].tolist() == [True, False, True] and "Unhealthy: 10" in fig.caption
     np.testing.assert_array_equal(fig.data["step"], [0, 10, 200])
+
+
+def test_a_version_1_root_still_aggregates_and_continues(reference, tmp_path):
+    """A root written before records named their axes (version 1): aggregated as before, and a rerun with
+    the same settings is accepted (compared in its own form), leaving its record as it was."""
+    import shutil
+
+    from distinterp.jobs.sweep import legacy
+
+    root = tmp_path / "v1"
+    shutil.copytree(reference, root)
+    record = json.loads((root / RECORD).read_text())
+    assert record["version"] == 2 and record["axes"] == [["checkpoint", ["0", "10", "200"]]]
+    (root / RECORD).write_text(json.dumps(legacy(record)))
+    old = aggregate_sweep(str(root))
+    assert old.llc_per_chain.equals(aggregate_sweep(str(reference)).llc_per_chain)
+    assert list(old.step.values) == [0, 10, 200]
+    assert run(str(root)) is not None
+    assert json.loads((root / RECORD).read_text()) == legacy(record)

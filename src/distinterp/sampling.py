@@ -315,7 +315,7 @@ def _run_my_chains(
         )
     reporter = (
         ProgressReporter(store, plan, initial=initial, resumable=bool(checkpoint_every))
-        if plan.is_coordinator
+        if plan.runtime.shows_progress
         else None
     )
     writer = store.writer() if plan.is_writer else None

@@ -166,7 +166,7 @@ def choose(
             float(lr_a[i]),
             (i,),
             f"UNCONFIRMED: no two neighbouring lr are both equilibrated; lr={lr_a[i]:g} is the smallest "
-            f"healthy lr (LLC {mean[i]:.4g})",
+            f"healthy lr (LLC {mean[i]:.4g} +- {sem[i]:.2g})",
             False,
             float(mean[i]),
             estimate_se=float(sem[i]),
@@ -186,7 +186,7 @@ def choose(
             float(lr_a[a]),
             tuple(fit),
             f"UNCONFIRMED: smallest equilibrated lr {values}; log-slope {slope:.2f} > {FIRST_ORDER_SLOPE:g} "
-            f"is not first order, so lr={lr_a[a]:g}'s own estimate",
+            f"is not first order, so lr={lr_a[a]:g}'s own estimate ({mean[a]:.4g} +- {sem[a]:.2g})",
             False,
             float(mean[a]),
             estimate_se=float(sem[a]),

@@ -80,18 +80,28 @@ class GridCells:
     def full_restriction(self) -> str:
         """The restriction that samples every weight (pattern None): susceptibilities' baseline."""
         names = self.axes.get("restriction", [])
-        full = [n for n in names if self.restrictions.get(n, "?") in (None, "full")]
-        if not full:
-            raise AnalysisInputError(
-                f"restrictions: susceptibilities need an unrestricted baseline; add one with pattern None "
-                f"(e.g. restrictions={{'full': None, ...}}), got {names}"
-            )
-        return str(full[0])
+        check_baseline({n: self.restrictions.get(n, "?") for n in names})
+        return str(next(n for n in names if self.restrictions.get(n, "?") in (None, "full")))
 
     def outer(self) -> list[dict[str, Any]]:
         """Every setting of the axes other than restriction: one susceptibility table each."""
         others = {k: v for k, v in self.axes.items() if k != "restriction"}
         return [dict(zip(others, values)) for values in itertools.product(*others.values())]
+
+
+def check_baseline(restrictions: Mapping[str, Any] | None) -> None:
+    """Refuse, before any sampling, a grid asked for susceptibilities without an unrestricted restriction
+    (pattern None or 'full') and at least one other."""
+    patterns = dict(restrictions or {})
+    if not any(p is None or p == "full" for p in patterns.values()):
+        raise AnalysisInputError(
+            f"restrictions: analyses 'susceptibilities' need an unrestricted baseline; add one with pattern "
+            f"None (e.g. restrictions={{'full': None, ...}}), got {list(patterns)}"
+        )
+    if len(patterns) < 2:
+        raise AnalysisInputError(
+            "restrictions: analyses 'susceptibilities' need a restriction besides the unrestricted baseline"
+        )
 
 
 def _read_record(root: Location) -> dict[str, Any]:

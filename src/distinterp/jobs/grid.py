@@ -41,6 +41,7 @@ from distinterp.jobs.sweep import (
     aggregate_sweep,
     check_label,
     read_record,
+    restriction_masks,
     run_sweep,
     sample_arguments,
     stores_complete,
@@ -136,9 +137,9 @@ def expand_restrictions(
 def _expand_once(
     restrictions: Mapping[str, Any], models: Models, first: Run, root: Location
 ) -> dict[str, Any]:
-    """expand_restrictions on rank 0, its answer or its error on every rank. Only a generator loads a
-    model (the first checkpoint, for its layout), and not when the root already records this generator's
-    expansion (a rerun of a finished grid loads nothing)."""
+    """expand_restrictions on rank 0, every pattern checked on the first checkpoint (loaded once, for
+    the generators' layout too), its answer or its error on every rank; not when the root already records
+    these restrictions' expansion (a rerun of a finished grid loads nothing)."""
     rt = runtime()
     out: dict[str, Any] | None = None
     error: BaseException | None = None
@@ -149,6 +150,9 @@ def _expand_once(
                 out = dict(stored["restrictions"])
             else:
                 out = expand_restrictions(restrictions, lambda: models.get(first))
+                for name, pattern in out.items():  # a bad pattern fails now, not after cells have run
+                    if pattern is not None:
+                        restriction_masks(models.get(first), pattern, f"restrictions[{name!r}]")
         except BaseException as e:  # noqa: BLE001 - re-raised below, on every rank
             error = e
     out, error = rt.broadcast((out, error))
@@ -268,6 +272,10 @@ def sweep(
         output_path = temporary_root(KIND)
     root = Location(str(output_path), dict(storage_options or {}))
     restricted = {ALL: None} if restrictions is None else _expand_once(restrictions, models, first_run, root)
+    if "susceptibilities" in analyses:  # its baseline checked before any work, not after the sampling
+        from distinterp.analyses.grid import check_baseline
+
+        check_baseline(None if restrictions is None else restricted)
     for name in restricted:
         check_label(name, "restriction name")
     fields = _grid(grid)

@@ -32,7 +32,12 @@ def is_grid(table: xr.Dataset) -> bool:
 
 def panel_dims(table: xr.Dataset) -> list[str]:
     """The axes beside restriction and checkpoint: one heatmap panel per combination of their values."""
-    return [d for d in table.llc_mean.dims if d not in ("restriction", "checkpoint")]
+    return [d for d in table.llc_mean.dims if d not in ("restriction", "checkpoint") and table.sizes[d] > 1]
+
+
+def _squeeze(da: xr.DataArray) -> xr.DataArray:
+    """da without its length-1 axes other than restriction and checkpoint (no panel of their own)."""
+    return da.isel({d: 0 for d in da.dims if d not in ("restriction", "checkpoint") and da.sizes[d] == 1})
 
 
 def panels(table: xr.Dataset) -> list[dict[str, Any]]:
@@ -51,7 +56,7 @@ def _value(v: Any) -> str:
 
 def _matrix(table: xr.Dataset, name: str, selector: dict[str, int]) -> np.ndarray:
     """`name` of one panel as a (restriction, checkpoint) matrix (a missing axis is length 1)."""
-    da = table[name].isel(selector)
+    da = _squeeze(table[name].isel(selector))
     for d in ("restriction", "checkpoint"):
         if d not in da.dims:
             da = da.expand_dims(d)
@@ -168,6 +173,7 @@ def training_figure(table: xr.Dataset) -> ReportFigure | None:
             if "dataset" in table.llc_mean.dims:
                 sel["dataset"] = di
             cell = table.isel(sel)
+            cell = cell.isel({d: 0 for d in cell.llc_mean.dims if d != "checkpoint" and cell.sizes[d] == 1})
             mean = cell.llc_mean.values.astype(float)
             std = cell.llc_std.values.astype(float) if "llc_std" in cell else np.zeros_like(mean)
             healthy = cell.healthy.values.astype(bool) if "healthy" in cell else np.ones_like(mean, bool)

@@ -19,6 +19,7 @@ import logging
 import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ from distinterp.config import SamplerConfig, merge_rmsprop_aliases
 from distinterp.data import fingerprint, input_ids_tensor
 from distinterp.errors import SweepError
 from distinterp.identity import INPUTS, WHERE, sweep_identity
-from distinterp.masks import ParamMasks
+from distinterp.masks import ParamMasks, WeightRestrictionError, create_param_masks
 from distinterp.parallel.distributed import Runtime, runtime, solo
 from distinterp.parallel.plan import array_task_chains
 from distinterp.paths import sibling
@@ -44,11 +45,13 @@ from distinterp.store import (
     Location,
     StoreConfigMismatch,
     StoreError,
+    check_reachable,
     mark_completed,
     open_tree,
     read_progress,
     read_root_attrs,
 )
+from distinterp.store.snapshot import open_store, root_attrs
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +147,9 @@ def read_record(root: Location) -> dict[str, Any] | None:
         if root.is_local:
             path = root.local_path / RECORD
             return json.loads(path.read_text()) if path.is_file() else None
+        check_reachable(
+            root
+        )  # an endpoint that does not answer fails in one line, not after botocore's retries
         fs, base = _fs(root)
         path = f"{base.rstrip('/')}/{RECORD}"
         return json.loads(fs.cat_file(path)) if fs.exists(path) else None
@@ -240,6 +246,26 @@ def steps_done(location: Location) -> np.ndarray | None:
         return None
 
 
+LOOKUPS = 16
+"""Stores whose progress rank 0 reads at once when a sweep starts (on S3 each read is a round trip)."""
+
+
+def pairs_left(
+    root: Location, blocks: Sequence[tuple[str, tuple[int, ...]]], num_steps: Mapping[str, int]
+) -> list[Pair]:
+    """The (label, chain) pairs of these blocks that their stores do not yet hold in full, in order;
+    the stores are read LOOKUPS at a time."""
+
+    def left(block: tuple[str, tuple[int, ...]]) -> list[Pair]:
+        label, chains = block
+        return [(label, c) for c in chains_left(child(root, label), chains, num_steps[label])]
+
+    if len(blocks) <= 1:
+        return [pair for block in blocks for pair in left(block)]
+    with ThreadPoolExecutor(min(LOOKUPS, len(blocks))) as pool:
+        return [pair for pairs in pool.map(left, blocks) for pair in pairs]
+
+
 def chains_done(location: Location, chains: Sequence[int], num_steps: int) -> bool:
     """Whether every one of these chains is durably complete in the store (False when there is none)."""
     return read_root_attrs(location) is not None and not chains_left(location, chains, num_steps)
@@ -297,8 +323,6 @@ class Models:
 
 def restriction_masks(model: torch.nn.Module, restriction: str | list[str], label: str) -> ParamMasks:
     """create_param_masks of one store's restriction, its errors naming the store."""
-    from distinterp.masks import WeightRestrictionError, create_param_masks
-
     try:
         return create_param_masks(model, restriction)
     except WeightRestrictionError as e:
@@ -371,9 +395,7 @@ def run_sweep(
         try:
             fresh = read_record(root) is None
             write_record(root, record)
-            for label, chains in by_label(mine):
-                left = chains_left(child(root, label), chains, configs[label].num_sgld_steps)
-                todo += [(label, c) for c in left]
+            todo = pairs_left(root, by_label(mine), {k: c.num_sgld_steps for k, c in configs.items()})
         except BaseException as e:  # noqa: BLE001 - re-raised below, on every rank
             error = e
     todo, error = rt.broadcast((todo, error))
@@ -475,6 +497,9 @@ class Cell:
     """One store's share of the aggregate: LLC per chain (chains the estimate used), health, or why not."""
 
     missing: str | None = None
+    unusable: str | None = None
+    """A finished store with no chain to use (every chain diverged): NaN and unhealthy, not a reason to
+    refuse the root (a calibration grid's largest lr diverges as a matter of course)."""
     chains: list[int] = field(default_factory=list)
     per_chain: list[float] = field(default_factory=list)
     mean: float = float("nan")
@@ -488,7 +513,7 @@ class Cell:
 
 def _summarise(loc: Location, allow_partial: bool, thresholds: Thresholds | None, compute: bool) -> Cell:
     """Read one store (and let it go): what is missing, and unless told not to, its LLC and verdict."""
-    attrs = read_root_attrs(loc)
+    attrs = root_attrs(loc)
     if attrs is None:
         return Cell(missing="not started", problems="not started")
     cell = Cell()
@@ -501,15 +526,16 @@ def _summarise(loc: Location, allow_partial: bool, thresholds: Thresholds | None
         cell.missing = "incomplete: " + ", ".join(left)
     if not compute:
         return cell
-    tree = open_tree(loc)
+    tree = open_store(loc)
     cell.width = int(tree.dataset.sizes["chain"])
     try:
         res = compute_llc(tree, allow_partial=allow_partial, check=False)
         cell.chains = [int(c) for c in res.attrs["chains"]]
         cell.per_chain = [float(v) for v in res.llc_per_chain.values]
         cell.mean, cell.std = float(res.llc_mean), float(res.llc_std)
-    except IncompleteStoreError:
-        cell.missing = cell.missing or "no complete chain"
+    except IncompleteStoreError:  # an unfinished store says so in `missing` already
+        if cell.missing is None:
+            cell.unusable = "no complete, finite chain"
     verdict = diagnose(tree, thresholds=thresholds)
     cell.rhat, cell.ess = float(verdict.checks.rhat), float(verdict.checks.ess_bulk)
     cell.healthy = bool(verdict.healthy)
@@ -577,7 +603,8 @@ def aggregate_sweep(
         "rhat": np.asarray([c.rhat for c in cells]),
         "ess_bulk": np.asarray([c.ess for c in cells]),
     }
-    attrs = {"kind": record["kind"], "root": str(root), "missing": sorted(missing)}
+    unusable = [label for label, c in zip(labels, cells) if c.unusable]
+    attrs = {"kind": record["kind"], "root": str(root), "missing": sorted([*missing, *unusable])}
     axes = record_axes(record)
     shape = tuple(len(values) for _, values in axes)
     dims = tuple(name for name, _ in axes)

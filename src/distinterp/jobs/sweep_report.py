@@ -84,7 +84,11 @@ def calibration_figure(table: xr.Dataset) -> ReportFigure:
         ax.plot(lr[i], mean[i], "*", ms=16, color="k", label="choice")
     estimate = table.attrs.get("estimate", float("nan"))
     if np.isfinite(estimate):
-        ax.axhline(estimate, color="k", ls=":", lw=1, label=f"rule's estimate {estimate:.4g}")
+        se = float(table.attrs.get("estimate_se", float("nan")))
+        label = f"rule's estimate {estimate:.4g}" + (f" +- {se:.2g} (s.e.)" if np.isfinite(se) else "")
+        ax.axhline(estimate, color="k", ls=":", lw=1, label=label)
+        if np.isfinite(se):
+            ax.axhspan(estimate - 2 * se, estimate + 2 * se, color="k", alpha=0.08, lw=0)
     ax.set_xscale("log")
     finite = mean[np.isfinite(mean)]
     if finite.size and (finite > 0).all() and finite.max() / finite.min() > 30:

@@ -24,6 +24,7 @@ class Runtime:
     world_size: int = 1
     local_rank: int = 0
     local_world_size: int = 1  # ranks on this node
+    job_rank: int | None = None  # inside solo(): this process's rank in the whole job
 
     @property
     def spans_nodes(self) -> bool:
@@ -38,6 +39,12 @@ class Runtime:
     def is_coordinator(self) -> bool:
         """Rank 0 owns every job-wide side effect: store creation, the progress display, analyses."""
         return self.rank == 0
+
+    @property
+    def shows_progress(self) -> bool:
+        """Whether this process draws the live progress display: rank 0 of the job, so that ranks running
+        their own shares under solo() do not each draw one."""
+        return self.rank == 0 and not self.job_rank
 
     def default_device(self) -> torch.device:
         """cuda:LOCAL_RANK when CUDA is there, else CPU."""
@@ -105,7 +112,8 @@ def runtime() -> Runtime:
     """
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if _SOLO[0]:
-        return Runtime(local_rank=local_rank)
+        job_rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        return Runtime(local_rank=local_rank, job_rank=job_rank)
     if dist.is_available() and dist.is_initialized():
         world_size = dist.get_world_size()
         local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,7 +170,9 @@ def ensure(location: Location, schema: Schema) -> None:
     except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError, FileExistsError):
         check_existing(location, schema)  # raced with another creator, or resuming: same config or refuse
         root = zarr.open_group(store, mode="r+")
-    existing = set(root.array_keys())
+    with warnings.catch_warnings():  # a creator killed between an array's folder and its zarr.json
+        warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)  # left a folder zarr skips: recreate it
+        existing = set(root.array_keys())
     missing: dict[str, Any] = {
         name: spec.metadata() for name, spec in schema.arrays.items() if name not in existing
     }
