@@ -49,8 +49,8 @@ class RunningLLC:
     def __init__(self, store: SampleStore | Location, num_chains: int, n_beta: float):
         location = store.location if isinstance(store, SampleStore) else store
         zstore = location.zarr_store(read_only=True)
-        self.losses = zarr.open_array(zstore, path="sampling_loss_micro", mode="r")
-        self.init = zarr.open_array(zstore, path="init_loss", mode="r")
+        self.losses = zarr.open_array(zstore, path="sampling_loss_micro", mode="r", zarr_format=3)
+        self.init = zarr.open_array(zstore, path="init_loss", mode="r", zarr_format=3)
         self.n_beta = n_beta
         self.folded = np.zeros(num_chains, dtype=np.int64)  # steps of each chain already summed
         self.sums = np.zeros(num_chains)

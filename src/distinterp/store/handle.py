@@ -4,7 +4,7 @@ the reading handle analyses, inspection, verification and status receive (`Sampl
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,13 +17,13 @@ from distinterp.store.open import (
     check_reachable,
     ensure,
     mark_completed,
-    open_tree,
     read_progress,
     read_root_attrs,
     require_store,
     write_once,
 )
 from distinterp.store.schema import Schema
+from distinterp.store.snapshot import open_store
 from distinterp.store.writer import StoreWriter
 
 
@@ -38,6 +38,8 @@ class SampleStore:
 
     location: Location
     schema: Schema | None = None
+    known: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Metadata of the arrays this process created (create()), opened later without reading them."""
 
     @classmethod
     def at(
@@ -102,7 +104,7 @@ class SampleStore:
 
     def create(self) -> None:
         """Create the store's arrays and metadata (rank 0; idempotent)."""
-        ensure(self.location, self.schema_for("create()"))
+        self.known.update(ensure(self.location, self.schema_for("create()")))
 
     def write_once(self, name: str, values: np.ndarray) -> None:
         """Write a whole array that every start writes with the same bytes (input ids, n_beta)."""
@@ -110,7 +112,7 @@ class SampleStore:
 
     def progress(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-chain (steps durably written, step at which the chain diverged or -1)."""
-        return read_progress(self.location)
+        return read_progress(self.location, self.known)
 
     def root_attrs(self) -> dict[str, Any] | None:
         """The root group's attributes (None before the store exists)."""
@@ -118,15 +120,15 @@ class SampleStore:
 
     def writer(self) -> StoreWriter:
         """The background writer of this rank's chains' rows."""
-        return StoreWriter(self.location, self.schema_for("writer()"))
+        return StoreWriter(self.location, self.schema_for("writer()"), known=self.known)
 
     def mark_completed(self) -> None:
         """Set `completed: 1` once every chain is done (rank 0)."""
         mark_completed(self.location)
 
     def open(self) -> xr.DataTree:
-        """The store as a lazily loaded DataTree."""
-        return open_tree(self.location)
+        """The store as a lazily loaded DataTree (on an object store, its metadata read in few requests)."""
+        return open_store(self.location)
 
     def __str__(self) -> str:
         return str(self.location)

@@ -128,12 +128,15 @@ class Location:
         )
 
     def fsspec_options(self) -> dict[str, Any]:
-        """storage_options, with botocore's standard retries on S3 unless the user chose their own."""
+        """storage_options, with botocore's standard retries on S3 unless the user chose their own, and
+        s3fs's max_concurrency 1 unless chosen: above 1, s3fs sends a HEAD before every whole-object GET
+        (to split objects over its block size into parallel ranged reads), doubling a store's small reads."""
         options = dict(self.storage_options)
         if self.url.startswith(("s3://", "s3a://")):
             config = dict(options.get("config_kwargs", {}))
             config.setdefault("retries", {"max_attempts": 10, "mode": "standard"})
             options["config_kwargs"] = config
+            options.setdefault("max_concurrency", 1)
         return options
 
     def sibling(self, kind: str, name: str = "") -> Location:

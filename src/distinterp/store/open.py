@@ -3,15 +3,25 @@ completion."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.abc.store import Store
+from zarr.core.array import AsyncArray
+from zarr.core.array_spec import ArrayConfig
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.metadata.v3 import ArrayV3Metadata
+from zarr.core.sync import sync
+from zarr.storage import StorePath
 
 from distinterp.errors import StoreConfigMismatch, StoreError
 from distinterp.store.location import Location, redact
@@ -66,8 +76,16 @@ def check_reachable(location: Location) -> bool:
     """Fail fast, in one line, when a remote store's endpoint does not answer (a wrong endpoint_url, a server
     that is down): one quick request, where botocore's standard retries would take a minute in silence.
     Returns whether a store (its zarr.json) is there."""
+    return root_document(location) is not None
+
+
+def root_document(location: Location) -> bytes | None:
+    """The store's root zarr.json (None when there is none), read in one request that is also the
+    reachability check: a GET (a missing key costs no more, where a HEAD is followed by a LIST on S3).
+    StoreError, fast, when a remote endpoint, its credentials or its bucket cannot be reached."""
     if location.is_local:
-        return (location.local_path / "zarr.json").is_file()
+        file = location.local_path / "zarr.json"
+        return file.read_bytes() if file.is_file() else None
     import fsspec
 
     protocol, _, path = location.url.partition("://")
@@ -78,10 +96,10 @@ def check_reachable(location: Location) -> bool:
         options["config_kwargs"] = config
     try:
         fs = fsspec.filesystem(protocol, skip_instance_cache=True, **options)
-        fs.info(f"{path.rstrip('/')}/zarr.json")
-    except FileNotFoundError:  # reachable; no store there yet (but on S3 the bucket must exist)
+        return bytes(fs.cat_file(f"{path.rstrip('/')}/zarr.json"))
+    except (FileNotFoundError, IsADirectoryError):  # reachable; no store yet (on S3 the bucket must exist)
         check_bucket(fs, location, path)
-        return False
+        return None
     except Exception as e:  # botocore, aiohttp and OSError types: the endpoint, credentials or bucket
         endpoint = options.get("client_kwargs", {}).get("endpoint_url", "the default endpoint")
         raise StoreError(
@@ -89,7 +107,6 @@ def check_reachable(location: Location) -> bool:
             "output_path and storage_options (client_kwargs.endpoint_url, bucket; credentials: prefer AWS_* "
             "variables) and that the server is up"
         ) from e
-    return True
 
 
 def require_store(location: Location) -> None:
@@ -106,10 +123,19 @@ def require_reachable(url: str, storage_options: dict[str, Any]) -> None:
 
 
 def read_root_attrs(location: Location) -> dict[str, Any] | None:
-    """The root group's attributes, or None when no store exists there yet."""
-    check_reachable(location)
+    """The root group's attributes, or None when no store exists there yet. A format-3 group's come from
+    its zarr.json, read once with the reachability check; without a zarr.json only a format-2 group
+    (devinterp 2.x) can be there, opened without zarr's probes for format 3."""
+    document = root_document(location)
+    if document is not None:
+        with contextlib.suppress(ValueError, AttributeError):
+            meta = json.loads(document)
+            if meta.get("zarr_format") == 3 and meta.get("node_type") == "group":
+                return dict(meta.get("attributes") or {})
     try:
-        group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
+        group = zarr.open_group(
+            location.zarr_store(read_only=True), mode="r", zarr_format=3 if document is not None else 2
+        )
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
         return None
     except Exception as e:  # wrong endpoint/credentials, no bucket, outage: botocore, aiohttp, OSError
@@ -161,26 +187,33 @@ def check_existing(location: Location, schema: Schema) -> StoreState:
     return StoreState(exists=True, completed=completed)
 
 
-def ensure(location: Location, schema: Schema) -> None:
+def ensure(location: Location, schema: Schema) -> dict[str, ArrayV3Metadata]:
     """Create the root group and any declared array that is missing; idempotent, and safe against a
-    concurrent creator of the same run or a creator killed half-way (each metadata write is atomic)."""
+    concurrent creator of the same run or a creator killed half-way (each metadata write is atomic).
+    Returns the metadata of the arrays it wrote, which this process may then open without reading them."""
     store = location.zarr_store()
     try:
         root = zarr.open_group(store, mode="w-", zarr_format=3, attributes=schema.attrs)
     except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError, FileExistsError):
         check_existing(location, schema)  # raced with another creator, or resuming: same config or refuse
-        root = zarr.open_group(store, mode="r+")
+        root = zarr.open_group(store, mode="r+", zarr_format=3)  # ours (check_existing passed): format 3
     with warnings.catch_warnings():  # a creator killed between an array's folder and its zarr.json
         warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)  # left a folder zarr skips: recreate it
         existing = set(root.array_keys())
-    missing: dict[str, Any] = {
-        name: spec.metadata() for name, spec in schema.arrays.items() if name not in existing
-    }
-    if missing:
-        with contextlib.suppress(
-            zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError, FileExistsError
-        ):
-            dict(root.create_hierarchy(missing, overwrite=False))
+    missing = {name: spec.metadata() for name, spec in schema.arrays.items() if name not in existing}
+    if missing:  # their zarr.json, as zarr writes it, without zarr's per-array existence probes: a concurrent
+        # creator of the same run writes the same bytes; one of another run is refused just below
+        prototype = default_buffer_prototype()
+        docs = {
+            f"{name}/{key}": buffer
+            for name, meta in missing.items()
+            for key, buffer in meta.to_buffer_dict(prototype).items()
+        }
+
+        async def put_all() -> None:
+            await asyncio.gather(*(store.set(key, buffer) for key, buffer in docs.items()))
+
+        sync(put_all())
     attrs = read_root_attrs(location)
     if attrs is None or attrs.get("distinterp", {}).get("config_hash") != schema.config_hash:
         raise StoreConfigMismatch(
@@ -188,11 +221,27 @@ def ensure(location: Location, schema: Schema) -> None:
                 location, ["  another run with a different configuration created it concurrently"]
             )
         )
+    return missing
+
+
+def open_array(
+    store: Store, name: str, known: Mapping[str, ArrayV3Metadata] | None = None, **config: Any
+) -> zarr.Array[Any]:
+    """One of our (format 3) arrays: from metadata this process wrote (`known`, no request), else its
+    zarr.json (one GET, no probes for zarr v2's keys)."""
+    meta = (known or {}).get(name)
+    if meta is None:
+        mode = "r" if store.read_only else "r+"
+        return zarr.open_array(store, path=name, mode=mode, zarr_format=3, config=config or None)
+    array_config = ArrayConfig.from_dict(config)  # type: ignore[arg-type]
+    return zarr.Array(AsyncArray(metadata=meta, store_path=StorePath(store, name), config=array_config))
 
 
 def write_once(location: Location, name: str, value: np.ndarray) -> None:
     """Write a whole small array (observable input ids, n_beta): by the coordinator only."""
-    arr = zarr.open_array(location.zarr_store(), path=name, mode="r+", config={"write_empty_chunks": True})
+    arr = zarr.open_array(
+        location.zarr_store(), path=name, mode="r+", zarr_format=3, config={"write_empty_chunks": True}
+    )
     arr[...] = value
 
 
@@ -205,15 +254,17 @@ def open_tree(location: Location) -> xr.DataTree:
     )
 
 
-def read_progress(location: Location) -> tuple[np.ndarray, np.ndarray]:
-    """Per-chain (steps durably written, step at which the chain diverged or -1)."""
+def read_progress(
+    location: Location, known: Mapping[str, ArrayV3Metadata] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-chain (steps durably written, step at which the chain diverged or -1); `known`: see open_array."""
     store = location.zarr_store(read_only=True)
-    steps = zarr.open_array(store, path=STEPS_DONE, mode="r")[...]
-    diverged = zarr.open_array(store, path=DIVERGED_STEP, mode="r")[...]
+    steps = open_array(store, STEPS_DONE, known)[...]
+    diverged = open_array(store, DIVERGED_STEP, known)[...]
     return np.asarray(steps), np.asarray(diverged)
 
 
 def mark_completed(location: Location) -> None:
     """Set the reference's `completed: 1` flag once every chain is done."""
-    group = zarr.open_group(location.zarr_store(), mode="r+")
+    group = zarr.open_group(location.zarr_store(), mode="r+", zarr_format=3)
     group.attrs["completed"] = 1

@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-import zarr
 
 from distinterp.errors import StoreError
 from distinterp.store.location import Location, redact
-from distinterp.store.open import read_progress
+from distinterp.store.open import open_array, read_progress
 from distinterp.store.schema import STEPS_DONE, Schema
 
 logger = logging.getLogger(__name__)
@@ -37,13 +37,13 @@ class StoreWriter:
         schema: Schema,
         max_pending: int = 4,
         retry_s: tuple[float, ...] | None = None,
+        known: Mapping[str, Any] | None = None,
     ):
         store = location.zarr_store()
         self.location = location
         self.schema = schema
         self.arrays = {  # every chunk stored, even one equal to the fill value: a missing chunk is then a loss
-            name: zarr.open_array(store, path=name, mode="r+", config={"write_empty_chunks": True})
-            for name in schema.arrays
+            name: open_array(store, name, known, write_empty_chunks=True) for name in schema.arrays
         }
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distinterp-writer")
         self._pending: list[Future[None]] = []
