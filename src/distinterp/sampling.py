@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import json
 import logging
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,6 +58,25 @@ from distinterp.store import (
 from distinterp.update import RECORDED_METRICS
 
 logger = logging.getLogger(__name__)
+
+_OPEN_RESULT: contextvars.ContextVar[bool] = contextvars.ContextVar("distinterp_open_result", default=True)
+
+
+@contextlib.contextmanager
+def result_unused() -> Iterator[None]:
+    """Inside, sample() returns an empty DataTree instead of opening the store it wrote: a sweep drops
+    each cell's tree, and on an object store opening one costs a request per array."""
+    token = _OPEN_RESULT.set(False)
+    try:
+        yield
+    finally:
+        _OPEN_RESULT.reset(token)
+
+
+def _result(store: SampleStore) -> xr.DataTree:
+    """What sample() returns: the store as a lazy DataTree (an empty one inside result_unused())."""
+    return store.open() if _OPEN_RESULT.get() else xr.DataTree()
+
 
 ObservableSpec = Any  # Dataset | tuple[Dataset, int]
 
@@ -254,7 +275,7 @@ def sample(
         raise error
     if state == "complete":
         logger.info("sample(): %s is already complete; returning it without sampling", store)
-        return store.open()
+        return _result(store)
 
     setup = ChainSetup(
         model=working,
@@ -280,7 +301,7 @@ def sample(
                 CheckpointStore(store).clear()
     rt.barrier()
     logger.info("sample() took %.2f s on rank %d", time.perf_counter() - start, rt.rank)
-    return store.open()
+    return _result(store)
 
 
 def _run_my_chains(

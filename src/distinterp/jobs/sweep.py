@@ -39,7 +39,7 @@ from distinterp.masks import ParamMasks, WeightRestrictionError, create_param_ma
 from distinterp.parallel.distributed import Runtime, runtime, solo
 from distinterp.parallel.plan import array_task_chains
 from distinterp.paths import sibling
-from distinterp.sampling import sample
+from distinterp.sampling import result_unused, sample
 from distinterp.store import (
     IncompleteStoreError,
     Location,
@@ -147,12 +147,12 @@ def read_record(root: Location) -> dict[str, Any] | None:
         if root.is_local:
             path = root.local_path / RECORD
             return json.loads(path.read_text()) if path.is_file() else None
-        check_reachable(
-            root
-        )  # an endpoint that does not answer fails in one line, not after botocore's retries
+        check_reachable(root)  # an endpoint that does not answer fails in one line, not after retries
         fs, base = _fs(root)
-        path = f"{base.rstrip('/')}/{RECORD}"
-        return json.loads(fs.cat_file(path)) if fs.exists(path) else None
+        try:  # one GET, hit or miss (an exists() first costs a HEAD, and a LIST when it is missing)
+            return json.loads(fs.cat_file(f"{base.rstrip('/')}/{RECORD}"))
+        except FileNotFoundError:
+            return None
     except (OSError, json.JSONDecodeError) as e:
         raise StoreError(f"{root}: its {RECORD} cannot be read ({type(e).__name__}: {e})") from e
 
@@ -418,7 +418,7 @@ def run_sweep(
             masks = cache.param_masks(run)
             if masks is not None:
                 kwargs["param_masks"] = masks
-            with contextlib.nullcontext() if collective else solo():
+            with contextlib.nullcontext() if collective else solo(), result_unused():
                 sample(
                     model,
                     run.dataset if run.dataset is not None else dataset,
