@@ -14,6 +14,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ pytestmark = pytest.mark.s3
 ROOT = Path(__file__).resolve().parents[1]
 JOB: dict[str, Any] = {"num_chains": 3, "num_draws": 6}
 """tests.jobs' tiny GPT-2 run, shrunk: one chunk per chain."""
+PROBES, REQUESTS = 10, 130
+"""S3 HEAD + LIST, and all requests, one sample() of JOB may make (measured then, plus some slack)."""
 
 
 @contextlib.contextmanager
@@ -157,6 +160,25 @@ class TestS3Store(StoreConformance):
         for secret in (s3_server.key, s3_server.secret):
             leaks = [k for k, data in objects.items() if secret.encode() in data or secret in k]
             assert not leaks, f"a credential is stored in {leaks}"
+
+
+def test_sample_to_s3_makes_few_requests(server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One sample() into a fresh S3 store, its requests counted at the S3 client (passed through): the
+    write path opens metadata it wrote without re-reading it and probes nothing twice (a tiny store once
+    cost ~300 requests, mostly HEAD and LIST existence probes; grids write thousands of them)."""
+    from aiobotocore.client import AioBaseClient
+
+    counts: Counter[str] = Counter()
+    call = AioBaseClient._make_api_call
+
+    async def counted(self: Any, operation_name: str, api_params: Any) -> Any:
+        counts[operation_name] += 1
+        return await call(self, operation_name, api_params)
+
+    monkeypatch.setattr(AioBaseClient, "_make_api_call", counted)
+    sample_into(Target(server.url(f"requests-{uuid.uuid4().hex[:8]}/run.zarr"), server.storage_options))
+    probes = counts["HeadObject"] + counts["HeadBucket"] + counts["ListObjectsV2"] + counts["ListObjects"]
+    assert probes <= PROBES and sum(counts.values()) <= REQUESTS, dict(counts)
 
 
 @pytest.mark.distributed
