@@ -108,7 +108,7 @@ class SampleStore:
 
     def write_once(self, name: str, values: np.ndarray) -> None:
         """Write a whole array that every start writes with the same bytes (input ids, n_beta)."""
-        write_once(self.location, name, values)
+        write_once(self.location, name, values, self.known)
 
     def progress(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-chain (steps durably written, step at which the chain diverged or -1)."""

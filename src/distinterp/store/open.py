@@ -237,12 +237,11 @@ def open_array(
     return zarr.Array(AsyncArray(metadata=meta, store_path=StorePath(store, name), config=array_config))
 
 
-def write_once(location: Location, name: str, value: np.ndarray) -> None:
+def write_once(
+    location: Location, name: str, value: np.ndarray, known: Mapping[str, ArrayV3Metadata] | None = None
+) -> None:
     """Write a whole small array (observable input ids, n_beta): by the coordinator only."""
-    arr = zarr.open_array(
-        location.zarr_store(), path=name, mode="r+", zarr_format=3, config={"write_empty_chunks": True}
-    )
-    arr[...] = value
+    open_array(location.zarr_store(), name, known, write_empty_chunks=True)[...] = value
 
 
 def open_tree(location: Location) -> xr.DataTree:
