@@ -107,8 +107,9 @@ THRESHOLDS = Thresholds(
     min_relaxations=0.0,
 )
 """Health thresholds for calibration cells. R-hat (and nested R-hat) is held to the classic 1.1 (Gelman
-et al., Bayesian Data Analysis, 3rd ed., sec. 11.4) rather than 1.01, and the bulk ESS to 25 per chain
-(100 for 4 chains) rather than 100: enough to tell the chains agree. Whether a cell has equilibrated is
+et al., Bayesian Data Analysis, 3rd ed., sec. 11.4; diagnose() fails R-hat there too, and nested R-hat
+at 1.01), and the bulk ESS to 25 per chain (100 for 4 chains) rather than diagnose()'s 50: enough to
+tell the chains agree. Whether a cell has equilibrated is
 the running-LLC plateau check: it measures the transient's share of the estimate itself, which is what
 the rule needs, held to 2.5 % rather than diagnose()'s 5 %: the extrapolation multiplies a cell's error
 by up to 1 + h / (h' - h) = 1.46 for half-decade steps, and the check sees only part of a slow transient
