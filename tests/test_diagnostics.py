@@ -192,10 +192,11 @@ def test_strict_checks_warn_and_the_plateau_fails() -> None:
     assert warned(diag)["stationarity"] == [2] and "stationarity" not in failed(diag)
     assert any(n.startswith("stationarity: chain 2") for n in diag.notes)
     assert failed(diag)["plateau"] == [0, 1, 2, 3]
-    slow = INIT + 0.05 + ar1(4, 400, rho=0.7, sd=0.001)  # ESS ~ 70 per chain: noted, not failed
+    slow = INIT + 0.05 + ar1(4, 400, rho=0.7, sd=0.001)  # ESS ~ 70 per chain, R-hat ~ 1.01: noted
     diag = diagnose(synthetic(slow))
     assert diag.healthy, diag.problems
     assert "ess" in warned(diag) and any(n.startswith("ess:") for n in diag.notes)
+    assert diag.summary().startswith("healthy (") and diag.summary().endswith("; warnings: rhat, ess")
     ds = synthetic(healthy_traces())
     ds.attrs["metadata"]["config"]["sampler"].update(lr=1e-3, localization=1.0)  # 0.2 relaxations
     diag = diagnose(ds)

@@ -158,9 +158,11 @@ class Diagnosis:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        """One line: the verdict and, when unhealthy, the checks that failed."""
+        """One line: the verdict and, when unhealthy, the checks that failed; the checks that only warned."""
         if self.healthy:
-            return "healthy (" + ", ".join(self.checks.attrs.get("checks_run", [])) + " passed)"
+            line = "healthy (" + ", ".join(self.checks.attrs.get("checks_run", [])) + " passed)"
+            warned = [str(c) for c in self.checks.check.values if bool(self.checks.warned.sel(check=c).any())]
+            return line + (f"; warnings: {', '.join(warned)}" if warned else "")
         failed = [str(c) for c in self.checks.check.values if bool(self.checks.flagged.sel(check=c).any())]
         return f"UNHEALTHY: {len(self.problems)} problem(s): " + ", ".join(failed)
 
