@@ -381,7 +381,9 @@ def equilibration_table(smoke: bool, chains: int = 8, keep: str | None = None) -
                             "off": llc / truth - 1,
                             "unequilibrated": bool(abs(llc - truth) > 0.05 * abs(truth) + 2 * se),
                             "diagnose_flags": not verdict.healthy,
-                            "diagnose_checks": [p.split(":")[0] for p in verdict.problems],
+                            "diagnose_checks": list(dict.fromkeys(p.split(":")[0] for p in verdict.problems)),
+                            "diagnose_warnings": sorted({n.split(":")[0] for n in verdict.notes}),
+                            "relaxations": float(c.relaxations),
                             "calibration_flags": not strict.healthy,
                             "nested_rhat": float(c.nested_rhat),
                             "ess_bulk": float(c.ess_bulk),
@@ -395,7 +397,8 @@ def equilibration_table(smoke: bool, chains: int = 8, keep: str | None = None) -
                         f"({r['off']:+6.1%}) {'NOT equilibrated' if r['unequilibrated'] else 'equilibrated    '} "
                         f"nested R-hat {r['nested_rhat']:.3f} ESS {r['ess_bulk']:6.0f} plateau "
                         f"{r['plateau_transient']:+.1%}/{r['plateau_drift']:+.1%}  diagnose: "
-                        f"{','.join(r['diagnose_checks']) or 'healthy'}; calibration cell: "
+                        f"{','.join(r['diagnose_checks']) or 'healthy'} (warns: "
+                        f"{','.join(r['diagnose_warnings']) or '-'}); calibration cell: "
                         f"{'flagged' if r['calibration_flags'] else 'counted'}",
                         flush=True,
                     )
@@ -406,24 +409,26 @@ def equilibration_markdown(rows: list[dict[str, Any]]) -> str:
     """The --equilibration table: each cell against its truth, what every check measured and said."""
     out = [
         "| case | lr | time | draws x chains | LLC | truth | off | equilibrated? | nested R-hat | bulk ESS | "
-        "plateau transient / drift | diagnose() | calibration cell |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "plateau transient / drift | relaxations | diagnose() fails | diagnose() warns | calibration cell |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
             f"| {r['case']} | {r['lr']:g} | {r['time']:g} | {r['draws']} x {r['chains']} | {r['llc']:.3f} | "
             f"{r['truth']:.3f} | {r['off']:+.1%} | {'no' if r['unequilibrated'] else 'yes'} | "
             f"{r['nested_rhat']:.3f} | {r['ess_bulk']:.0f} | {r['plateau_transient']:+.1%} / "
-            f"{r['plateau_drift']:+.1%} | {', '.join(r['diagnose_checks']) or 'healthy'} | "
+            f"{r['plateau_drift']:+.1%} | {r.get('relaxations', float('nan')):.2g} | "
+            f"{', '.join(r['diagnose_checks']) or 'healthy'} | {', '.join(r.get('diagnose_warnings', [])) or '-'} | "
             f"{'flagged' if r['calibration_flags'] else 'counted'} |"
         )
     bad = [r for r in rows if r["unequilibrated"]]
+    good = [r for r in rows if not r["unequilibrated"]]
     caught = sum(r["diagnose_flags"] for r in bad)
-    false = sum(r["diagnose_flags"] for r in rows if not r["unequilibrated"])
+    false = sum(r["diagnose_flags"] for r in good)
     out += [
         "",
-        f"- {len(bad)} of {len(rows)} cells not equilibrated; diagnose() flagged {caught} of them and "
-        f"{false} equilibrated cells",
+        f"- {len(bad)} of {len(rows)} cells not equilibrated; diagnose() failed {caught}/{len(bad)} of them and "
+        f"{false}/{len(good)} equilibrated cells",
     ]
     return "\n".join(out) + "\n"
 

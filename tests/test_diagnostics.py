@@ -129,7 +129,7 @@ def test_healthy_synthetic_store() -> None:
 @pytest.mark.parametrize(
     ("flaw", "check", "chains", "fix"),
     [
-        ("trend", "stationarity", [2], "more draws"),
+        ("trend", "plateau", [0, 1, 2, 3], "more draws"),
         ("rising", "plateau", [0, 1, 2, 3], "longer at smaller lr"),
         ("group_offset", "nested_rhat", list(range(8)), "more draws per chain"),
         ("offset", "outlier", [3], "lower lr"),
@@ -172,6 +172,39 @@ def test_each_check_flags_its_flaw(flaw: str, check: str, chains: list[int], fix
     assert fix in problem
     if len(chains) < 4:
         assert (f"chain {chains[0]}" if len(chains) == 1 else f"chains {chains}") in problem
+
+
+def warned(diag: Diagnosis) -> dict[str, list[int]]:
+    """check -> chains with a warning (a note, not a failure)."""
+    w = diag.checks.warned
+    return {
+        str(c): np.flatnonzero(w.sel(check=c).values).tolist() for c in w.check.values if w.sel(check=c).any()
+    }
+
+
+def test_strict_checks_warn_and_the_plateau_fails() -> None:
+    """Geweke's trend in one chain, R-hat > 1.01 and ESS < 100 per chain are warnings (notes); a trend that
+    moves the all-steps LLC fails `plateau`, and a run shorter than the localization prior's relaxation
+    time fails it whatever the differences say."""
+    traces = healthy_traces()
+    traces[2] += np.linspace(0, 0.2, traces.shape[1])
+    diag = diagnose(synthetic(traces))
+    assert warned(diag)["stationarity"] == [2] and "stationarity" not in failed(diag)
+    assert any(n.startswith("stationarity: chain 2") for n in diag.notes)
+    assert failed(diag)["plateau"] == [0, 1, 2, 3]
+    slow = INIT + 0.05 + ar1(4, 400, rho=0.7, sd=0.001)  # ESS ~ 70 per chain, R-hat ~ 1.01: noted
+    diag = diagnose(synthetic(slow))
+    assert diag.healthy, diag.problems
+    assert "ess" in warned(diag) and any(n.startswith("ess:") for n in diag.notes)
+    assert diag.summary().startswith("healthy (") and diag.summary().endswith("; warnings: rhat, ess")
+    ds = synthetic(healthy_traces())
+    ds.attrs["metadata"]["config"]["sampler"].update(lr=1e-3, localization=1.0)  # 0.2 relaxations
+    diag = diagnose(ds)
+    assert failed(diag) == {"plateau": [0, 1, 2, 3]}
+    assert float(diag.checks.relaxations) == pytest.approx(0.2)
+    assert "relaxation times" in diag.problems[0] and "to 2500 steps" in diag.problems[0]
+    ds.attrs["metadata"]["config"]["sampler"].update(lr=1e-2)  # 2 relaxations
+    assert diagnose(ds).healthy
 
 
 def test_incomplete_store_uses_durable_steps() -> None:

@@ -97,11 +97,19 @@ def cell_draws(
 
 
 THRESHOLDS = Thresholds(
-    rhat=1.1, ess_per_chain=25.0, bound_mcse=1e9, nested_rhat=1.1, geweke_z=1e9, plateau_tolerance=0.025
+    rhat=1.1,
+    ess_per_chain=25.0,
+    bound_mcse=1e9,
+    nested_rhat=1.1,
+    geweke_z=1e9,
+    plateau_tolerance=0.025,
+    plateau_rise=math.inf,
+    min_relaxations=0.0,
 )
 """Health thresholds for calibration cells. R-hat (and nested R-hat) is held to the classic 1.1 (Gelman
-et al., Bayesian Data Analysis, 3rd ed., sec. 11.4) rather than 1.01, and the bulk ESS to 25 per chain
-(100 for 4 chains) rather than 100: enough to tell the chains agree. Whether a cell has equilibrated is
+et al., Bayesian Data Analysis, 3rd ed., sec. 11.4; diagnose() fails R-hat there too, and nested R-hat
+at 1.01), and the bulk ESS to 25 per chain (100 for 4 chains) rather than diagnose()'s 50: enough to
+tell the chains agree. Whether a cell has equilibrated is
 the running-LLC plateau check: it measures the transient's share of the estimate itself, which is what
 the rule needs, held to 2.5 % rather than diagnose()'s 5 %: the extrapolation multiplies a cell's error
 by up to 1 + h / (h' - h) = 1.46 for half-decade steps, and the check sees only part of a slow transient
@@ -109,7 +117,9 @@ by up to 1 + h / (h' - h) = 1.46 for half-decade steps, and the check sees only 
 off (1e9): with no burn-in it flags any visible start-up of a single chain however small its share of the estimate (the deep linear
 network's lr 1e-3 cells at localization 1: |z| 4.2 in one chain, transient share -4.6 %). The [0, d/2]
 bound is off too: a large lr overshooting d/2 is the discretisation bias that the rule measures and
-extrapolates away. A production run is diagnosed with the default thresholds."""
+extrapolates away. diagnose()'s one-sided rise test and its minimum of relaxation times are off: the
+rule keeps its own (cells run `RELAXATIONS`, a cut cell counts only above `MIN_TIME_FRACTION` of them and
+when `settled`). A production run is diagnosed with the default thresholds."""
 
 PREFERENCE = ("localization", "llc_weight_decay", "noise_level")
 """Grid fields whose smaller values are preferred (they bias the estimate); the rest keep grid order."""
