@@ -395,3 +395,16 @@ def test_cells_the_cap_cut_are_recorded_and_count_only_when_settled(tmp_path):
     assert cal.table.unsettled.values.tolist() == [not shown, False]
     if not shown:
         assert "lr=0.002_localization=1" not in cal.between, cal.reason
+
+
+def test_the_draw_budget_serves_the_cheapest_cells_first():
+    """Every cell gets num_draws; then whole needs, cheapest first, while the budget lasts; the first that
+    does not fit gets the rest when that is at least a quarter of its need, else num_draws only."""
+    from distinterp.jobs.calibrate import allocate_draws
+
+    need = [100_000, 200, 1_000, 33_333, 1_000_000]
+    assert allocate_draws(need, 150_000, 200) == [100_000, 200, 1_000, 33_333, 200]
+    assert allocate_draws(need, 70_000, 200) == [35_267, 200, 1_000, 33_333, 200]  # 35 % of 1e5: cut
+    assert allocate_draws(need, 50_000, 200) == [200, 200, 1_000, 33_333, 200]  # 15 %: not spent
+    with pytest.raises(ValueError, match="draw_budget"):
+        allocate_draws(need, 999, 200)

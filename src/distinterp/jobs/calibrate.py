@@ -55,8 +55,16 @@ time (see `cell_draws`), so the cost sits in the small-lr cells: lr below 1e-5 w
 1000 x the largest cell's draws to equilibrate."""
 
 MAX_DRAWS_FACTOR = 50
-"""Default cap on a cell's draws, as a multiple of num_draws: cells whose Langevin time would need more
-are run to the cap and count only if the diagnostics say they settled."""
+"""The old default cap on each cell's draws, as a multiple of num_draws (now `max_draws=50 * num_draws`
+gives it back): it left the normal crossing's lr 1e-4 cell at localization 1, the one that reaches its
+learning coefficient, at 10 % of the 1e5 draws it needs."""
+
+DRAW_BUDGET_FACTOR = 2000
+"""Draws per chain over the whole grid, as a multiple of num_draws (4e5 at the default 200; 1.6e6 SGLD
+steps for 4 chains, about 3x the old default grid's 5.1e5): enough that on the default grid the cells of
+up to 1e5 draws (lr 1e-4 at localization 1, lr 1e-5 at 10) run their whole Langevin time. Cells are
+served cheapest first (`allocate_draws`), so the budget goes to the cells that can equilibrate and a
+small lr that cannot reach a quarter of its time costs only num_draws."""
 
 MIN_TIME_FRACTION = 0.25
 """A cell the draw cap cut below this fraction of its Langevin time (1.25 of its 5 relaxation times) does
@@ -190,6 +198,29 @@ def apply_ceiling(
     return Ceiling(lambda_max, ceiling, tuple(kept), dropped, tuple(sorted(added)))
 
 
+def allocate_draws(need: Sequence[int], budget: int, minimum: int) -> list[int]:
+    """Draws per cell out of `budget` per chain: every cell gets `minimum`; then, cheapest need first (ties
+    in grid order), each gets its whole need while the budget lasts; the first that does not fit gets
+    what is left if that is at least MIN_TIME_FRACTION of its need (a cut cell), else `minimum`, as does
+    every later one (a capped cell, which would not count, so its draws are not spent)."""
+    if budget < minimum * len(need):
+        raise ValueError(
+            f"draw_budget: {budget} draws per chain cannot give the {len(need)} cells num_draws={minimum} "
+            f"each; raise it to at least {minimum * len(need)}"
+        )
+    given = [minimum] * len(need)
+    left = budget - minimum * len(need)
+    for i in sorted(range(len(need)), key=lambda j: (need[j], j)):
+        extra = max(need[i] - minimum, 0)
+        if extra <= left:
+            given[i] += extra
+            left -= extra
+        elif minimum + left >= MIN_TIME_FRACTION * need[i]:
+            given[i] += left
+            left = 0
+    return given
+
+
 THRESHOLDS = Thresholds(
     rhat=1.1, ess_per_chain=25.0, bound_mcse=1e9, nested_rhat=1.1, geweke_z=1e9, plateau_tolerance=0.025
 )
@@ -275,6 +306,7 @@ def calibrate(
     max_draws: int | None = None,
     relaxations: float = RELAXATIONS,
     lr_ceiling: float | None = CEILING,
+    draw_budget: int | None = None,
     **sample_kwargs: Any,
 ) -> Calibration | None:
     """Run every grid cell as a multi-chain sample() into `<output_path>/<cell>.zarr` and choose.
@@ -282,8 +314,10 @@ def calibrate(
     `grid` maps sampler settings to values (default DEFAULT_GRID); n_beta is as given, else devinterp's
     default_nbeta(batch_size). Other keyword arguments go to every sample() (num_chains, num_draws, ...).
     With scale_draws (default) each cell runs a fixed Langevin time (`cell_draws`: `relaxations` times
-    2 / localization, draws proportional to 1 / lr), at least num_draws and at most max_draws (default
-    MAX_DRAWS_FACTOR x num_draws); `.best` carries the chosen cell's num_draws.
+    2 / localization, draws proportional to 1 / lr), at least num_draws and at most max_draws (default:
+    no cap of its own), out of a total of `draw_budget` draws per chain over the grid (default
+    DRAW_BUDGET_FACTOR x num_draws) given cheapest cell first (`allocate_draws`); `.best` carries the
+    chosen cell's num_draws.
     lr_ceiling (default CEILING; None: off): the top eigenvalue lambda_max of the loss Hessian at the
     checkpoint is measured first (`checkpoint_curvature`, seconds) and grid lrs with lr x (n_beta
     lambda_max + localization) above the ceiling are dropped, the grid extended below to MIN_LRS lrs
@@ -323,7 +357,9 @@ def calibrate(
             cells = grid_cells(grid)
     scaled = scale_draws and "num_draws" not in grid
     base = int(sample_kwargs.get("num_draws", SamplerConfig.model_fields["num_draws"].default))
-    cap = int(max_draws) if max_draws is not None else MAX_DRAWS_FACTOR * base
+    cap = int(max_draws) if max_draws is not None else 1 << 62
+    if max_draws is not None and max_draws < base:
+        raise ValueError(f"max_draws: must be >= num_draws ({base}), got {max_draws}")
     if scaled:
         common.pop("num_draws", None)
     if sample_kwargs.get("n_beta") is None and "n_beta" not in grid:
@@ -333,32 +369,30 @@ def calibrate(
     runs = []
     capped: list[str] = []  # cells the cap cut below MIN_TIME_FRACTION of their time: not counted
     cut: dict[str, float] = {}  # cells the cap cut above it: the fraction they ran; count only if settled
-    for cell in cells:
+    steps_per_draw = int(sample_kwargs.get("num_steps_bw_draws", 1))
+    locs = [float(c.get("localization", sample_kwargs.get("localization", 0.0))) for c in cells]
+    need = [
+        cell_draws(
+            float(c["lr"]),
+            loc,
+            num_draws=base,
+            max_draws=1 << 62,
+            top_lr=top_lr,
+            relaxations=relaxations,
+            steps_per_draw=steps_per_draw,
+        )
+        for c, loc in zip(cells, locs)
+    ]
+    budget = int(draw_budget) if draw_budget is not None else DRAW_BUDGET_FACTOR * base
+    given = allocate_draws([min(n, cap) for n in need], budget, base) if scaled else [base] * len(cells)
+    for cell, draws, full in zip(cells, given, need):
         kwargs: dict[str, Any] = dict(cell)
         if scaled:
-            loc = float(cell.get("localization", sample_kwargs.get("localization", 0.0)))
-            kwargs["num_draws"] = cell_draws(
-                float(cell["lr"]),
-                loc,
-                num_draws=base,
-                max_draws=cap,
-                top_lr=top_lr,
-                relaxations=relaxations,
-                steps_per_draw=int(sample_kwargs.get("num_steps_bw_draws", 1)),
-            )
-            uncapped = cell_draws(
-                float(cell["lr"]),
-                loc,
-                num_draws=base,
-                max_draws=1 << 62,
-                top_lr=top_lr,
-                relaxations=relaxations,
-                steps_per_draw=int(sample_kwargs.get("num_steps_bw_draws", 1)),
-            )
-            if kwargs["num_draws"] < MIN_TIME_FRACTION * uncapped:
+            kwargs["num_draws"] = draws
+            if draws < MIN_TIME_FRACTION * full:
                 capped.append(cell_label(cell))
-            elif kwargs["num_draws"] < uncapped:
-                cut[cell_label(cell)] = round(kwargs["num_draws"] / uncapped, 4)
+            elif draws < full:
+                cut[cell_label(cell)] = round(draws / full, 4)
         if run_settings is not None:  # the CLI: what `distinterp sample` of this cell records
             recorded = dict(run_settings)
             recorded["sampler"] = {
@@ -547,7 +581,14 @@ class CalibrateSettings(SampleSettings):
         True,
         description="cells run a fixed Langevin time (draws ~ 1/lr, see cell_draws); False: num_draws each",
     )
-    max_draws: int | None = Field(None, gt=0, description="cap on a cell's draws (default 50 x num_draws)")
+    max_draws: int | None = Field(
+        None, gt=0, description="cap on each cell's draws (default: none of its own)"
+    )
+    draw_budget: int | None = Field(
+        None,
+        gt=0,
+        description="draws per chain over the whole grid (default 2000 x num_draws), cheapest cell first",
+    )
     relaxations: float = Field(RELAXATIONS, gt=0, description="cell length in 2/localization time units")
     lr_ceiling: float | None = Field(
         CEILING,
@@ -595,6 +636,7 @@ def run_calibrate(settings: CalibrateSettings) -> Calibration | None:
         tolerance=settings.tolerance,
         scale_draws=settings.scale_draws,
         max_draws=settings.max_draws,
+        draw_budget=settings.draw_budget,
         relaxations=settings.relaxations,
         lr_ceiling=settings.lr_ceiling,
         storage_options=settings.storage_options,
