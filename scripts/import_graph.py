@@ -133,7 +133,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "paths",
             "model_structures",
             "store",
-            "sgld",
+            "update",
             "identity",
             "masks",
             "toy",

@@ -110,21 +110,22 @@ def test_a_cell_whose_every_chain_diverged_is_unhealthy_not_unfinished(tmp_path)
     lr 1e-3 cell at localization 0 did, on the default grid)."""
     from distinterp import toy
 
-    cal = calibrate(
-        toy.Monomials((1, 2)),
-        torch.zeros((8, 2), dtype=torch.int64),
-        {},
-        output_path=str(tmp_path / "cal"),
-        grid={"lr": [1e-3, 3e-3, 1e3]},
-        loss_fn=toy.monomial_loss,
-        n_beta=100.0,
-        batch_size=1,
-        num_init_loss_batches=1,
-        num_chains=2,
-        num_draws=100,
-        scale_draws=False,
-        lr_ceiling=None,  # the curvature ceiling would not run lr 1e3 at all (tests/test_curvature.py)
-    )
+    with pytest.warns(UserWarning, match="diverged"):
+        cal = calibrate(
+            toy.Monomials((1, 2)),
+            torch.zeros((8, 2), dtype=torch.int64),
+            {},
+            output_path=str(tmp_path / "cal"),
+            grid={"lr": [1e-3, 3e-3, 1e3]},
+            loss_fn=toy.monomial_loss,
+            n_beta=100.0,
+            batch_size=1,
+            num_init_loss_batches=1,
+            num_chains=2,
+            num_draws=100,
+            scale_draws=False,
+            lr_ceiling=None,  # the curvature ceiling would not run lr 1e3 at all (tests/test_curvature.py)
+        )
     assert cal is not None  # the rule ran on the finished cells (too short here to be healthy)
     table = cal.table
     assert np.isfinite(table.llc_mean.values[:2]).all()

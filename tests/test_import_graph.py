@@ -125,7 +125,7 @@ def test_one_errors_module_and_names_that_do_not_mislead():
 
 def test_the_llc_formula_is_written_once():
     """n_beta * (loss - init loss) lives in analyses.chains.llc_estimate; analyses, progress, figures and the
-    CLI's trace call it (issue 19 found it computed in four places). sgld.py's MALA term is not the LLC."""
+    CLI's trace call it (issue 19 found it computed in four places). update.py's MALA term is not the LLC."""
     import ast
     import re
 
@@ -135,7 +135,7 @@ def test_the_llc_formula_is_written_once():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.BinOp) and pattern.match(ast.unparse(node)):
                 found.append(name)
-    assert sorted(set(found)) == ["distinterp.analyses.chains", "distinterp.sgld"]
+    assert sorted(set(found)) == ["distinterp.analyses.chains", "distinterp.update"]
 
 
 def test_results_are_written_one_way():

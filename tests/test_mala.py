@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import distinterp
-from distinterp.sgld import MALA_GEOMETRIC, SGLDHyper, make_slots, mala_acceptance, sgld_step
+from distinterp.update import MALA_GEOMETRIC, SGLDHyper, make_slots, mala_acceptance, sgld_step
 from tests.conftest import SMALL, tiny_gpt2, token_dataset
 
 

@@ -43,7 +43,7 @@ from distinterp.model_structures import (
     variants,
 )
 from distinterp.sampling import resolve_param_masks
-from distinterp.sgld import SGLDHyper, make_slots, sgld_step
+from distinterp.update import SGLDHyper, make_slots, sgld_step
 from tests.conftest import SMALL, tiny_gpt2, token_dataset
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "weight-restrictions.md"

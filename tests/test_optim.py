@@ -1,4 +1,4 @@
-"""distinterp.optim: devinterp's SGLD / SGMCMC optimizers, stepping with distinterp.sgld.sgld_step."""
+"""distinterp.optim: devinterp's SGLD / SGMCMC optimizers, stepping with distinterp.update.sgld_step."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import distinterp
 import distinterp.optim
 from distinterp.optim import SGLD, SGMCMC
-from distinterp.sgld import SGLDHyper, make_slots, sgld_step
+from distinterp.update import SGLDHyper, make_slots, sgld_step
 
 CASES = [
     dict(lr=1e-2, nbeta=3.0),

@@ -17,8 +17,8 @@ from distinterp.loss import (
 from distinterp.masks import WeightRestrictionError, create_param_masks, preview_weight_restriction
 from distinterp.optim import SGLD, SGMCMC
 from distinterp.sampling import sample
-from distinterp.sgld import SGLDHyper, sgld_step
 from distinterp.store import IncompleteStoreError, StoreConfigMismatch, StoreError
+from distinterp.update import SGLDHyper, sgld_step
 
 __all__ = [
     "SGLD",

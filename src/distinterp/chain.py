@@ -22,8 +22,8 @@ from distinterp.config import SamplerConfig
 from distinterp.data import ProbeRows
 from distinterp.loss import LossFn, NonFiniteLogitsError, deferred_finite_check
 from distinterp.parallel.engine import ChainEngine
-from distinterp.sgld import MALA_GEOMETRIC, mala_acceptance
 from distinterp.store import ChainRecorder
+from distinterp.update import MALA_GEOMETRIC, mala_acceptance
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def run_chains(
 
 
 class MalaRecorder:
-    """Completes each chain's MALA acceptance (sgld.mala_acceptance) with the loss part: n_beta times the
+    """Completes each chain's MALA acceptance (update.mala_acceptance) with the loss part: n_beta times the
     previous step's minibatch loss minus this one's. NaN at a chain's first step only: every engine's
     checkpoint carries the previous point (and _saver its loss) over a resume."""
 

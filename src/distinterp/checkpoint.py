@@ -21,8 +21,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from distinterp.integrity import seal, unseal
 from distinterp.paths import sibling
-from distinterp.sgld import ParamSlot
 from distinterp.store import Location, SampleStore
+from distinterp.update import ParamSlot
 
 
 @dataclass(frozen=True)

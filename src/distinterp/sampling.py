@@ -46,7 +46,6 @@ from distinterp.parallel.registry import engine_for
 from distinterp.progress import ProgressReporter
 from distinterp.provenance import note_environment, numeric_environment
 from distinterp.rerun import check_rerun_chains, damaged_chains, reset_chains
-from distinterp.sgld import RECORDED_METRICS
 from distinterp.store import (
     ChainRecorder,
     Location,
@@ -54,6 +53,7 @@ from distinterp.store import (
     Schema,
     build_schema,
 )
+from distinterp.update import RECORDED_METRICS
 
 logger = logging.getLogger(__name__)
 

@@ -45,6 +45,7 @@ from distinterp.store import (
     Location,
     StoreConfigMismatch,
     StoreError,
+    check_reachable,
     mark_completed,
     open_tree,
     read_progress,
@@ -146,6 +147,9 @@ def read_record(root: Location) -> dict[str, Any] | None:
         if root.is_local:
             path = root.local_path / RECORD
             return json.loads(path.read_text()) if path.is_file() else None
+        check_reachable(
+            root
+        )  # an endpoint that does not answer fails in one line, not after botocore's retries
         fs, base = _fs(root)
         path = f"{base.rstrip('/')}/{RECORD}"
         return json.loads(fs.cat_file(path)) if fs.exists(path) else None

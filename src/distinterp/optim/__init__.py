@@ -1,4 +1,4 @@
-"""devinterp 2.x's torch optimizers (`devinterp.optim`), stepping with distinterp.sgld.sgld_step."""
+"""devinterp 2.x's torch optimizers (`devinterp.optim`), stepping with distinterp.update.sgld_step."""
 
 from distinterp.optim.sgld import SGLD
 from distinterp.optim.sgmcmc import SGMCMC, SGNHT, Metrics, SamplingMethodLiteral, SGMCMCMethod

@@ -1,6 +1,6 @@
 """devinterp 2.x's `SGLD` torch optimizer (the default `sampling_method` of `sample_single_chain`).
 
-The same update as SGMCMC.sgld (distinterp.sgld.sgld_step), keeping what devinterp's older class does
+The same update as SGMCMC.sgld (distinterp.update.sgld_step), keeping what devinterp's older class does
 differently: a parameter without a gradient still moves (prior and noise, zero gradient), a bounding
 box of 0 means none, and its metrics are of the masked update (`unscaled_grad` equals `scaled_grad`,
 `distance` counts only sampled elements). devinterp deprecates it for SGMCMC.sgld; here it is not.

@@ -1,7 +1,7 @@
 """devinterp 2.x's `SGMCMC` torch optimizer (`SGMCMC.sgld`, `SGMCMC.rmsprop_sgld`), stepping with sgld_step.
 
 A thin adapter for custom loops (`sample_single_chain`, or a hand-written one): each param group's
-parameters become `ParamSlot`s and `step()` applies distinterp.sgld.sgld_step, the one implementation
+parameters become `ParamSlot`s and `step()` applies distinterp.update.sgld_step, the one implementation
 of the update, so it is the update `sample()` runs (bitwise devinterp's, noise drawn in the same order).
 """
 
@@ -14,7 +14,15 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from distinterp.sgld import DOT_FIELDS, NORM_FIELDS, ParamSlot, SGLDHyper, StepMetrics, make_slots, sgld_step
+from distinterp.update import (
+    DOT_FIELDS,
+    NORM_FIELDS,
+    ParamSlot,
+    SGLDHyper,
+    StepMetrics,
+    make_slots,
+    sgld_step,
+)
 
 SGMCMCMethod = Literal["sgld", "rmsprop_sgld", "sgnht"]
 """The update rules SGMCMC.get_method builds (sample()'s `sampling_method` values are another set:

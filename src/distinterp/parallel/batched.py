@@ -33,7 +33,7 @@ from distinterp.data import BatchFeed, ProbeRows
 from distinterp.loss import LossFn
 from distinterp.parallel.engine import StepOutput
 from distinterp.parallel.serial import SerialEngine
-from distinterp.sgld import STEP_FIELDS, ParamSlot, SGLDHyper, sgld_step
+from distinterp.update import STEP_FIELDS, ParamSlot, SGLDHyper, sgld_step
 
 
 def _quiet(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -20,7 +20,7 @@ from distinterp.data import BatchFeed
 from distinterp.loss import is_transformer_lens_model
 from distinterp.noise import BlockedNoise, Piece
 from distinterp.parallel.engine import StepOutput
-from distinterp.sgld import STEP_FIELDS, ParamSlot, SGLDHyper, make_slots, sgld_step
+from distinterp.update import STEP_FIELDS, ParamSlot, SGLDHyper, make_slots, sgld_step
 
 if TYPE_CHECKING:
     from distinterp.config import SamplerConfig

@@ -3,7 +3,7 @@
 For users who bring their own evaluate callable, optimizer or callbacks. It runs in this process only
 (no store, no ranks), with devinterp's protocol and order: data order (distinterp.data.epoch_order),
 seeding (distinterp.chain.seed_everything) and the update (any torch optimizer; distinterp.optim's
-step with distinterp.sgld.sgld_step) are the ones `sample()` uses, so a chain gives the same numbers.
+step with distinterp.update.sgld_step) are the ones `sample()` uses, so a chain gives the same numbers.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distinterp.sgld import SGLDHyper, make_slots, sgld_step
+from distinterp.update import SGLDHyper, make_slots, sgld_step
 
 
 def reference_step(theta, theta0, grad, noise, mask, h: SGLDHyper, v):
@@ -115,7 +115,7 @@ def test_metrics_match_float64_norms() -> None:
 def test_plain_step_is_devinterps_per_parameter_update_bitwise(monkeypatch: pytest.MonkeyPatch) -> None:
     """The foreach path (no preconditioner, prior, box or metrics) gives devinterp's per-parameter bits,
     masked and unmasked, whatever the chunking of its foreach calls."""
-    import distinterp.sgld as sgld
+    import distinterp.update as update
 
     g = torch.Generator().manual_seed(3)
     shapes = {"a": (4, 6), "b": (7,), "c": (3, 5), "d": (2, 2)}
@@ -138,7 +138,7 @@ def test_plain_step_is_devinterps_per_parameter_update_bitwise(monkeypatch: pyte
         expected[n] = p
 
     for chunk in (1 << 24, 30, 1):
-        monkeypatch.setattr(sgld, "PLAIN_CHUNK", chunk)
+        monkeypatch.setattr(update, "PLAIN_CHUNK", chunk)
         params = {n: torch.nn.Parameter(t.clone()) for n, t in start.items()}
         for n, gr in grads.items():
             params[n].grad = gr.clone()
