@@ -1,7 +1,7 @@
 """The loss's top curvature at a checkpoint, and the step-size ceiling it sets for SGLD.
 
 Why. SGLD is an Euler-Maruyama discretisation of Langevin dynamics; along a direction of curvature c of
-the potential U = n_beta L + localization |w - w0|^2 / 2 an update (`distinterp.sgld`: w -= lr/2 grad U +
+the potential U = n_beta L + localization |w - w0|^2 / 2 an update (`distinterp.update`: w -= lr/2 grad U +
 sqrt(lr) xi) is the AR(1) map x <- (1 - lr c / 2) x + sqrt(lr) xi. It is stable only for lr c < 4, its
 stationary variance is 1 / (c (1 - lr c / 4)) against the exact 1 / c, and for lr c > 2 the factor
 1 - lr c / 2 turns negative: the direction oscillates from step to step instead of relaxing (the linear
