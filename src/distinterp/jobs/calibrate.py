@@ -321,7 +321,7 @@ def calibrate(
     lr_ceiling (default CEILING; None: off): the top eigenvalue lambda_max of the loss Hessian at the
     checkpoint is measured first (`checkpoint_curvature`, seconds) and grid lrs with lr x (n_beta
     lambda_max + localization) above the ceiling are dropped, the grid extended below to MIN_LRS lrs
-    (`apply_ceiling`; what it did is in the table's attrs and `.ceiling`).
+    (`apply_ceiling`; what it did is in the table's attrs, the record and `.reason`).
     output_path None: a new temporary directory (logged, and in `.root`), for interactive use.
     Collective under torchrun; rank 0 returns the Calibration once every cell is complete, else None.
     """
