@@ -124,6 +124,7 @@ def test_a_cell_whose_every_chain_diverged_is_unhealthy_not_unfinished(tmp_path)
             num_chains=2,
             num_draws=100,
             scale_draws=False,
+            lr_ceiling=None,  # the curvature ceiling would not run lr 1e3 at all (tests/test_curvature.py)
         )
     assert cal is not None  # the rule ran on the finished cells (too short here to be healthy)
     table = cal.table
@@ -301,6 +302,7 @@ def test_calibrated_bigram_lands_within_10_percent(tmp_path):
         grid={"lr": [lr for lr in DEFAULT_GRID["lr"] if lr >= 3e-3], "localization": [0.0]},
         n_beta=1000.0,
         num_draws=500,
+        lr_ceiling=None,  # the rule on these two lr (the ceiling drops 1e-2 here and adds smaller, slower lr)
     )
     assert cal is not None and cal.best is not None, cal
     lam = toy.bigram_learning_coefficient(d["V"])
@@ -394,3 +396,16 @@ def test_cells_the_cap_cut_are_recorded_and_count_only_when_settled(tmp_path):
     assert cal.table.unsettled.values.tolist() == [not shown, False]
     if not shown:
         assert "lr=0.002_localization=1" not in cal.between, cal.reason
+
+
+def test_the_draw_budget_serves_the_cheapest_cells_first():
+    """Every cell gets num_draws; then whole needs, cheapest first, while the budget lasts; the first that
+    does not fit gets the rest when that is at least a quarter of its need, else num_draws only."""
+    from distinterp.jobs.calibrate import allocate_draws
+
+    need = [100_000, 200, 1_000, 33_333, 1_000_000]
+    assert allocate_draws(need, 150_000, 200) == [100_000, 200, 1_000, 33_333, 200]
+    assert allocate_draws(need, 70_000, 200) == [35_267, 200, 1_000, 33_333, 200]  # 35 % of 1e5: cut
+    assert allocate_draws(need, 50_000, 200) == [200, 200, 1_000, 33_333, 200]  # 15 %: not spent
+    with pytest.raises(ValueError, match="draw_budget"):
+        allocate_draws(need, 999, 200)

@@ -23,6 +23,11 @@ pulling every estimate down. So:
   directions: `toy.monomial_expected_llc` gives -1 % at localization 1 and -10 % at 10 for w^4 at n_beta
   1000, so the least that mixes is the least biased).
 
+Before any cell runs, `jobs.calibrate` leaves out the lrs whose Euler-Maruyama step is too stiff for the
+loss's top curvature at the checkpoint (`analyses.curvature`: lr x (n_beta lambda_max + localization)
+above 1), so no cell this rule sees carries that bias, and gives the cells their Langevin time out of
+one draw budget, cheapest first (`jobs.calibrate.allocate_draws`).
+
 The rule:
 1. Candidates are healthy cells (the diagnostics' verdict, plateau check included) with a finite,
    positive estimate that ran their full Langevin time, or that the draw cap cut short but ran at

@@ -20,6 +20,7 @@ import xarray as xr
 from pydantic import Field, NonNegativeFloat, model_validator
 
 from distinterp.analyses.calibration import TOLERANCE, Choice, choose, settled
+from distinterp.analyses.curvature import CEILING, step_stiffness, top_eigenvalue
 from distinterp.analyses.diagnostics import Thresholds, diagnose
 from distinterp.analyses.equilibration import running_llc_plateau
 from distinterp.config import SamplerConfig, default_nbeta
@@ -54,8 +55,16 @@ time (see `cell_draws`), so the cost sits in the small-lr cells: lr below 1e-5 w
 1000 x the largest cell's draws to equilibrate."""
 
 MAX_DRAWS_FACTOR = 50
-"""Default cap on a cell's draws, as a multiple of num_draws: cells whose Langevin time would need more
-are run to the cap and count only if the diagnostics say they settled."""
+"""The old default cap on each cell's draws, as a multiple of num_draws (now `max_draws=50 * num_draws`
+gives it back): it left the normal crossing's lr 1e-4 cell at localization 1, the one that reaches its
+learning coefficient, at 10 % of the 1e5 draws it needs."""
+
+DRAW_BUDGET_FACTOR = 2000
+"""Draws per chain over the whole grid, as a multiple of num_draws (4e5 at the default 200; 1.6e6 SGLD
+steps for 4 chains, about 3x the old default grid's 5.1e5): enough that on the default grid the cells of
+up to 1e5 draws (lr 1e-4 at localization 1, lr 1e-5 at 10) run their whole Langevin time. Cells are
+served cheapest first (`allocate_draws`), so the budget goes to the cells that can equilibrate and a
+small lr that cannot reach a quarter of its time costs only num_draws."""
 
 MIN_TIME_FRACTION = 0.25
 """A cell the draw cap cut below this fraction of its Langevin time (1.25 of its 5 relaxation times) does
@@ -94,6 +103,122 @@ def cell_draws(
         raise ValueError(f"grid['lr']: step sizes must be > 0, got {lr}")
     time = relaxations * 2.0 / localization if localization > 0 else num_draws * steps_per_draw * top_lr
     return int(min(max_draws, max(num_draws, math.ceil(time / (lr * steps_per_draw) - 1e-9))))
+
+
+MIN_LRS = 3
+"""When the curvature ceiling leaves fewer lr than this on the grid, the grid is extended below its
+smallest kept lr (in its own ratio, e.g. half decades) until this many lie under the ceiling: the rule
+needs two neighbouring equilibrated lr, and a third to check the line."""
+
+CURVATURE_BATCHES = 4
+"""Batches (of batch_size rows, the dataset's first) whose mean loss the curvature is measured on."""
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """What the curvature ceiling did to the grid's lr: the loss Hessian's top eigenvalue at the checkpoint,
+    the ceiling on lr x (n_beta lambda_max + localization), the lrs dropped (with their stiffness) and
+    the lrs added below the grid to keep MIN_LRS."""
+
+    lambda_max: float
+    ceiling: float
+    lrs: tuple[float, ...]
+    dropped: dict[float, float]
+    added: tuple[float, ...]
+
+    def record(self) -> dict[str, Any]:
+        """JSON for the root's record and the table's attrs."""
+        return {
+            "lambda_max": self.lambda_max,
+            "ceiling": self.ceiling,
+            "dropped": [[lr, s] for lr, s in self.dropped.items()],
+            "added": list(self.added),
+        }
+
+
+def checkpoint_curvature(
+    model: Any, dataset: Any, loss_fn: Any, batch_size: int, num_batches: int = CURVATURE_BATCHES
+) -> float:
+    """Top eigenvalue of the mean per-token loss's Hessian at the model's current weights, over its first
+    num_batches batches (`analyses.curvature.top_eigenvalue`); the model is left as it was (eval mode
+    while measuring, so dropout does not make the Hessian-vector products noisy)."""
+    import torch
+
+    from distinterp.data import input_ids_tensor
+    from distinterp.loss import resolve_loss_fn
+    from distinterp.sampling import vocab_size
+
+    ids = input_ids_tensor(dataset, "dataset", vocab_size(model))
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device if params else torch.device("cpu")
+    rows = ids[: max(1, batch_size) * max(1, num_batches)].to(device)
+    fn = resolve_loss_fn(loss_fn)
+    batches = list(torch.split(rows, max(1, batch_size)))
+
+    def loss() -> torch.Tensor:
+        return sum(fn(model, b).float().mean() for b in batches) / len(batches)  # type: ignore[return-value]
+
+    was_training = model.training
+    model.eval()
+    try:  # the math attention kernel: the fused CPU/GPU ones have no double backward
+        with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
+            return top_eigenvalue(loss, params)
+    except (RuntimeError, NotImplementedError) as e:
+        if "not implemented" not in str(e) and "does not require grad" not in str(e):
+            raise
+        logger.warning("calibrate: no Hessian-vector product for this model (%s); no lr ceiling", e)
+        return math.nan
+    finally:
+        model.train(was_training)
+
+
+def apply_ceiling(
+    lrs: Sequence[float], n_beta: float, lambda_max: float, localizations: Sequence[float], ceiling: float
+) -> Ceiling:
+    """The grid's lrs whose `step_stiffness` at the largest localization is at most `ceiling`; when fewer
+    than MIN_LRS remain, extended below the smallest kept by the grid's own lrs a decade (or more) down
+    (half-decade grids stay half-decade)."""
+    if not math.isfinite(lambda_max):  # not measured: every lr runs
+        return Ceiling(lambda_max, ceiling, tuple(sorted(float(x) for x in lrs)), {}, ())
+    loc = max([float(x) for x in localizations] + [0.0])
+    stiff = {float(lr): step_stiffness(float(lr), n_beta, lambda_max, loc) for lr in lrs}
+    kept = sorted(lr for lr, s in stiff.items() if s <= ceiling)
+    dropped = {lr: round(s, 4) for lr, s in stiff.items() if s > ceiling}
+    added: list[float] = []
+    want = min(MIN_LRS, len(stiff))
+    decade = 1
+    while dropped and len(kept) < want:  # the grid's own lrs a decade (two, ...) down, below the smallest
+        floor = kept[0] if kept else min(stiff)
+        for lr in sorted((float(f"{x / 10**decade:.6g}") for x in stiff), reverse=True):
+            ok = step_stiffness(lr, n_beta, lambda_max, loc) <= ceiling
+            if lr < floor and ok and lr not in kept and len(kept) < want:
+                kept = sorted([*kept, lr])
+                added.append(lr)
+        decade += 1
+    return Ceiling(lambda_max, ceiling, tuple(kept), dropped, tuple(sorted(added)))
+
+
+def allocate_draws(need: Sequence[int], budget: int, minimum: int) -> list[int]:
+    """Draws per cell out of `budget` per chain: every cell gets `minimum`; then, cheapest need first (ties
+    in grid order), each gets its whole need while the budget lasts; the first that does not fit gets
+    what is left if that is at least MIN_TIME_FRACTION of its need (a cut cell), else `minimum`, as does
+    every later one (a capped cell, which would not count, so its draws are not spent)."""
+    if budget < minimum * len(need):
+        raise ValueError(
+            f"draw_budget: {budget} draws per chain cannot give the {len(need)} cells num_draws={minimum} "
+            f"each; raise it to at least {minimum * len(need)}"
+        )
+    given = [minimum] * len(need)
+    left = budget - minimum * len(need)
+    for i in sorted(range(len(need)), key=lambda j: (need[j], j)):
+        extra = max(need[i] - minimum, 0)
+        if extra <= left:
+            given[i] += extra
+            left -= extra
+        elif minimum + left >= MIN_TIME_FRACTION * need[i]:
+            given[i] += left
+            left = 0
+    return given
 
 
 THRESHOLDS = Thresholds(
@@ -190,6 +315,8 @@ def calibrate(
     scale_draws: bool = True,
     max_draws: int | None = None,
     relaxations: float = RELAXATIONS,
+    lr_ceiling: float | None = CEILING,
+    draw_budget: int | None = None,
     **sample_kwargs: Any,
 ) -> Calibration | None:
     """Run every grid cell as a multi-chain sample() into `<output_path>/<cell>.zarr` and choose.
@@ -197,22 +324,52 @@ def calibrate(
     `grid` maps sampler settings to values (default DEFAULT_GRID); n_beta is as given, else devinterp's
     default_nbeta(batch_size). Other keyword arguments go to every sample() (num_chains, num_draws, ...).
     With scale_draws (default) each cell runs a fixed Langevin time (`cell_draws`: `relaxations` times
-    2 / localization, draws proportional to 1 / lr), at least num_draws and at most max_draws (default
-    MAX_DRAWS_FACTOR x num_draws); `.best` carries the chosen cell's num_draws.
+    2 / localization, draws proportional to 1 / lr), at least num_draws and at most max_draws (default:
+    no cap of its own), out of a total of `draw_budget` draws per chain over the grid (default
+    DRAW_BUDGET_FACTOR x num_draws) given cheapest cell first (`allocate_draws`); `.best` carries the
+    chosen cell's num_draws.
+    lr_ceiling (default CEILING; None: off): the top eigenvalue lambda_max of the loss Hessian at the
+    checkpoint is measured first (`checkpoint_curvature`, seconds) and grid lrs with lr x (n_beta
+    lambda_max + localization) above the ceiling are dropped, the grid extended below to MIN_LRS lrs
+    (`apply_ceiling`; what it did is in the table's attrs, the record and `.reason`).
     output_path None: a new temporary directory (logged, and in `.root`), for interactive use.
     Collective under torchrun; rank 0 returns the Calibration once every cell is complete, else None.
     """
     grid = dict(grid) if grid is not None else dict(DEFAULT_GRID)
     cells = grid_cells(grid)
+    if lr_ceiling is not None and not lr_ceiling > 0:
+        raise ValueError(f"lr_ceiling: must be > 0 (or None to keep every grid lr), got {lr_ceiling}")
     if output_path is None:
         output_path = temporary_root("calibration")
     common = dict(sample_kwargs)
     for name in grid:
         common.pop(name, None)
+    top_lr = max(float(v) for v in grid["lr"])  # the grid as given: the ceiling does not shorten loc-0 cells
+    ceiling = None
+    if lr_ceiling is not None and "n_beta" not in grid:
+        n_beta = sample_kwargs.get("n_beta") or default_nbeta(
+            int(sample_kwargs.get("batch_size", 32)), int(sample_kwargs.get("gradient_accumulation_steps", 1))
+        )
+        lambda_max = checkpoint_curvature(
+            model, dataset, sample_kwargs.get("loss_fn"), int(sample_kwargs.get("batch_size", 32))
+        )
+        locs = grid.get("localization", [sample_kwargs.get("localization", 0.0)])
+        ceiling = apply_ceiling(grid["lr"], float(n_beta), lambda_max, locs, lr_ceiling)
+        if ceiling.dropped:
+            logger.info(
+                "calibrate: loss curvature %.4g at the checkpoint; dropped lr %s (lr x n_beta x curvature > %g)%s",
+                lambda_max,
+                ", ".join(f"{lr:g} ({s:.2g})" for lr, s in ceiling.dropped.items()),
+                lr_ceiling,
+                f", added {', '.join(f'{lr:g}' for lr in ceiling.added)}" if ceiling.added else "",
+            )
+            grid["lr"] = list(ceiling.lrs)
+            cells = grid_cells(grid)
     scaled = scale_draws and "num_draws" not in grid
     base = int(sample_kwargs.get("num_draws", SamplerConfig.model_fields["num_draws"].default))
-    cap = int(max_draws) if max_draws is not None else MAX_DRAWS_FACTOR * base
-    top_lr = max(float(v) for v in grid["lr"])
+    cap = int(max_draws) if max_draws is not None else 1 << 62
+    if max_draws is not None and max_draws < base:
+        raise ValueError(f"max_draws: must be >= num_draws ({base}), got {max_draws}")
     if scaled:
         common.pop("num_draws", None)
     if sample_kwargs.get("n_beta") is None and "n_beta" not in grid:
@@ -222,32 +379,30 @@ def calibrate(
     runs = []
     capped: list[str] = []  # cells the cap cut below MIN_TIME_FRACTION of their time: not counted
     cut: dict[str, float] = {}  # cells the cap cut above it: the fraction they ran; count only if settled
-    for cell in cells:
+    steps_per_draw = int(sample_kwargs.get("num_steps_bw_draws", 1))
+    locs = [float(c.get("localization", sample_kwargs.get("localization", 0.0))) for c in cells]
+    need = [
+        cell_draws(
+            float(c["lr"]),
+            loc,
+            num_draws=base,
+            max_draws=1 << 62,
+            top_lr=top_lr,
+            relaxations=relaxations,
+            steps_per_draw=steps_per_draw,
+        )
+        for c, loc in zip(cells, locs)
+    ]
+    budget = int(draw_budget) if draw_budget is not None else DRAW_BUDGET_FACTOR * base
+    given = allocate_draws([min(n, cap) for n in need], budget, base) if scaled else [base] * len(cells)
+    for cell, draws, full in zip(cells, given, need):
         kwargs: dict[str, Any] = dict(cell)
         if scaled:
-            loc = float(cell.get("localization", sample_kwargs.get("localization", 0.0)))
-            kwargs["num_draws"] = cell_draws(
-                float(cell["lr"]),
-                loc,
-                num_draws=base,
-                max_draws=cap,
-                top_lr=top_lr,
-                relaxations=relaxations,
-                steps_per_draw=int(sample_kwargs.get("num_steps_bw_draws", 1)),
-            )
-            uncapped = cell_draws(
-                float(cell["lr"]),
-                loc,
-                num_draws=base,
-                max_draws=1 << 62,
-                top_lr=top_lr,
-                relaxations=relaxations,
-                steps_per_draw=int(sample_kwargs.get("num_steps_bw_draws", 1)),
-            )
-            if kwargs["num_draws"] < MIN_TIME_FRACTION * uncapped:
+            kwargs["num_draws"] = draws
+            if draws < MIN_TIME_FRACTION * full:
                 capped.append(cell_label(cell))
-            elif kwargs["num_draws"] < uncapped:
-                cut[cell_label(cell)] = round(kwargs["num_draws"] / uncapped, 4)
+            elif draws < full:
+                cut[cell_label(cell)] = round(draws / full, 4)
         if run_settings is not None:  # the CLI: what `distinterp sample` of this cell records
             recorded = dict(run_settings)
             recorded["sampler"] = {
@@ -270,6 +425,7 @@ def calibrate(
             "grid": [[k, list(v)] for k, v in grid.items()],  # a list: JSON keeps its order
             **({"capped": capped} if capped else {}),
             **({"cut": cut} if cut else {}),
+            **({"curvature": ceiling.record()} if ceiling is not None else {}),
         },
     )
     if not runtime().is_coordinator or not stores_complete(root, [r.label for r in runs]):
@@ -306,6 +462,15 @@ def choose_cell(
     short = np.isin(table.cell.values, list(record.get("capped", [])))
     unsettled = np.isin(table.cell.values, [c for c in record.get("cut", {}) if not _settled(location, c)])
     table = table.assign(capped=("cell", short), unsettled=("cell", unsettled))
+    curvature = record.get("curvature")
+    if curvature is not None:  # the lr ceiling: what it measured and which lrs it dropped or added
+        table.attrs.update(
+            lambda_max=curvature["lambda_max"],
+            lr_ceiling=curvature["ceiling"],
+            dropped_lr=[lr for lr, _ in curvature["dropped"]],
+            dropped_stiffness=[s for _, s in curvature["dropped"]],
+            added_lr=list(curvature["added"]),
+        )
     picked: Choice = choose(
         [c["lr"] for c in cells],
         [order[k] for k in keys],
@@ -336,19 +501,31 @@ def choose_cell(
             extrapolate = [{"lr": float(cells[i]["lr"]), **draws(i)} for i in picked.cells[1:]]
     table = table.assign(num_draws=("cell", [draws(i)["num_draws"] for i in range(len(cells))]))
     between = [str(table.cell.values[i]) for i in picked.cells]
+    reason = picked.reason
+    if curvature is not None and curvature["dropped"]:
+        reason += (
+            f"; lr {', '.join(f'{lr:g}' for lr, _ in curvature['dropped'])} not run: lr x (n_beta x "
+            f"{curvature['lambda_max']:.3g} + localization) = "
+            f"{', '.join(f'{s:.2g}' for _, s in curvature['dropped'])} above {curvature['ceiling']:g}"
+            + (
+                f", lr {', '.join(f'{lr:g}' for lr in curvature['added'])} added"
+                if curvature["added"]
+                else ""
+            )
+        )
     table.attrs.update(
         estimate=picked.estimate,
         estimate_se=picked.estimate_se,
         chosen_lr=picked.lr or float("nan"),
         between=between,
-        reason=picked.reason,
+        reason=reason,
         confirmed=int(picked.confirmed),
     )
     return Calibration(
         table=table,
         best=best,
         between=between,
-        reason=picked.reason,
+        reason=reason,
         confirmed=picked.confirmed,
         estimate=picked.estimate,
         extrapolate=extrapolate,
@@ -414,8 +591,20 @@ class CalibrateSettings(SampleSettings):
         True,
         description="cells run a fixed Langevin time (draws ~ 1/lr, see cell_draws); False: num_draws each",
     )
-    max_draws: int | None = Field(None, gt=0, description="cap on a cell's draws (default 50 x num_draws)")
+    max_draws: int | None = Field(
+        None, gt=0, description="cap on each cell's draws (default: none of its own)"
+    )
+    draw_budget: int | None = Field(
+        None,
+        gt=0,
+        description="draws per chain over the whole grid (default 2000 x num_draws), cheapest cell first",
+    )
     relaxations: float = Field(RELAXATIONS, gt=0, description="cell length in 2/localization time units")
+    lr_ceiling: float | None = Field(
+        CEILING,
+        gt=0,
+        description="drop grid lrs with lr x (n_beta x top loss curvature + localization) above this; null: off",
+    )
 
     @model_validator(mode="after")
     def _calibration_only(self) -> CalibrateSettings:
@@ -457,7 +646,9 @@ def run_calibrate(settings: CalibrateSettings) -> Calibration | None:
         tolerance=settings.tolerance,
         scale_draws=settings.scale_draws,
         max_draws=settings.max_draws,
+        draw_budget=settings.draw_budget,
         relaxations=settings.relaxations,
+        lr_ceiling=settings.lr_ceiling,
         storage_options=settings.storage_options,
         array_task=settings.array_task.resolved(),
         run_settings=recorded,

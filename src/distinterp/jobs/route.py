@@ -34,7 +34,9 @@ OWN: dict[str, frozenset[str]] = {
     "bif": frozenset({"bif"}),
     "susceptibilities": frozenset({"susceptibilities"}),
     "trajectory": frozenset({"checkpoints"}),
-    "calibrate": frozenset({"grid", "tolerance", "scale_draws", "max_draws", "relaxations"}),
+    "calibrate": frozenset(
+        {"grid", "tolerance", "scale_draws", "max_draws", "relaxations", "lr_ceiling", "draw_budget"}
+    ),
     "sweep": frozenset({"checkpoints", "restrictions", "datasets", "grid"}),
 }
 """Each job's own section."""
