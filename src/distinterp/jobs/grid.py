@@ -8,7 +8,6 @@ chain) pairs), the root's record, resume and aggregation are `distinterp.jobs.sw
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 import re
@@ -20,6 +19,7 @@ import torch
 import xarray as xr
 from pydantic import Field, model_validator
 
+from distinterp.analyses.grid import bif_summaries, susceptibility_table
 from distinterp.config import SamplerConfig
 from distinterp.data import fingerprint, input_ids_tensor
 from distinterp.identity import recorded_settings
@@ -64,32 +64,20 @@ PLACEHOLDERS = {"L": "layer", "H": "head", "G": "key/value group"}
 GridAnalysisName = Literal["llc", "bif", "susceptibilities"]
 GridAnalysis = Callable[[Location, xr.Dataset], xr.Dataset]
 """An analysis of a finished grid: (root, the LLC table) -> variables to merge into the table."""
-ANALYSES: dict[str, str | None] = {
+ANALYSES: dict[str, GridAnalysis | None] = {
     "llc": None,
-    "bif": "distinterp.analyses.grid:bif_summaries",
-    "susceptibilities": "distinterp.analyses.grid:susceptibility_table",
+    "bif": bif_summaries,
+    "susceptibilities": susceptibility_table,
 }
-"""Per-cell analyses sweep() can be asked for: "llc" is the aggregate itself; the others name a
-GridAnalysis (module:function), imported when asked for and refused, before any work, when absent."""
+"""Per-cell analyses sweep() can be asked for: "llc" is the aggregate itself; the others are a GridAnalysis
+run on the finished grid and merged into its table."""
 
 
 def grid_analysis(name: str) -> GridAnalysis | None:
-    """The GridAnalysis that `analyses=` entry names (None for "llc"); unknown or missing ones refused."""
+    """The GridAnalysis that `analyses=` entry names (None for "llc"); an unknown name is refused."""
     if name not in ANALYSES:
         raise ValueError(f"analyses: {name!r} is not a grid analysis; choose from {sorted(ANALYSES)}")
-    target = ANALYSES[name]
-    if target is None:
-        return None
-    module, _, function = target.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module), function)
-    except (ImportError, AttributeError):
-        raise ValueError(
-            f"analyses: {name!r} needs {target}, which this installation does not have; drop {name!r}"
-        ) from None
-    if not callable(fn):
-        raise ValueError(f"analyses: {target} is not a function")
-    return fn  # type: ignore[no-any-return]
+    return ANALYSES[name]
 
 
 def value_text(value: Any) -> str:
