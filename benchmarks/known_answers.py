@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import sys
 import tempfile
@@ -131,10 +132,13 @@ def cases(
 
         def build(seed: int) -> tuple[Any, Any, Any]:
             model = toy.DeepLinearNetwork(widths, rank, point="deepest")
-            return model, toy.dln_regression_data(model, n, seed), toy.dln_empirical_loss
+            data = toy.dln_regression_data(model, n, seed)
+            if kind == "trained":  # the checkpoint training reaches: the minimum of L_n, not the truth
+                model = toy.dln_empirical_minimum(model)
+            return model, data, toy.dln_empirical_loss
 
         return Case(
-            f"{label} {'-'.join(map(str, widths))} r{rank} n={n}",
+            f"{label} {'-'.join(map(str, widths))} r{rank} n={n}" + (" trained" if kind == "trained" else ""),
             kind,
             build,
             float(lam),
@@ -193,14 +197,15 @@ def cases(
         monomial((1, 2), True, crossing_n),
     ]
     empirical = [dln([4, 3, 5], 0, "empirical"), dln([3, 2, 6], 1, "empirical"), bigram(4)]
-    return population + empirical
+    trained = [dln([4, 3, 5], 0, "trained"), dln([3, 2, 6], 1, "trained")]
+    return population + empirical + trained
 
 
 def shared_settings(case: Case, seed: int) -> dict[str, Any]:
     """n_beta, batch size and initial-loss batches of every run of a case (the initial loss over about the
     whole dataset for empirical losses: its error is multiplied by n_beta)."""
     common: dict[str, Any] = dict(n_beta=case.n_beta, batch_size=case.batch_size, num_init_loss_batches=1)
-    if case.kind == "empirical":
+    if case.kind in ("empirical", "trained"):
         n = len(case.build(seed)[1])
         common["num_init_loss_batches"] = (
             32 if case.name.startswith("bigram") else max(1, 2 * n // case.batch_size)
@@ -463,7 +468,10 @@ def main() -> None:
     p.add_argument("--json")
     p.add_argument("--smoke", action="store_true", help="two tiny cases, short cells: seconds")
     p.add_argument(
-        "--cases", default="population", help="population (default: ~10 min idle), empirical, or both"
+        "--cases",
+        default="population",
+        help="population (default: ~10 min idle), empirical, trained (the rrr cases at the minimum of L_n), "
+        "comma-separated",
     )
     p.add_argument("--only", default="", help="run only cases whose name contains this")
     p.add_argument("--seeds", type=int, default=2, help="data seeds per empirical case")
@@ -490,6 +498,7 @@ def main() -> None:
     p.add_argument(
         "--chains", type=int, default=8, help="chains per --equilibration cell (nested R-hat needs 8)"
     )
+    p.add_argument("--rows-jsonl", help="append each (case, seed) row to this JSON-lines file as it finishes")
     p.add_argument("--keep", help="keep every store under this directory (default: temporary, removed)")
     p.add_argument(
         "--results",
@@ -545,6 +554,9 @@ def main() -> None:
             if not args.keep:
                 row["root"] = ""  # gone with the temporary directory
             rows.append(row)
+            if args.rows_jsonl:  # each row as it finishes, so a long run's finished part survives
+                with open(args.rows_jsonl, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
             ch = row["chosen"]
             chosen = f"{ch['lr']}, {ch['localization']}, {ch['num_draws']}" + (
                 " x" if row["extrapolated"] else ""

@@ -38,8 +38,11 @@ __all__ = [
     "bigram_counts",
     "bigram_expected_llc",
     "bigram_learning_coefficient",
+    "bigram_loss_float64",
     "bigram_mle",
     "dln_empirical_loss",
+    "dln_empirical_loss_float64",
+    "dln_empirical_minimum",
     "dln_learning_coefficient",
     "dln_population_loss",
     "dln_regression_data",
@@ -221,6 +224,20 @@ def bigram_expected_llc(dataset: Any, V: int, n_beta: float) -> float:
     return float(per_row.sum())
 
 
+def bigram_loss_float64(dataset: Any, V: int) -> Any:
+    """The bigram's mean per-token loss L_n(W) = -sum_ab counts_ab log softmax(W_a)_b / N in float64, for a
+    (chains, V*V) batch of flattened logits tables (-> (chains,)): the loss sample() averages over
+    minibatches, from the transition counts alone."""
+    counts = bigram_counts(dataset, V).to(torch.float64)
+    total = float(counts.sum())
+
+    def loss(w: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(w.reshape(-1, V, V), dim=-1)
+        return -(counts * logp).sum(dim=(1, 2)) / total
+
+    return loss
+
+
 BIGRAM_DEMO: dict[str, Any] = dict(V=6, chain_seed=0, seq_len=65, n_rows=512, data_seed=1)
 """The demo problem (`distinterp demo`): markov_chain(V, chain_seed) -> markov_dataset(seq_len, n_rows,
 data_seed) -> bigram_mle; 512 x 64 = 32768 tokens, every transition seen; true lambda = 15."""
@@ -377,6 +394,83 @@ def dln_empirical_loss(model: DeepLinearNetwork, input_ids: torch.Tensor) -> tor
     x, y = model.data_x[idx], model.data_y[idx]
     residual = y - x @ model.product().T
     return 0.5 * (residual**2).sum(dim=1, keepdim=True)
+
+
+def _dln_flat(model: DeepLinearNetwork) -> torch.Tensor:
+    """The network's weights W_1, ..., W_L flattened (row-major) and concatenated, float64: the order the
+    float64 losses below read a (chains, d) batch in."""
+    return torch.cat([w.detach().double().reshape(-1) for w in model.weights])
+
+
+def dln_empirical_loss_float64(model: DeepLinearNetwork) -> tuple[Any, torch.Tensor]:
+    """(loss, w0): the empirical loss L_n(w) = mean_i ||y_i - W(w) x_i||^2 / 2 of the samples
+    `dln_regression_data` stored, in float64, for a (chains, d) batch of flattened weights (-> (chains,)),
+    and the model's own weights flattened the same way.
+
+    L_n depends on the data through its second moments only (Sxx = X^T X / n, Syx = Y^T X / n,
+    syy = tr Y^T Y / n): L_n = (syy - 2 tr(W Sxy) + tr(W Sxx W^T)) / 2, so a batch of chains costs a few
+    small matrix products. Reads the float32 samples the sampler reads, widened.
+    """
+    if not hasattr(model, "data_x"):
+        raise ValueError("model: no stored samples; call toy.dln_regression_data(model, n, seed) first")
+    x, y = model.data_x.double(), model.data_y.double()
+    n = x.shape[0]
+    sxx, syx, syy = x.T @ x / n, y.T @ x / n, float((y * y).sum()) / n
+    shapes = [tuple(w.shape) for w in model.weights]
+    sizes = [a * b for a, b in shapes]
+
+    def loss(w: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(w, sizes, dim=-1)
+        prod = parts[0].reshape(-1, *shapes[0])
+        for part, shape in zip(parts[1:], shapes[1:], strict=True):
+            prod = part.reshape(-1, *shape) @ prod
+        quad = ((prod @ sxx) * prod).sum(dim=(1, 2))
+        return 0.5 * (syy - 2.0 * (prod * syx).sum(dim=(1, 2)) + quad)
+
+    return loss, _dln_flat(model)
+
+
+def dln_empirical_minimum(model: DeepLinearNetwork) -> DeepLinearNetwork:
+    """A copy of `model` (same truth, same stored samples) whose weights sit at the minimum of its empirical
+    loss L_n: the checkpoint a researcher's training reaches, where the truth's A = B = 0 is not.
+
+    The product is constrained to rank k = the narrowest hidden width, so the minimum is reduced-rank
+    regression (Anderson 1951; Izenman 1975): with S = Sxx^(1/2) and W_ols = Syx Sxx^-1, L_n(W) = const +
+    ||(W - W_ols) S||_F^2 / 2, so W = [W_ols S]_k S^-1 with [.]_k the rank-k truncated SVD (Eckart-Young).
+    It is factored in balance (the factorisation gradient descent from a small start approaches):
+    W = U Sigma V^T, W_1 = E_1 Sigma^(1/L) V^T, W_l = E_l Sigma^(1/L) E_(l-1)^T, W_L = U Sigma^(1/L) E^T,
+    E_l the first k coordinate directions of layer l's output.
+    """
+    import copy
+
+    if not hasattr(model, "data_x"):
+        raise ValueError("model: no stored samples; call toy.dln_regression_data(model, n, seed) first")
+    x, y = model.data_x.double(), model.data_y.double()
+    n = x.shape[0]
+    sxx, syx = x.T @ x / n, y.T @ x / n
+    evals, evecs = torch.linalg.eigh(sxx)
+    if float(evals.min()) <= 0:
+        raise ValueError("model: the stored inputs do not span the input space (need n >= input width)")
+    root = evecs @ torch.diag(evals.sqrt()) @ evecs.T
+    root_inv = evecs @ torch.diag(evals.rsqrt()) @ evecs.T
+    w_ols = syx @ torch.linalg.inv(sxx)
+    k = min(model.widths[1:-1])
+    u, sig, vh = torch.linalg.svd(w_ols @ root)
+    k = min(k, int(sig.shape[0]))
+    w_min = u[:, :k] @ torch.diag(sig[:k]) @ vh[:k] @ root_inv
+    u, sig, vh = torch.linalg.svd(w_min)
+    u, sig, v = u[:, :k], sig[:k], vh[:k].T
+    scale = torch.diag(sig ** (1.0 / len(model.weights)))
+    layers = []
+    for i, (a, b) in enumerate(itertools.pairwise(model.widths)):
+        left = u if i == len(model.weights) - 1 else torch.eye(b, k, dtype=torch.float64)
+        right = v if i == 0 else torch.eye(a, k, dtype=torch.float64)
+        layers.append(left @ scale @ right.T)
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for param, layer in zip(out.weights, layers, strict=True):
+            param.copy_(layer.float())
+    return out
 
 
 def dln_population_loss(model: DeepLinearNetwork, input_ids: torch.Tensor) -> torch.Tensor:
