@@ -227,3 +227,60 @@ def test_monomial_coefficients_and_their_finite_n_targets():
         model.w.copy_(torch.tensor([2.0, 0.5]))
     loss = toy.monomial_loss(model, torch.zeros((1, 2), dtype=torch.int64)).detach()
     assert float(loss.max()) == pytest.approx(4 * 0.0625)
+
+
+def test_float64_empirical_losses_are_the_losses_sample_averages():
+    """toy.dln_empirical_loss_float64 and toy.bigram_loss_float64 (batched over chains) equal the mean of
+    the per-sample / per-token losses sample() reads, at the checkpoint and at a moved point."""
+    model = toy.DeepLinearNetwork([3, 2, 3, 2], 1, point="deepest")
+    ids = toy.dln_regression_data(model, 64, seed=2)
+    loss, w0 = toy.dln_empirical_loss_float64(model)
+    assert w0.shape == (6 + 6 + 6,)
+    moved = w0 + 0.3 * torch.randn(w0.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    batch = loss(torch.stack([w0, moved]))
+    with torch.no_grad():
+        expected = [float(toy.dln_empirical_loss(model, ids).double().mean())]
+    with torch.no_grad():
+        for param, part in zip(model.weights, torch.split(moved, [6, 6, 6]), strict=True):
+            param.copy_(part.reshape(param.shape).float())
+        expected.append(float(toy.dln_empirical_loss(model, ids).double().mean()))
+    torch.testing.assert_close(batch, torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=0)
+
+    ds = toy.markov_dataset(toy.markov_chain(3, 0), 17, 20, 1)
+    bigram = toy.bigram_mle(ds, 3)
+    tokens = torch.tensor(ds["input_ids"])
+    with torch.no_grad():
+        per_token = float(compute_per_token_loss(bigram, tokens).double().mean())
+    value = toy.bigram_loss_float64(ds, 3)(bigram.W.detach().double().reshape(1, -1))
+    assert float(value[0]) == pytest.approx(per_token, rel=1e-6)
+    with pytest.raises(ValueError, match="dln_regression_data"):
+        toy.dln_empirical_loss_float64(toy.DeepLinearNetwork([2, 2, 2], 1))
+
+
+@pytest.mark.parametrize("widths, rank", [([3, 2, 6], 1), ([4, 3, 5], 0), ([3, 2, 3, 2, 3], 1)])
+def test_dln_empirical_minimum_is_the_reduced_rank_regression_fit(widths, rank):
+    """The trained checkpoint: zero gradient of L_n, below the truth and below nearby points, product of
+    rank <= the narrowest hidden width, balanced layers; the truth and the samples are kept."""
+    model = toy.DeepLinearNetwork(widths, rank, point="deepest")
+    toy.dln_regression_data(model, 200, seed=1)
+    trained = toy.dln_empirical_minimum(model)
+    assert torch.equal(trained.target, model.target) and torch.equal(trained.data_y, model.data_y)
+    loss, w = toy.dln_empirical_loss_float64(trained)
+    w = w.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss(w[None]).sum(), w)
+    assert float(grad.abs().max()) < 1e-5  # float32 weights: zero up to rounding
+    at_min = float(loss(w.detach()[None])[0])
+    assert at_min < float(
+        toy.dln_empirical_loss_float64(model)[0](toy.dln_empirical_loss_float64(model)[1][None])
+    )
+    near = w.detach() + 1e-2 * torch.randn(
+        200, w.numel(), generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    assert float(loss(near).min()) > at_min
+    k = min(widths[1:-1])
+    assert int(torch.linalg.matrix_rank(trained.product().double(), atol=1e-5)) == min(
+        k, widths[0], widths[-1]
+    )
+    singular = [torch.linalg.svdvals(p.detach().double())[:k] for p in trained.weights]
+    for s in singular[1:]:
+        torch.testing.assert_close(s, singular[0], rtol=1e-4, atol=1e-6)
