@@ -100,6 +100,10 @@ class Case:
     target: Callable[[float], float] | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
     extra: dict[str, Any] = field(default_factory=dict)
+    reference_loss: Callable[[Any, Any], tuple[Any, Any]] | None = None
+    """(model, data) -> (float64 batched L_n, flattened w0) for `reference.expected_llc` (empirical cases)."""
+    proper_at_zero: bool = False
+    """Whether the posterior without localization is proper, so a localization-0 reference exists."""
 
 
 def cases(
@@ -146,6 +150,7 @@ def cases(
             n_beta,
             batch_size=min(100, n),
             seeds=list(range(seeds)),
+            reference_loss=lambda model, data: toy.dln_empirical_loss_float64(model),
         )
 
     def monomial(k: tuple[int, ...], product: bool, size: int = n) -> Case:
@@ -180,6 +185,11 @@ def cases(
             1000.0,
             16,
             seeds=list(range(seeds)),
+            reference_loss=lambda model, data: (
+                toy.bigram_loss_float64(data, V),
+                model.W.detach().double().reshape(-1),
+            ),
+            proper_at_zero=True,  # the flat softmax shifts leave L_n unchanged; the rest is a Dirichlet
         )
 
     if smoke:
@@ -287,6 +297,63 @@ def run_case(
         ],
         "root": f"{base}/cal",
     }
+
+
+REFERENCE = dict(chains=512, burnin=4000, draws=4000)
+"""MALA settings of the float64 reference (`reference.expected_llc`): 512 chains x (4000 + 4000) full-batch
+steps, 5-25 s per localization here; its standard error is 0.05-0.2 % of the target on these cases, and
+doubling burn-in and draws moved no reading by more than 2 standard errors."""
+
+
+def references(case: Case, seed: int, localizations: list[float]) -> dict[str, Any]:
+    """The estimator's finite-n target E[n_beta (L_n(w) - L_n(w0))] at each localization, by float64 full-batch
+    MALA (independent of distinterp's sampler); None where the posterior is improper (localization 0 on a
+    model whose loss does not confine w, as reduced-rank regression's A = 0, B arbitrary valley)."""
+    from distinterp.reference import expected_llc
+
+    assert case.reference_loss is not None
+    model, data, _ = case.build(seed)
+    loss, w0 = case.reference_loss(model, data)
+    out: dict[str, Any] = {}
+    for loc in sorted(set(localizations)):
+        if loc == 0 and not case.proper_at_zero:
+            out[f"{loc:g}"] = None
+            continue
+        out[f"{loc:g}"] = expected_llc(loss, w0, case.n_beta, loc, seed=seed, **REFERENCE).as_dict()
+    return out
+
+
+def add_references(rows: list[dict[str, Any]], suite: list[Case], grid_locs: list[float]) -> None:
+    """Each empirical row gains `reference` at localization 1 (the fixed settings'), at the chosen one and at
+    every localization of the grid, and the split of its errors: sampler (estimate - reference) and
+    estimator (reference - lambda)."""
+    by_name = {c.name: c for c in suite}
+    for row in rows:
+        case = by_name.get(row["case"])
+        if case is None or case.reference_loss is None:
+            continue
+        chosen = row["chosen"].get("localization")
+        locs = [FIXED["localization"], *grid_locs] + ([float(chosen)] if chosen is not None else [])
+        refs = references(case, row["seed"], locs)
+        row["reference"] = refs
+        lam = row["lambda"]
+
+        def ref_at(loc: float | None, refs: dict[str, Any] = refs) -> float:
+            got = refs.get(f"{loc:g}") if loc is not None else None
+            return float(got["mean"]) if got else float("nan")
+
+        at_chosen, at_fixed = ref_at(chosen), ref_at(FIXED["localization"])
+        row["reference_chosen"] = at_chosen
+        row["reference_fixed"] = at_fixed
+        row["calibrated_sampler_error"] = (row["calibrated"] - at_chosen) / at_chosen
+        row["fixed_sampler_error"] = (row["fixed"] - at_fixed) / at_fixed
+        row["estimator_error_chosen"] = (at_chosen - lam) / lam
+        row["estimator_error_fixed"] = (at_fixed - lam) / lam
+        for cell in row.get("cells", []):
+            settings = dict(part.split("=") for part in cell["cell"].split("_"))
+            ref = ref_at(float(settings.get("localization", 0.0)))
+            cell["reference"] = ref
+            cell["sampler_error"] = (cell["llc"] - ref) / ref
 
 
 def check_cells(row: dict[str, Any], case: Case, smoke: bool) -> list[dict[str, Any]]:
@@ -499,6 +566,13 @@ def main() -> None:
         "--chains", type=int, default=8, help="chains per --equilibration cell (nested R-hat needs 8)"
     )
     p.add_argument("--rows-jsonl", help="append each (case, seed) row to this JSON-lines file as it finishes")
+    p.add_argument(
+        "--references-from",
+        help="read the rows of an earlier run from this JSON-lines file (--rows-jsonl) and add the references",
+    )
+    p.add_argument(
+        "--no-reference", action="store_true", help="skip the float64 MALA references of the empirical rows"
+    )
     p.add_argument("--keep", help="keep every store under this directory (default: temporary, removed)")
     p.add_argument(
         "--results",
@@ -538,7 +612,13 @@ def main() -> None:
             grid[name] = getattr(args, name)
     if args.smoke:
         grid = {"lr": [1e-3, 3e-3], "localization": [1.0]}
-    rows, cells = [], []
+    rows: list[dict[str, Any]] = []
+    cells: list[dict[str, Any]] = []
+    if args.references_from:  # rows a run wrote with --rows-jsonl: add the references only
+        names = {c.name for c in suite}
+        with open(args.references_from) as fh:
+            rows = [r for r in map(json.loads, fh) if r["case"] in names]
+        suite = []
     header = (
         f"{'case':28s} {'kind':10s} {'seed':>4s} {'lambda':>7s} {'m':>2s} {'n_beta':>7s} {'finite-n':>8s} {'calibrated':>10s} "
         f"{'error':>7s} {'fixed':>7s} {'error':>7s} {'chosen (lr, loc, draws)':>26s} {'cells':>5s} {'steps':>8s} {'s':>5s}"
@@ -568,6 +648,10 @@ def main() -> None:
                 f"{row['cost_steps']:8d} {row['seconds']:5.0f}",
                 flush=True,
             )
+    if not args.no_reference:
+        every = {c.name: c for c in cases(args.n, args.seeds, args.smoke, args.crossing_n, args.large_n)}
+        locs = list((grid or _default_grid())["localization"])
+        add_references(rows, list(every.values()), locs)
     summary = summarize(rows, cells)
     for line in summary["lines"]:
         print(line)
@@ -577,8 +661,16 @@ def main() -> None:
         harness.write_json(
             str(RESULTS / f"{args.results}.json"), {"rows": rows, "cells": cells, "summary": summary}
         )
-        (RESULTS / f"{args.results}.md").write_text(markdown(rows, summary["lines"]))
+        table = reference_markdown if any("reference" in r for r in rows) else markdown
+        (RESULTS / f"{args.results}.md").write_text(table(rows, summary["lines"]))
         print(f"wrote {RESULTS / args.results}.json and .md")
+
+
+def _default_grid() -> dict[str, list[float]]:
+    """calibrate()'s DEFAULT_GRID (imported late: the script's --help needs no torch)."""
+    from distinterp.jobs.calibrate import DEFAULT_GRID
+
+    return {k: list(v) for k, v in DEFAULT_GRID.items()}
 
 
 def slug(name: str) -> str:
@@ -621,6 +713,89 @@ def markdown(rows: list[dict[str, Any]], lines: list[str]) -> str:
     return "\n".join(out + [""] + [f"- {line}" for line in lines]) + "\n"
 
 
+def reference_markdown(rows: list[dict[str, Any]], lines: list[str]) -> str:
+    """The empirical table with the float64 reference: each estimate's error against lambda, split into the
+    sampler's (estimate - reference at its localization) and the estimator's at finite n (reference - lambda)."""
+
+    def pct(x: float) -> str:
+        return "n/a" if x != x else f"{x:+.1%}"
+
+    def num(x: float) -> str:
+        return "improper" if x != x else f"{x:.3f}"
+
+    out = [
+        "| case | seed | lambda | calibrated (lr, loc) | reference at its loc | calibrated - lambda | "
+        "of which sampler (calibrated - reference) | estimator (reference - lambda) | fixed (lr 5e-4, loc 1) | "
+        "reference at loc 1 | fixed - lambda | of which sampler | estimator |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "reference" not in r:
+            continue
+        ch = r["chosen"]
+        refc = (
+            r["reference"].get(f"{float(ch['localization']):g}") if ch["localization"] is not None else None
+        )
+        se_c = f" +- {refc['se']:.3f}" if refc else ""
+        ref1 = r["reference"].get(f"{1.0:g}")
+        out.append(
+            f"| {r['case']} | {r['seed']} | {r['lambda']:.4g} | {r['calibrated']:.3f} ({ch['lr']}, "
+            f"{ch['localization']:g}) | {num(r['reference_chosen'])}{se_c} | {pct(r['calibrated_error'])} | "
+            f"{pct(r['calibrated_sampler_error'])} | {pct(r['estimator_error_chosen'])} | {r['fixed']:.3f} | "
+            f"{num(r['reference_fixed'])} +- {ref1['se']:.3f} | {pct(r['fixed_error'])} | "
+            f"{pct(r['fixed_sampler_error'])} | {pct(r['estimator_error_fixed'])} |"
+        )
+    accept = [v["acceptance"] for r in rows for v in r.get("reference", {}).values() if isinstance(v, dict)]
+    drift = [
+        abs(v["drift"]) / v["drift_se"]
+        for r in rows
+        for v in r.get("reference", {}).values()
+        if isinstance(v, dict) and v["drift_se"] > 0
+    ]
+    if accept:
+        out += [
+            "",
+            f"Reference: float64 full-batch MALA, {REFERENCE['chains']} chains x ({REFERENCE['burnin']} + "
+            f"{REFERENCE['draws']}) steps per localization; acceptance {min(accept):.2f}-{max(accept):.2f}; "
+            f"|second half - first half| / its s.e.: median {sorted(drift)[len(drift) // 2]:.1f}, "
+            f"max {max(drift):.1f}. 'improper': localization 0 on reduced-rank regression has no finite target.",
+        ]
+    cell_rows = _cell_errors(rows)
+    if cell_rows:
+        out += [
+            "",
+            "Every calibration cell with localization > 0 against the reference at its localization (mean over "
+            "seeds of (cell - reference) / reference):",
+            "",
+            "| case | " + " | ".join(cell_rows["cells"]) + " |",
+            "|---|" + "---|" * len(cell_rows["cells"]),
+        ]
+        for name, errs in cell_rows["by_case"].items():
+            out.append(
+                f"| {name} | " + " | ".join(pct(errs.get(c, float("nan"))) for c in cell_rows["cells"]) + " |"
+            )
+    return "\n".join(out + [""] + [f"- {line}" for line in lines]) + "\n"
+
+
+def _cell_errors(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per case, per calibration cell (lr, localization > 0): the mean over seeds of its sampler error."""
+    import numpy as np
+
+    by_case: dict[str, dict[str, list[float]]] = {}
+    names: list[str] = []
+    for r in rows:
+        for c in r.get("cells", []):
+            if "sampler_error" not in c or c["sampler_error"] != c["sampler_error"]:
+                continue
+            by_case.setdefault(r["case"], {}).setdefault(c["cell"], []).append(c["sampler_error"])
+            if c["cell"] not in names:
+                names.append(c["cell"])
+    return {
+        "cells": names,
+        "by_case": {k: {c: float(np.mean(v)) for c, v in d.items()} for k, d in by_case.items()},
+    }
+
+
 def summarize(rows: list[dict[str, Any]], cells: list[dict[str, Any]]) -> dict[str, Any]:
     """The goals: population cases within 10 %; empirical mean error per case no worse than fixed, every
     case within 30 %; every unequilibrated cell flagged."""
@@ -636,7 +811,7 @@ def summarize(rows: list[dict[str, Any]], cells: list[dict[str, Any]]) -> dict[s
         )
     by_case: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        if r["kind"] == "empirical":
+        if r["kind"] in ("empirical", "trained"):
             by_case.setdefault(r["case"], []).append(r)
     for name, rs in by_case.items():
         cal = float(np.mean([abs(r["calibrated_error"]) for r in rs]))
@@ -644,6 +819,20 @@ def summarize(rows: list[dict[str, Any]], cells: list[dict[str, Any]]) -> dict[s
         lines.append(
             f"empirical {name}: mean |error| over {len(rs)} seeds: calibrated {cal:.1%}, fixed {fix:.1%}; worst "
             f"calibrated {max(abs(r['calibrated_error']) for r in rs):.1%} (goal 30 %)"
+        )
+    for name, rs in by_case.items():
+        if not all("reference" in r for r in rs):
+            continue
+
+        def mean_abs(key: str, rs: list[dict[str, Any]] = rs) -> float:
+            vals = [abs(r[key]) for r in rs if r[key] == r[key]]
+            return float(np.mean(vals)) if vals else float("nan")
+
+        lines.append(
+            f"  {name}: estimator's own error at finite n (reference - lambda), mean |.|: "
+            f"{mean_abs('estimator_error_fixed'):.1%} at localization 1, {mean_abs('estimator_error_chosen'):.1%} "
+            f"at the chosen localization; sampler's (estimate - reference): fixed {mean_abs('fixed_sampler_error'):.1%}, "
+            f"calibrated {mean_abs('calibrated_sampler_error'):.1%}"
         )
     if cells:
         bad = [c for c in cells if c["unequilibrated"]]
