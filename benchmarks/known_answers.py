@@ -305,7 +305,9 @@ steps, 5-25 s per localization here; its standard error is 0.05-0.2 % of the tar
 doubling burn-in and draws moved no reading by more than 2 standard errors."""
 
 
-def references(case: Case, seed: int, localizations: list[float]) -> dict[str, Any]:
+def references(
+    case: Case, seed: int, localizations: list[float], settings: dict[str, int] = REFERENCE
+) -> dict[str, Any]:
     """The estimator's finite-n target E[n_beta (L_n(w) - L_n(w0))] at each localization, by float64 full-batch
     MALA (independent of distinterp's sampler); None where the posterior is improper (localization 0 on a
     model whose loss does not confine w, as reduced-rank regression's A = 0, B arbitrary valley)."""
@@ -319,11 +321,13 @@ def references(case: Case, seed: int, localizations: list[float]) -> dict[str, A
         if loc == 0 and not case.proper_at_zero:
             out[f"{loc:g}"] = None
             continue
-        out[f"{loc:g}"] = expected_llc(loss, w0, case.n_beta, loc, seed=seed, **REFERENCE).as_dict()
+        out[f"{loc:g}"] = expected_llc(loss, w0, case.n_beta, loc, seed=seed, **settings).as_dict()
     return out
 
 
-def add_references(rows: list[dict[str, Any]], suite: list[Case], grid_locs: list[float]) -> None:
+def add_references(
+    rows: list[dict[str, Any]], suite: list[Case], grid_locs: list[float], smoke: bool = False
+) -> None:
     """Each empirical row gains `reference` at localization 1 (the fixed settings'), at the chosen one and at
     every localization of the grid, and the split of its errors: sampler (estimate - reference) and
     estimator (reference - lambda)."""
@@ -334,7 +338,9 @@ def add_references(rows: list[dict[str, Any]], suite: list[Case], grid_locs: lis
             continue
         chosen = row["chosen"].get("localization")
         locs = [FIXED["localization"], *grid_locs] + ([float(chosen)] if chosen is not None else [])
-        refs = references(case, row["seed"], locs)
+        refs = references(
+            case, row["seed"], locs, dict(chains=32, burnin=100, draws=100) if smoke else REFERENCE
+        )
         row["reference"] = refs
         lam = row["lambda"]
 
@@ -651,7 +657,7 @@ def main() -> None:
     if not args.no_reference:
         every = {c.name: c for c in cases(args.n, args.seeds, args.smoke, args.crossing_n, args.large_n)}
         locs = list((grid or _default_grid())["localization"])
-        add_references(rows, list(every.values()), locs)
+        add_references(rows, list(every.values()), locs, args.smoke)
     summary = summarize(rows, cells)
     for line in summary["lines"]:
         print(line)
