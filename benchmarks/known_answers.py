@@ -311,12 +311,16 @@ def references(
     """The estimator's finite-n target E[n_beta (L_n(w) - L_n(w0))] at each localization, by float64 full-batch
     MALA (independent of distinterp's sampler); None where the posterior is improper (localization 0 on a
     model whose loss does not confine w, as reduced-rank regression's A = 0, B arbitrary valley)."""
+    from distinterp import toy
     from distinterp.reference import expected_llc
 
     assert case.reference_loss is not None
     model, data, _ = case.build(seed)
     loss, w0 = case.reference_loss(model, data)
     out: dict[str, Any] = {}
+    if isinstance(model, toy.DeepLinearNetwork):  # how far above the minimum of L_n the checkpoint sits
+        low, w_min = toy.dln_empirical_loss_float64(toy.dln_empirical_minimum(model))
+        out["gap"] = case.n_beta * float(loss(w0[None])[0] - low(w_min[None])[0])
     for loc in sorted(set(localizations)):
         if loc == 0 and not case.proper_at_zero:
             out[f"{loc:g}"] = None
@@ -341,6 +345,7 @@ def add_references(
         refs = references(
             case, row["seed"], locs, dict(chains=32, burnin=100, draws=100) if smoke else REFERENCE
         )
+        row["checkpoint_gap"] = refs.pop("gap", 0.0)  # the bigram sits at its MLE
         row["reference"] = refs
         lam = row["lambda"]
 
@@ -730,10 +735,11 @@ def reference_markdown(rows: list[dict[str, Any]], lines: list[str]) -> str:
         return "improper" if x != x else f"{x:.3f}"
 
     out = [
-        "| case | seed | lambda | calibrated (lr, loc) | reference at its loc | calibrated - lambda | "
+        "| case | seed | lambda | n_beta (L_n(w0) - min L_n) | calibrated (lr, loc) | reference at its loc | "
+        "calibrated - lambda | "
         "of which sampler (calibrated - reference) | estimator (reference - lambda) | fixed (lr 5e-4, loc 1) | "
         "reference at loc 1 | fixed - lambda | of which sampler | estimator |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "reference" not in r:
@@ -745,7 +751,8 @@ def reference_markdown(rows: list[dict[str, Any]], lines: list[str]) -> str:
         se_c = f" +- {refc['se']:.3f}" if refc else ""
         ref1 = r["reference"].get(f"{1.0:g}")
         out.append(
-            f"| {r['case']} | {r['seed']} | {r['lambda']:.4g} | {r['calibrated']:.3f} ({ch['lr']}, "
+            f"| {r['case']} | {r['seed']} | {r['lambda']:.4g} | {r.get('checkpoint_gap', 0.0):.2f} | "
+            f"{r['calibrated']:.3f} ({ch['lr']}, "
             f"{ch['localization']:g}) | {num(r['reference_chosen'])}{se_c} | {pct(r['calibrated_error'])} | "
             f"{pct(r['calibrated_sampler_error'])} | {pct(r['estimator_error_chosen'])} | {r['fixed']:.3f} | "
             f"{num(r['reference_fixed'])} +- {ref1['se']:.3f} | {pct(r['fixed_error'])} | "
