@@ -5,6 +5,8 @@ closed form; and whether diagnose() flags the calibration cells that had not equ
                                        [--seeds 2] [--n 1000] [--grid default|benchmark] [--only NAME]
                                        [--check-cells K] [--equilibration] [--crossing-n N]
                                        [--lr 3e-5,1e-4] [--localization 1] [--max-draws N]
+                                       [--cases empirical,trained --seeds 5] [--rows-jsonl F]
+                                       [--references-from F] [--no-reference]
 
 The default run (the 8 population cases, 155k SGLD steps each) takes about 10 minutes on an idle
 2-core machine; `--cases population,empirical` adds 3 empirical cases x `--seeds` data seeds.
@@ -29,6 +31,14 @@ Every calibration uses calibrate()'s defaults otherwise (4 chains, num_draws 200
 cell_draws). The fixed settings are the issue's textbook ones: lr 5e-4, localization 1, 4 chains x 1500
 draws. `--lr`, `--localization` and `--max-draws` replace the grid's values and the draw cap, to see
 why a case misses (they are not the untuned defaults).
+
+The empirical rows also carry a float64 reference for the estimator's own finite-n target E[n_beta (L_n(w) -
+L_n(w0))] under the exact localized posterior (`distinterp.reference.expected_llc`: full-batch MALA over 512
+chains, with its acceptance rate and standard error), at localization 1 (the fixed settings'), at the chosen
+localization and at the grid's: so each error splits into the sampler's (estimate - reference) and the
+estimator's at finite n (reference - lambda); `--references-from rows.jsonl` adds them to an earlier run's
+rows. `--cases trained` runs the same regressions with the checkpoint at the minimum of L_n (closed-form
+reduced-rank regression, `toy.dln_empirical_minimum`), as a trained network is, instead of at the truth.
 
 Equilibration against the truth: each calibration cell's all-steps estimate is compared with a reference
 run of the same cell 4x longer (its last half); a cell "has not equilibrated" when they differ by more
