@@ -796,6 +796,7 @@ def reference_markdown(rows: list[dict[str, Any]], lines: list[str]) -> str:
             f"{num(r['reference_fixed'])} +- {ref1['se']:.3f} | {pct(r['fixed_error'])} | "
             f"{pct(r['fixed_sampler_error'])} | {pct(r['estimator_error_fixed'])} |"
         )
+    out += ["", *case_means_markdown(rows)]
     accept = [v["acceptance"] for r in rows for v in r.get("reference", {}).values() if isinstance(v, dict)]
     drift = [
         abs(v["drift"]) / v["drift_se"]
@@ -829,6 +830,42 @@ def reference_markdown(rows: list[dict[str, Any]], lines: list[str]) -> str:
                 f"| {name} | " + " | ".join(pct(errs.get(c, float("nan"))) for c in cell_rows["cells"]) + " |"
             )
     return "\n".join(out + [""] + [f"- {line}" for line in lines]) + "\n"
+
+
+def case_means_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """Per case, means over its data seeds: |error| against lambda of both settings, and the split of the
+    signed error into the estimator's (reference - lambda) and the sampler's (estimate - reference)."""
+    import numpy as np
+
+    by_case: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if "reference" in r:
+            lam = r["lambda"]  # the split in shares of lambda, so that the two parts add up
+            r = {
+                **r,
+                "calibrated_sampler_share": (r["calibrated"] - r["reference_chosen"]) / lam,
+                "fixed_sampler_share": (r["fixed"] - r["reference_fixed"]) / lam,
+            }
+            by_case.setdefault(r["case"], []).append(r)
+
+    def mean(rs: list[dict[str, Any]], key: str, absolute: bool = False) -> str:
+        vals = [abs(r[key]) if absolute else r[key] for r in rs if r[key] == r[key]]
+        return f"{np.mean(vals):+.1%}".replace("+", "" if absolute else "+") if vals else "n/a"
+
+    out = [
+        "| case | seeds | mean n_beta (L_n(w0) - min L_n) | mean abs error: calibrated | fixed | "
+        "calibrated = estimator + sampler (mean signed, % of lambda) | fixed = estimator + sampler |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, rs in by_case.items():
+        gap = float(np.mean([r.get("checkpoint_gap", 0.0) for r in rs]))
+        out.append(
+            f"| {name} | {len(rs)} | {gap:.2f} | {mean(rs, 'calibrated_error', True)} | "
+            f"{mean(rs, 'fixed_error', True)} | {mean(rs, 'calibrated_error')} = "
+            f"{mean(rs, 'estimator_error_chosen')} + {mean(rs, 'calibrated_sampler_share')} | "
+            f"{mean(rs, 'fixed_error')} = {mean(rs, 'estimator_error_fixed')} + {mean(rs, 'fixed_sampler_share')} |"
+        )
+    return out
 
 
 def _cell_errors(rows: list[dict[str, Any]]) -> dict[str, Any]:
