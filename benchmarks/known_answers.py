@@ -467,9 +467,7 @@ def main() -> None:
     p.add_argument(
         "--cases", default="population", help="population (default: ~10 min idle), empirical, or both"
     )
-    p.add_argument(
-        "--only", default="", help="run only cases whose name contains this ('A|B': either)"
-    )
+    p.add_argument("--only", default="", help="run only cases whose name contains this ('A|B': either)")
     p.add_argument("--seeds", type=int, default=2, help="data seeds per empirical case")
     p.add_argument("--n", type=int, default=1000, help="data size n (n_beta = n / log n)")
     p.add_argument(

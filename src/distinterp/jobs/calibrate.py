@@ -29,7 +29,6 @@ from distinterp.jobs.route import OWN, sample_kwargs
 from distinterp.jobs.runner import check_output_path
 from distinterp.jobs.settings import SampleSettings, parse_override
 from distinterp.jobs.sources import load_dataset, load_model, load_observables, tokenizer_name
-from distinterp.update import DISTANCE_ONLY
 from distinterp.jobs.sweep import (
     Run,
     aggregate_sweep,
@@ -43,6 +42,7 @@ from distinterp.jobs.sweep import (
 from distinterp.parallel.distributed import runtime
 from distinterp.store import Location
 from distinterp.store.open import open_tree
+from distinterp.update import DISTANCE_ONLY
 
 logger = logging.getLogger(__name__)
 
@@ -521,9 +521,11 @@ def choose_cell(
             for k in sorted(set(keys))
         ]
         passed = [k for k, r in order.items() if r in picked.not_localized]
-        reason += "; not localized, passed over (distance from the checkpoint still growing, > {:g}): {}".format(
-            THRESHOLDS.distance_growth,
-            "; ".join(names[order[k]] for k in passed),
+        reason += (
+            "; not localized, passed over (distance from the checkpoint still growing, > {:g}): {}".format(
+                THRESHOLDS.distance_growth,
+                "; ".join(names[order[k]] for k in passed),
+            )
         )
     if curvature is not None and curvature["dropped"]:
         reason += (

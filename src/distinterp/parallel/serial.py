@@ -137,7 +137,7 @@ class SerialEngine:
         local = {n: self.views[n][0] for n in s.masks}
         masks = {n: self._local_mask(n, m) if m is not None else None for n, m in s.masks.items()}
         self.slots = make_slots(
-            local, masks, self.hyper, keep_center=c.bounding_box_size is not None or c.save_metrics
+            local, masks, self.hyper, keep_center=c.bounding_box_size is not None or bool(c.save_metrics)
         )
         if resume[0] is not None:
             resume[0].restore(self.slots, s.device)
