@@ -246,11 +246,13 @@ network's lr 1e-3 cells at localization 1: |z| 4.2 in one chain, transient share
 bound is off too: a large lr overshooting d/2 is the discretisation bias that the rule measures and
 extrapolates away. diagnose()'s one-sided rise test and its minimum of relaxation times are off: the
 rule keeps its own (cells run `RELAXATIONS`, a cut cell counts only above `MIN_TIME_FRACTION` of them and
-when `settled`). The localization check (`distance`, from the distance that calibrate() records with
-save_metrics) fails a cell here and is a note in diagnose()'s default: a cell whose chains keep moving
-away from the checkpoint samples an improper posterior and is no candidate. The drift-vs-noise check that
-save_metrics turns on keeps diagnose()'s line, and the MALA acceptance stays a note. A production run is
-diagnosed with the default thresholds."""
+when `settled`). The localization check (`distance`, from the distance that every cell records with
+save_metrics="distance", judged for cells without localization) fails a cell here and is a warning in
+diagnose()'s default: a cell whose chains keep moving away from the checkpoint samples an improper
+posterior and is no candidate. save_metrics="distance" records no other metric, so the drift-vs-noise
+and MALA checks do not run on the cells (with save_metrics=True given to calibrate(), every cell records
+all of them and they keep diagnose()'s lines). A production run is diagnosed with the default
+thresholds."""
 
 PREFERENCE = ("localization", "llc_weight_decay", "noise_level")
 """Grid fields whose smaller values are preferred (they bias the estimate); the rest keep grid order."""
@@ -329,6 +331,8 @@ def calibrate(
 
     `grid` maps sampler settings to values (default DEFAULT_GRID); n_beta is as given, else devinterp's
     default_nbeta(batch_size). Other keyword arguments go to every sample() (num_chains, num_draws, ...).
+    Every cell records its chains' distance from the checkpoint (save_metrics="distance", or all metrics
+    with save_metrics=True) for the rule's localization check; `.best` leaves it out.
     With scale_draws (default) each cell runs a fixed Langevin time (`cell_draws`: `relaxations` times
     2 / localization, draws proportional to 1 / lr), at least num_draws and at most max_draws (default:
     no cap of its own), out of a total of `draw_budget` draws per chain over the grid (default
@@ -378,7 +382,8 @@ def calibrate(
         raise ValueError(f"max_draws: must be >= num_draws ({base}), got {max_draws}")
     if scaled:
         common.pop("num_draws", None)
-    common.pop("save_metrics", None)  # every cell records its metrics (`METRICS`)
+    # every cell records the distance for the localization check; all the metrics when asked for
+    metrics = True if common.pop("save_metrics", False) is True else DISTANCE_ONLY
     if sample_kwargs.get("n_beta") is None and "n_beta" not in grid:
         common["n_beta"] = default_nbeta(
             int(sample_kwargs.get("batch_size", 32)), int(sample_kwargs.get("gradient_accumulation_steps", 1))
@@ -403,7 +408,7 @@ def calibrate(
     budget = int(draw_budget) if draw_budget is not None else DRAW_BUDGET_FACTOR * base
     given = allocate_draws([min(n, cap) for n in need], budget, base) if scaled else [base] * len(cells)
     for cell, draws, full in zip(cells, given, need):
-        kwargs: dict[str, Any] = {**cell, "save_metrics": DISTANCE_ONLY}  # the localization check
+        kwargs: dict[str, Any] = {**cell, "save_metrics": metrics}
         if scaled:
             kwargs["num_draws"] = draws
             if draws < MIN_TIME_FRACTION * full:
