@@ -73,6 +73,16 @@ def _print_store(tree: Any, url: str) -> int:
     return 1 if complete and not finished else 0
 
 
+def _print_grid(kind: str, output_path: Any, res: Any) -> None:
+    """What a grid-shaped command (sweep, trajectory) prints on the coordinator: its table, or that this
+    job's share is done while other array tasks are not."""
+    if res is None:
+        print(f"{kind} {output_path}: this job's share is done; other tasks are unfinished")
+        return
+    print(f"{kind} {output_path}:")
+    _print_sweep(res)
+
+
 def _print_sweep(res: Any) -> None:
     """One line per checkpoint / cell: label, LLC mean +- std over chains, chains used. A grid's axes
     (more than one dim besides `chain`) print as one line per cell, labelled axis=value,..."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from distinterp.jobs.commands.inputs import _overrides
-from distinterp.jobs.commands.output import _print_sweep
+from distinterp.jobs.commands.output import _print_grid
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -18,9 +18,5 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     assert isinstance(settings, SweepSettings)
     res = run_grid(settings)
     if runtime().is_coordinator:
-        if res is None:
-            print(f"sweep {settings.output_path}: this job's share is done; other tasks are unfinished")
-        else:
-            print(f"sweep {settings.output_path}:")
-            _print_sweep(res)
+        _print_grid("sweep", settings.output_path, res)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from distinterp.jobs.commands.inputs import _overrides
-from distinterp.jobs.commands.output import _print_sweep
+from distinterp.jobs.commands.output import _print_grid
 
 
 def cmd_trajectory(args: argparse.Namespace) -> int:
@@ -18,9 +18,5 @@ def cmd_trajectory(args: argparse.Namespace) -> int:
     assert isinstance(settings, TrajectorySettings)
     res = run_trajectory(settings)
     if runtime().is_coordinator:
-        if res is None:
-            print(f"trajectory {settings.output_path}: this job's share is done; other tasks are unfinished")
-        else:
-            print(f"trajectory {settings.output_path}:")
-            _print_sweep(res)
+        _print_grid("trajectory", settings.output_path, res)
     return 0
