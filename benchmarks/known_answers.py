@@ -302,6 +302,8 @@ def run_case(
                 "llc": float(table.llc_mean.values[i]),
                 "healthy": bool(table.healthy.values[i]),
                 "num_draws": int(table.num_draws.values[i]),
+                "distance_growth": float(table.distance_growth.values[i]),
+                "localized": bool(table.localized.values[i]),
             }
             for i in range(table.sizes["cell"])
         ],
@@ -581,7 +583,7 @@ def main() -> None:
         help="population (default: ~10 min idle), empirical, trained (the rrr cases at the minimum of L_n), "
         "comma-separated",
     )
-    p.add_argument("--only", default="", help="run only cases whose name contains this")
+    p.add_argument("--only", default="", help="run only cases whose name contains this ('A|B': either)")
     p.add_argument("--seeds", type=int, default=2, help="data seeds per empirical case")
     p.add_argument("--n", type=int, default=1000, help="data size n (n_beta = n / log n)")
     p.add_argument(
@@ -648,7 +650,7 @@ def main() -> None:
     suite = [
         c
         for c in cases(args.n, args.seeds, args.smoke, args.crossing_n, args.large_n)
-        if c.kind in kinds and args.only in c.name
+        if c.kind in kinds and any(part in c.name for part in args.only.split("|"))
     ]
     grid = None if args.grid == "default" else BENCH_GRID
     for name in ("lr", "localization"):

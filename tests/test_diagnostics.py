@@ -14,13 +14,14 @@ import distinterp
 from distinterp import toy
 from distinterp.analyses.diagnostics import (
     Diagnosis,
+    Thresholds,
     diagnose,
     geweke_z,
     loo_prediction_t,
     outlier_threshold,
     split_rhat_ess,
 )
-from distinterp.analyses.equilibration import nested_rhat, running_llc_plateau
+from distinterp.analyses.equilibration import distance_growth, localized, nested_rhat, running_llc_plateau
 from tests.conftest import SMALL, devinterp_sample, tiny_gpt2, token_dataset
 
 INIT = 1.0
@@ -298,3 +299,61 @@ def test_s3_url_equals_local(s3_server: Any, s3_url: str, tmp_path: Path) -> Non
     local = diagnose(tmp_path / "local.zarr")
     assert remote.problems == local.problems
     xr.testing.assert_identical(remote.checks, local.checks)
+
+
+def diffusing(n_chains: int, n_steps: int, dim: int = 1, seed: int = 0) -> np.ndarray:
+    """(chain, step) distances from the start of a random walk: an improper, flat direction."""
+    rng = np.random.default_rng(seed)
+    return np.linalg.norm(np.cumsum(rng.normal(size=(n_chains, n_steps, dim)), axis=1), axis=2)
+
+
+def confined(n_chains: int, n_steps: int, dim: int = 1, rho: float = 0.5, seed: int = 0) -> np.ndarray:
+    """(chain, step) distances of a chain the loss holds near the start (AR(1), equilibrated at once)."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n_chains, n_steps, dim))
+    e = rng.normal(size=x.shape)
+    for s in range(1, n_steps):
+        x[:, s] = rho * x[:, s - 1] + e[:, s]
+    return np.linalg.norm(x, axis=2)
+
+
+def test_distance_growth_tells_a_diffusing_chain_from_a_confined_one() -> None:
+    """Mean squared distance, last quarter over first: ~7 for a random walk, ~1 for a chain held near
+    the checkpoint, over 4 chains of one or several flat directions; NaN past a chain's end is ignored;
+    a non-finite distance is inf; nothing measured is NaN and counts as localized."""
+    for dim in (1, 3):
+        for seed in range(3):
+            g, pooled = distance_growth(diffusing(4, 2000, dim, seed))
+            assert pooled > 1.5 and not localized(pooled, 1.5), (dim, seed, pooled)
+            g, pooled = distance_growth(confined(4, 2000, dim, seed=seed))
+            assert pooled == pytest.approx(1.0, abs=0.3) and localized(pooled, 1.5), (dim, seed, pooled)
+    walk = diffusing(2, 2000, 2)
+    short = walk.copy()
+    short[1, 1000:] = np.nan  # chain 1 ended at step 1000: its own quarters
+    g, _ = distance_growth(short)
+    assert g[1] == pytest.approx(np.mean(walk[1, 750:1000] ** 2) / np.mean(walk[1, :250] ** 2))
+    broken = walk.copy()
+    broken[0, -1] = np.inf
+    assert distance_growth(broken)[1] == np.inf and not localized(np.inf, 1.5)
+    assert np.isnan(distance_growth(walk[:, :4])[1]) and localized(float("nan"), 1.5)
+
+
+def test_localization_check_is_a_warning_in_diagnose_and_judged_only_without_a_prior() -> None:
+    """A store whose chains diffuse (metrics_distance of a random walk): without localization diagnose()
+    warns (a note, the run stays healthy), with Thresholds(distance_fails=True) it fails `distance`
+    ("not localized ... raise localization"); with localization the check is not judged."""
+    ds = synthetic(healthy_traces())
+    ds["metrics_distance"] = (("chain", "step"), diffusing(4, 400).astype(np.float32))
+    diag = diagnose(ds)
+    assert diag.healthy and any("not localized" in n for n in diag.notes), diag.notes
+    assert bool(diag.checks.warned.sel(check="distance").all())
+    assert float(diag.checks.distance_growth_pooled) > 1.5
+    strict = diagnose(ds, thresholds=Thresholds(distance_fails=True))
+    assert not strict.healthy and failed(strict) == {"distance": [0, 1, 2, 3]}
+    assert "raise localization" in strict.problems[0]
+    ds.attrs["metadata"]["config"]["sampler"]["localization"] = 1.0
+    held = diagnose(ds, thresholds=Thresholds(distance_fails=True, min_relaxations=0.0))
+    assert held.healthy and np.isnan(float(held.checks.distance_growth_pooled)), held.problems
+    ds.attrs["metadata"]["config"]["sampler"]["localization"] = 0.0
+    ds["metrics_distance"] = (("chain", "step"), confined(4, 400).astype(np.float32))
+    assert diagnose(ds, thresholds=Thresholds(distance_fails=True)).healthy

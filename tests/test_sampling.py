@@ -343,3 +343,30 @@ def test_rows_longer_than_the_models_context_are_named(tmp_path):
     ):
         distinterp.sample(tiny_gpt2(), ds, {"train": ds}, output_path=tmp_path / "r.zarr", **SMALL)
     assert not (tmp_path / "r.zarr").exists()
+
+
+@pytest.mark.parametrize("chains_per_batch", [1, 2])
+def test_save_metrics_distance_records_only_the_distance_and_leaves_the_samples_alone(
+    tmp_path: Path, chains_per_batch: int
+) -> None:
+    """save_metrics="distance" (calibrate's localization check): the losses are those of save_metrics=False
+    (the same update) and metrics_distance that of save_metrics=True, bit for bit, one chain at a time
+    or batched; no other metrics_* array."""
+    dataset = token_dataset()
+    runs = {}
+    for metrics in (False, True, "distance"):
+        tree = distinterp.sample(
+            tiny_gpt2(),
+            dataset,
+            {},
+            output_path=tmp_path / f"{metrics}.zarr",
+            save_metrics=metrics,
+            chains_per_batch=chains_per_batch,
+            **{**SMALL, "localization": 0.0},
+        )
+        runs[metrics] = tree.dataset
+    only = runs["distance"]
+    assert [v for v in only.data_vars if str(v).startswith("metrics_")] == ["metrics_distance"]
+    np.testing.assert_array_equal(only.sampling_loss_micro.values, runs[False].sampling_loss_micro.values)
+    np.testing.assert_array_equal(only.metrics_distance.values, runs[True].metrics_distance.values)
+    assert (only.metrics_distance.values[:, 1:] > 0).all()

@@ -149,6 +149,8 @@ class MalaRecorder:
     def record(
         self, i: int, metrics: dict[str, torch.Tensor], micro: torch.Tensor
     ) -> dict[str, torch.Tensor]:
+        if f"metrics_{MALA_GEOMETRIC}" not in metrics:  # save_metrics="distance": no acceptance
+            return metrics
         geometric = metrics.pop(f"metrics_{MALA_GEOMETRIC}")
         loss, prev = micro.double().mean(), self.loss[i]
         prev = prev.to(loss.device) if prev is not None else None  # from a checkpoint: on the CPU

@@ -65,7 +65,8 @@ class SamplerConfig(BaseModel):
     sampling_method_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     init_noise: NonNegativeFloat | None = None
-    save_metrics: bool = False
+    save_metrics: bool | Literal["distance"] = False
+    """True: every metrics_* array (devinterp's); "distance": only metrics_distance (distinterp's)."""
     shuffle: bool = True
     epoch_mode: EpochMode = "cycle"
     match_sampling_input_ids_across_chains: bool = True

@@ -55,7 +55,7 @@ from distinterp.store import (
     Schema,
     build_schema,
 )
-from distinterp.update import RECORDED_METRICS
+from distinterp.update import DISTANCE_ONLY, RECORDED_METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def sample(
     match_sampling_input_ids_across_chains: bool = True,
     init_noise: float | None = None,
     device: str | torch.device | None = None,
-    save_metrics: bool = False,
+    save_metrics: bool | Literal["distance"] = False,
     output_path: str | Path | None = None,
     loss_fn: LossFn | None = None,
     chains: Sequence[int] | None = None,
@@ -162,7 +162,8 @@ def sample(
         match_sampling_input_ids_across_chains: Every chain sees the same batches at the same step.
         init_noise: Gaussian noise std added to the start once before sampling; None: none.
         device: Where chains run; None: cuda:LOCAL_RANK when CUDA is available, else cpu.
-        save_metrics: Also record metrics_* (gradient, noise, distance to w*) per chain and step.
+        save_metrics: Also record metrics_* (gradient, noise, distance to w*) per chain and step;
+            "distance": only metrics_distance (cheap; what calibrate()'s localization check reads).
         output_path: The store: a local path or an fsspec URL (s3://bucket/run.zarr); None: a temp
             directory (lost at exit). A rerun with the same arguments continues it.
         loss_fn: (model, input_ids) -> per-token loss (batch, seq-1); None: next-token cross-entropy.
@@ -397,7 +398,13 @@ def _schema(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         context_length=ids.shape[1] - 1,
         observables=[(o.obs_id, o.n_samples, o.batches_per_draw) for o in obs_list],
-        metric_fields=RECORDED_METRICS if config.save_metrics else (),
+        metric_fields=(
+            RECORDED_METRICS
+            if config.save_metrics is True
+            else (DISTANCE_ONLY,)
+            if config.save_metrics == DISTANCE_ONLY
+            else ()
+        ),
         metrics_numel=numel if config.save_metrics else None,
         identity=identity,
     )

@@ -32,6 +32,9 @@ STEP_FIELDS = (*METRIC_FIELDS, MALA_GEOMETRIC)
 """What sgld_step returns with metrics on."""
 RECORDED_METRICS = (*METRIC_FIELDS, "mala_acceptance")
 """The metrics_* arrays of a store sampled with save_metrics."""
+DISTANCE_ONLY = "distance"
+"""save_metrics="distance": record only metrics_distance (|theta - theta_0| before each update, the same
+numbers as save_metrics=True's), one pass over the parameters per step: calibrate()'s localization check."""
 
 NoiseFn = Callable[["ParamSlot", torch.Size, float], torch.Tensor]
 """(slot, size, std) -> a N(0, std^2) draw of `size` for that slot's update."""
@@ -131,6 +134,7 @@ def sgld_step(
     stacked: bool = False,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     mala: bool = False,
+    distance_only: bool = False,
 ) -> StepMetrics | None:
     """Apply one SGLD update in place to every slot whose parameter has a gradient.
 
@@ -141,12 +145,15 @@ def sgld_step(
     shards of parameters, `reduce` sums the per-parameter partial sums, a (params, 9, 1) tensor, over the
     shards (one collective) before each parameter's norm is taken. `mala` (with metrics): also the
     MALA_GEOMETRIC part of the step's MALA acceptance (the slots keep the previous point for it).
+    `distance_only` (without metrics): only the `distance` field (DISTANCE_ONLY), computed as with metrics.
     """
-    if not (with_metrics or hyper.rmsprop or hyper.weight_decay or hyper.localization) and (
+    if not (with_metrics or distance_only or hyper.rmsprop or hyper.weight_decay or hyper.localization) and (
         hyper.bounding_box_size is None
     ):
         _plain_step(slots, hyper, generator, noise)
         return None
+    if distance_only and not with_metrics:
+        return _distance_step(slots, hyper, generator, noise, stacked, reduce)
     totals = None
     if with_metrics:
         dev = slots[0].param.device if slots else None
@@ -215,6 +222,38 @@ def sgld_step(
         if mala:
             totals.values[MALA_GEOMETRIC] = torch.full_like(geometric, float("nan")) if first else geometric
     return totals
+
+
+def _distance_step(
+    slots: list[ParamSlot],
+    hyper: SGLDHyper,
+    generator: torch.Generator | None,
+    noise: NoiseFn | None,
+    stacked: bool,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> StepMetrics:
+    """sgld_step without metrics (the same update, so the same samples as save_metrics=False), recording
+    only the distance from the checkpoint before it, summed as with metrics (each parameter's norm
+    re-squared, then the root): the same value as save_metrics=True's."""
+    partials = []
+    for slot in slots:
+        if slot.param.grad is None:
+            continue
+        assert slot.center is not None
+        diff = (slot.param.data - slot.center).float().square()
+        partials.append(
+            diff.sum(dim=tuple(range(1, diff.ndim)))[None]
+            if stacked
+            else (torch.zeros(1, dtype=torch.float32, device=diff.device) + diff.sum())[None]
+        )
+    sgld_step(slots, hyper, generator=generator, noise=noise, stacked=stacked)  # the same update as without
+    if reduce is not None and partials:
+        partials = list(reduce(torch.stack(partials)))
+    dev = slots[0].param.device if slots else None
+    total = torch.zeros(1, dtype=torch.float32, device=dev)
+    for sums in partials:
+        total = total + sums[0].sqrt().square()
+    return StepMetrics({DISTANCE_ONLY: total.sqrt()})
 
 
 PLAIN_CHUNK = 1 << 24

@@ -18,10 +18,23 @@ pulling every estimate down. So:
   term is removed by a straight-line fit of the estimate against lr over the smallest equilibrated
   lrs, extrapolated to lr -> 0 (Richardson-Romberg: Durmus, Simsekli, Moulines, Badeau & Richard 2016,
   NeurIPS, "Stochastic gradient Richardson-Romberg Markov chain Monte Carlo"), rather than over one pair;
-- localization is chosen for mixing, not flatness: the least localization whose cells equilibrate (it
-  biases the estimate towards 0 by an amount that grows with localization / n_beta^(1/2) for quartic
-  directions: `toy.monomial_expected_llc` gives -1 % at localization 1 and -10 % at 10 for w^4 at n_beta
-  1000, so the least that mixes is the least biased).
+- localization is chosen for mixing, not flatness: the least localization whose cells equilibrate and
+  whose chains stay localized (it biases the estimate towards 0 by an amount that grows with
+  localization / n_beta^(1/2) for quartic directions: `toy.monomial_expected_llc` gives -1 % at
+  localization 1 and -10 % at 10 for w^4 at n_beta 1000, so the least that mixes is the least biased).
+  "Stay localized" matters without localization: at a singular checkpoint the posterior without a
+  prior is often improper (the normal crossing w1^2 w2^4 is flat along both axes; reduced-rank
+  regression at A = B = 0 is flat along {A = 0, B arbitrary}, and integrating A out leaves
+  det(B^T B)^(-M/2)-type tails that do not integrate), so a chain there diffuses along the valley
+  without end and its reading depends on how far it got, while its loss trace can look settled (the
+  crossing at localization 0: lr 3e-5 / 1e-4 / 3e-4 read 0.222 / 0.241 / 0.286 and the line gave
+  -13.7 %, where localization 1's lr 1e-4 cell reads -1.5 %). A cell without a prior of its own counts
+  only when its chains' mean squared distance from the checkpoint has stopped growing (the `distance`
+  check, `Thresholds.distance_growth`, from the distance `jobs.calibrate` records with
+  save_metrics="distance"); a group whose equilibrated cells fail it is passed over, named in the
+  reason ("not localized: raise localization"). Along an exact symmetry of the loss (a softmax's
+  shift) this passes over localization 0 although its LLC is right; the cost is localization 1's small
+  bias.
 
 Before any cell runs, `jobs.calibrate` leaves out the lrs whose Euler-Maruyama step is too stiff for the
 loss's top curvature at the checkpoint (`analyses.curvature`: lr x (n_beta lambda_max + localization)
@@ -38,7 +51,9 @@ The rule:
    1 time unit of 10, -12 % against the truth, passed it; the normal crossing's lr 3e-5 cell at
    localization 10, 30 % of its time, passed it, anchored the line and pulled the estimate to -31 %).
 2. Groups are the settings of the other grid fields, ordered least localization first; the chosen group
-   is the first with two neighbouring lr (adjacent in its sorted lr) that are both candidates.
+   is the first with two neighbouring lr (adjacent in its sorted lr) that are both candidates and
+   localized (`localized`: the `distance` check, judged only for cells with no localization, weight
+   decay or bounding box; `Choice.not_localized` names the groups it passed over).
 3. In it, the run of neighbouring candidates that starts at its smallest candidate lr; its smallest
    `FIT_CELLS` lr are fitted by LLC = a + b lr (weighted by their standard errors). If the two smallest
    move by at most FIRST_ORDER_SLOPE in log-log (first order), the estimate is a, the extrapolation to
@@ -102,6 +117,9 @@ class Choice:
     estimate_se: float = float("nan")
     """The estimate's standard error: over chains for one cell's own estimate, propagated through the
     weighted line (`fit_line_se`) for an extrapolation."""
+    not_localized: tuple[int, ...] = ()
+    """Groups (ranks, as `group` gives them) preferred to the chosen one that had two neighbouring
+    equilibrated lr but were passed over because their chains were not localized."""
 
 
 def settled(transient: float, drift: float, tolerance: float = CUT_TOLERANCE) -> bool:
@@ -145,21 +163,29 @@ def choose(
     llc_sem: Sequence[float],
     healthy: Sequence[bool],
     *,
+    localized: Sequence[bool] | None = None,
     tolerance: float = TOLERANCE,
     fit_cells: int = FIT_CELLS,
 ) -> Choice:
     """Apply the rule above. `group[i]` ranks cell i's other settings (0 = most preferred, e.g. the least
-    localization)."""
+    localization); `localized[i]` is cell i's localization verdict (default: every cell localized)."""
     lr_a, mean, sem = (np.asarray(x, dtype=np.float64) for x in (lr, llc_mean, llc_sem))
     grp = np.asarray(group, dtype=np.int64)
-    ok = np.asarray(healthy, dtype=bool) & np.isfinite(mean) & (mean > 0)
+    settled_ok = np.asarray(healthy, dtype=bool) & np.isfinite(mean) & (mean > 0)
+    held = np.ones(len(lr_a), dtype=bool) if localized is None else np.asarray(localized, dtype=bool)
+    ok = settled_ok & held
+    passed = _passed_over(lr_a, grp, settled_ok, held)
     sem = np.where(np.isfinite(sem), sem, 0.0)
     if fit_cells < 2:
         raise ValueError(f"fit_cells: need at least 2 step sizes to fit a line, got {fit_cells}")
     if not ok.any():
-        return Choice(
-            None, (), "no cell is healthy with a positive LLC; widen the grid or lengthen the runs", False
+        why = (
+            "no cell is healthy with a positive LLC; widen the grid or lengthen the runs"
+            if not settled_ok.any()
+            else "no healthy cell's chains are localized (distance from the checkpoint still growing); "
+            "raise localization"
         )
+        return Choice(None, (), why, False, not_localized=passed)
     for g in sorted(set(grp[ok].tolist())):
         cells = sorted(np.flatnonzero(grp == g).tolist(), key=lambda j: lr_a[j])
         if any(ok[a] and ok[b] for a, b in itertools.pairwise(cells)):
@@ -170,12 +196,14 @@ def choose(
         return Choice(
             float(lr_a[i]),
             (i,),
-            f"UNCONFIRMED: no two neighbouring lr are both equilibrated; lr={lr_a[i]:g} is the smallest "
-            f"healthy lr (LLC {mean[i]:.4g} +- {sem[i]:.2g})",
+            f"UNCONFIRMED: no two neighbouring lr are both equilibrated and localized; lr={lr_a[i]:g} is "
+            f"the smallest healthy lr (LLC {mean[i]:.4g} +- {sem[i]:.2g})",
             False,
             float(mean[i]),
             estimate_se=float(sem[i]),
+            not_localized=passed,
         )
+    passed = tuple(p for p in passed if p < g)
     first = next(k for k, (a, b) in enumerate(itertools.pairwise(cells)) if ok[a] and ok[b])
     run = [cells[first]]
     for j in cells[first + 1 :]:
@@ -195,6 +223,7 @@ def choose(
             False,
             float(mean[a]),
             estimate_se=float(sem[a]),
+            not_localized=passed,
         )
     while True:  # drop the largest lr while the points are not on a line (curvature: past first order)
         estimate, slope_b, estimate_se = fit_line_se(lr_a[fit], mean[fit], sem[fit])
@@ -223,4 +252,17 @@ def choose(
         estimate,
         True,
         estimate_se,
+        passed,
     )
+
+
+def _passed_over(lr: np.ndarray, group: np.ndarray, settled: np.ndarray, held: np.ndarray) -> tuple[int, ...]:
+    """The groups with two neighbouring equilibrated lr (`settled`) that are not both localized (`held`)
+    in any such pair: the ones the localization check passes over."""
+    out = []
+    for g in sorted(set(group.tolist())):
+        cells = sorted(np.flatnonzero(group == g).tolist(), key=lambda j: lr[j])
+        pairs = [(a, b) for a, b in itertools.pairwise(cells) if settled[a] and settled[b]]
+        if pairs and not any(held[a] and held[b] for a, b in pairs):
+            out.append(int(g))
+    return tuple(out)

@@ -22,7 +22,7 @@ from pydantic import Field, NonNegativeFloat, model_validator
 from distinterp.analyses.calibration import TOLERANCE, Choice, choose, settled
 from distinterp.analyses.curvature import CEILING, step_stiffness, top_eigenvalue
 from distinterp.analyses.diagnostics import Thresholds, diagnose
-from distinterp.analyses.equilibration import running_llc_plateau
+from distinterp.analyses.equilibration import localized, running_llc_plateau
 from distinterp.config import SamplerConfig, default_nbeta
 from distinterp.identity import recorded_settings
 from distinterp.jobs.route import OWN, sample_kwargs
@@ -42,6 +42,7 @@ from distinterp.jobs.sweep import (
 from distinterp.parallel.distributed import runtime
 from distinterp.store import Location
 from distinterp.store.open import open_tree
+from distinterp.update import DISTANCE_ONLY
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +231,7 @@ THRESHOLDS = Thresholds(
     plateau_tolerance=0.025,
     plateau_rise=math.inf,
     min_relaxations=0.0,
+    distance_fails=True,
 )
 """Health thresholds for calibration cells. R-hat (and nested R-hat) is held to the classic 1.1 (Gelman
 et al., Bayesian Data Analysis, 3rd ed., sec. 11.4; diagnose() fails R-hat there too, and nested R-hat
@@ -244,7 +246,13 @@ network's lr 1e-3 cells at localization 1: |z| 4.2 in one chain, transient share
 bound is off too: a large lr overshooting d/2 is the discretisation bias that the rule measures and
 extrapolates away. diagnose()'s one-sided rise test and its minimum of relaxation times are off: the
 rule keeps its own (cells run `RELAXATIONS`, a cut cell counts only above `MIN_TIME_FRACTION` of them and
-when `settled`). A production run is diagnosed with the default thresholds."""
+when `settled`). The localization check (`distance`, from the distance that every cell records with
+save_metrics="distance", judged for cells without localization) fails a cell here and is a warning in
+diagnose()'s default: a cell whose chains keep moving away from the checkpoint samples an improper
+posterior and is no candidate. save_metrics="distance" records no other metric, so the drift-vs-noise
+and MALA checks do not run on the cells (with save_metrics=True given to calibrate(), every cell records
+all of them and they keep diagnose()'s lines). A production run is diagnosed with the default
+thresholds."""
 
 PREFERENCE = ("localization", "llc_weight_decay", "noise_level")
 """Grid fields whose smaller values are preferred (they bias the estimate); the rest keep grid order."""
@@ -323,6 +331,8 @@ def calibrate(
 
     `grid` maps sampler settings to values (default DEFAULT_GRID); n_beta is as given, else devinterp's
     default_nbeta(batch_size). Other keyword arguments go to every sample() (num_chains, num_draws, ...).
+    Every cell records its chains' distance from the checkpoint (save_metrics="distance", or all metrics
+    with save_metrics=True) for the rule's localization check; `.best` leaves it out.
     With scale_draws (default) each cell runs a fixed Langevin time (`cell_draws`: `relaxations` times
     2 / localization, draws proportional to 1 / lr), at least num_draws and at most max_draws (default:
     no cap of its own), out of a total of `draw_budget` draws per chain over the grid (default
@@ -372,6 +382,8 @@ def calibrate(
         raise ValueError(f"max_draws: must be >= num_draws ({base}), got {max_draws}")
     if scaled:
         common.pop("num_draws", None)
+    # every cell records the distance for the localization check; all the metrics when asked for
+    metrics = True if common.pop("save_metrics", False) is True else DISTANCE_ONLY
     if sample_kwargs.get("n_beta") is None and "n_beta" not in grid:
         common["n_beta"] = default_nbeta(
             int(sample_kwargs.get("batch_size", 32)), int(sample_kwargs.get("gradient_accumulation_steps", 1))
@@ -396,7 +408,7 @@ def calibrate(
     budget = int(draw_budget) if draw_budget is not None else DRAW_BUDGET_FACTOR * base
     given = allocate_draws([min(n, cap) for n in need], budget, base) if scaled else [base] * len(cells)
     for cell, draws, full in zip(cells, given, need):
-        kwargs: dict[str, Any] = dict(cell)
+        kwargs: dict[str, Any] = {**cell, "save_metrics": metrics}
         if scaled:
             kwargs["num_draws"] = draws
             if draws < MIN_TIME_FRACTION * full:
@@ -459,9 +471,14 @@ def choose_cell(
     keys = [tuple(_rank(grid[n], c[n], n in PREFERENCE) for n in others) for c in cells]
     order = {k: i for i, k in enumerate(sorted(set(keys)))}
     healthy = table["healthy"].values if "healthy" in table else np.isfinite(table.llc_mean.values)
+    growth = table["distance_growth"].values if "distance_growth" in table else np.full(len(cells), np.nan)
+    held = np.asarray([localized(float(g), THRESHOLDS.distance_growth) for g in growth], dtype=bool)
+    problems = [str(p) for p in table["problems"].values] if "problems" in table else [""] * len(cells)
+    # equilibrated but for the localization check: the rule tells such a group apart in its reason
+    healthy = np.asarray(healthy, dtype=bool) | (~held & np.asarray([_only_distance(p) for p in problems]))
     short = np.isin(table.cell.values, list(record.get("capped", [])))
     unsettled = np.isin(table.cell.values, [c for c in record.get("cut", {}) if not _settled(location, c)])
-    table = table.assign(capped=("cell", short), unsettled=("cell", unsettled))
+    table = table.assign(capped=("cell", short), unsettled=("cell", unsettled), localized=("cell", held))
     curvature = record.get("curvature")
     if curvature is not None:  # the lr ceiling: what it measured and which lrs it dropped or added
         table.attrs.update(
@@ -477,6 +494,7 @@ def choose_cell(
         table.llc_mean.values,
         table.llc_sem.values,
         np.asarray(healthy, dtype=bool) & ~short & ~unsettled,
+        localized=held,
         tolerance=tolerance,
     )
     best = None
@@ -502,6 +520,18 @@ def choose_cell(
     table = table.assign(num_draws=("cell", [draws(i)["num_draws"] for i in range(len(cells))]))
     between = [str(table.cell.values[i]) for i in picked.cells]
     reason = picked.reason
+    if picked.not_localized:
+        names = [
+            ", ".join(f"{n}={v:g}" if isinstance(v, float) else f"{n}={v}" for n, v in zip(others, k))
+            for k in sorted(set(keys))
+        ]
+        passed = [k for k, r in order.items() if r in picked.not_localized]
+        reason += (
+            "; not localized, passed over (distance from the checkpoint still growing, > {:g}): {}".format(
+                THRESHOLDS.distance_growth,
+                "; ".join(names[order[k]] for k in passed),
+            )
+        )
     if curvature is not None and curvature["dropped"]:
         reason += (
             f"; lr {', '.join(f'{lr:g}' for lr, _ in curvature['dropped'])} not run: lr x (n_beta x "
@@ -546,6 +576,12 @@ def _settled(root: Location, label: str) -> bool:
         THRESHOLDS.plateau_tail,
     )
     return settled(p.transient, p.drift)
+
+
+def _only_distance(problems: str) -> bool:
+    """Whether a cell's only problem is the localization check (`distance: not localized ...`)."""
+    lines = [line for line in problems.split("\n") if line.strip()]
+    return bool(lines) and all(line.startswith("distance: not localized") for line in lines)
 
 
 def _rank(values: list[Any], value: Any, ascending: bool) -> int:

@@ -509,6 +509,8 @@ class Cell:
     rhat: float = float("nan")
     ess: float = float("nan")
     width: int = 0
+    distance_growth: float = float("nan")
+    """The localization check's pooled distance growth (save_metrics stores; NaN without the distance)."""
 
 
 def _summarise(loc: Location, allow_partial: bool, thresholds: Thresholds | None, compute: bool) -> Cell:
@@ -538,6 +540,8 @@ def _summarise(loc: Location, allow_partial: bool, thresholds: Thresholds | None
             cell.unusable = "no complete, finite chain"
     verdict = diagnose(tree, thresholds=thresholds)
     cell.rhat, cell.ess = float(verdict.checks.rhat), float(verdict.checks.ess_bulk)
+    if "distance_growth_pooled" in verdict.checks:
+        cell.distance_growth = float(verdict.checks.distance_growth_pooled)
     cell.healthy = bool(verdict.healthy)
     cell.problems = "\n".join(verdict.problems)
     tree.close()
@@ -558,7 +562,8 @@ def aggregate_sweep(
 ) -> xr.Dataset:
     """LLC and health verdict per store over the root's labels, as one Dataset with a dim per axis of the
     sweep (`checkpoint`, `restriction`, `dataset`, grid fields; a trajectory's `checkpoint` with a `step`
-    coord, a calibration's flat `cell`): llc_mean/std/sem/per_chain, `healthy`, `problems`, rhat, ess.
+    coord, a calibration's flat `cell`): llc_mean/std/sem/per_chain, `healthy`, `problems`, rhat, ess,
+    distance_growth (the localization check; NaN for stores without save_metrics).
 
     Stores are read one at a time (memory bounded whatever their number). An unfinished store is refused
     with everything that is missing named, unless allow_partial: then each store's complete chains are
@@ -602,6 +607,7 @@ def aggregate_sweep(
         "problems": np.asarray([c.problems for c in cells], dtype=object).astype(str),
         "rhat": np.asarray([c.rhat for c in cells]),
         "ess_bulk": np.asarray([c.ess for c in cells]),
+        "distance_growth": np.asarray([c.distance_growth for c in cells]),
     }
     unusable = [label for label, c in zip(labels, cells) if c.unusable]
     attrs = {"kind": record["kind"], "root": str(root), "missing": sorted([*missing, *unusable])}

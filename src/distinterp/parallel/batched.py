@@ -33,7 +33,7 @@ from distinterp.data import BatchFeed, ProbeRows
 from distinterp.loss import LossFn
 from distinterp.parallel.engine import StepOutput
 from distinterp.parallel.serial import SerialEngine
-from distinterp.update import STEP_FIELDS, ParamSlot, SGLDHyper, sgld_step
+from distinterp.update import DISTANCE_ONLY, STEP_FIELDS, ParamSlot, SGLDHyper, sgld_step
 
 
 def _quiet(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -201,7 +201,7 @@ class BatchedEngine:
         self, resume: Sequence[ChainCheckpoint | None], name: str
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The chains' previous MALA point (theta, grad U), stacked from their checkpoints (save_metrics)."""
-        if not self.setup.config.save_metrics or any(
+        if self.setup.config.save_metrics is not True or any(
             r is None or not r.mala or name not in r.mala for r in resume
         ):
             return None
@@ -238,9 +238,10 @@ class BatchedEngine:
             self.slots,
             self.hyper,
             noise=self._noise,
-            with_metrics=self.setup.config.save_metrics,
+            with_metrics=self.setup.config.save_metrics is True,
             mala=True,
             stacked=True,
+            distance_only=self.setup.config.save_metrics == DISTANCE_ONLY,
         )
         for p in self.stacked.values():
             p.grad = None

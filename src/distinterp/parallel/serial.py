@@ -20,7 +20,7 @@ from distinterp.data import BatchFeed
 from distinterp.loss import is_transformer_lens_model
 from distinterp.noise import BlockedNoise, Piece
 from distinterp.parallel.engine import StepOutput
-from distinterp.update import STEP_FIELDS, ParamSlot, SGLDHyper, make_slots, sgld_step
+from distinterp.update import DISTANCE_ONLY, STEP_FIELDS, ParamSlot, SGLDHyper, make_slots, sgld_step
 
 if TYPE_CHECKING:
     from distinterp.config import SamplerConfig
@@ -137,7 +137,7 @@ class SerialEngine:
         local = {n: self.views[n][0] for n in s.masks}
         masks = {n: self._local_mask(n, m) if m is not None else None for n, m in s.masks.items()}
         self.slots = make_slots(
-            local, masks, self.hyper, keep_center=c.bounding_box_size is not None or c.save_metrics
+            local, masks, self.hyper, keep_center=c.bounding_box_size is not None or bool(c.save_metrics)
         )
         if resume[0] is not None:
             resume[0].restore(self.slots, s.device)
@@ -190,8 +190,9 @@ class SerialEngine:
             self.hyper,
             noise=self._noise(),  # type: ignore[arg-type]
             reduce=self._reduce(),  # type: ignore[arg-type]
-            with_metrics=self.setup.config.save_metrics,
+            with_metrics=self.setup.config.save_metrics is True,
             mala=True,
+            distance_only=self.setup.config.save_metrics == DISTANCE_ONLY,
         )
         for p in self.named.values():
             p.grad = None
