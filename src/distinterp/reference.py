@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from distinterp.analyses.chains import llc_estimate
+
 __all__ = ["MalaReference", "expected_llc"]
 
 BatchLoss = Callable[[torch.Tensor], torch.Tensor]
@@ -93,7 +95,7 @@ def expected_llc(
     def potential(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(U, grad U, n_beta (L_n - L_n(w0))) per chain."""
         w = w.detach().requires_grad_(True)
-        excess = n_beta * (loss(w) - base)
+        excess = llc_estimate(loss(w), base, n_beta)
         u = excess + 0.5 * localization * ((w - center) ** 2).sum(dim=1)
         (grad,) = torch.autograd.grad(u.sum(), w)
         return u.detach(), grad, excess.detach()
