@@ -300,7 +300,10 @@ def run_case(
             {
                 "cell": str(table.cell.values[i]),
                 "llc": float(table.llc_mean.values[i]),
+                "sem": float(table.llc_sem.values[i]),
                 "healthy": bool(table.healthy.values[i]),
+                "capped": bool(table.capped.values[i]),
+                "unsettled": bool(table.unsettled.values[i]),
                 "num_draws": int(table.num_draws.values[i]),
                 "distance_growth": float(table.distance_growth.values[i]),
                 "localized": bool(table.localized.values[i]),

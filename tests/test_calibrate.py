@@ -70,7 +70,32 @@ def test_rule_prefers_less_localization_over_a_flatter_curve():
     picked = choose(lr, group, mean, [0.01] * 8, healthy)
     assert picked.cells == (1, 2) and picked.lr == 1e-3
     only_one_at_zero = [False, False, True, False] + [True] * 4
-    assert choose(lr, group, mean, [0.01] * 8, only_one_at_zero).cells == (4, 5, 6)
+    lone = choose(lr, group, mean, [0.01] * 8, only_one_at_zero)  # the line is 0.1: localization 100's pull
+    assert lone.cells == (2,) and lone.estimate == 0.52 and not lone.confirmed and not lone.extrapolated
+    only_the_largest = [False, False, False, True] + [
+        True
+    ] * 4  # beyond the line's lrs: its slope says nothing
+    assert choose(lr, group, mean, [0.01] * 8, only_the_largest).cells == (4, 5, 6)
+
+
+def test_rule_prefers_a_lone_less_localized_cell_when_the_localization_pulls_more_than_the_step_size():
+    """The normal crossing at n 1e6 (default grid, kept cells): localization 1 has one counted lr (1e-4,
+    0.2463, -1.5 %: 3e-4 lost a chain, 3e-5 was capped) and localization 10 a line (0.199, 0.195, 0.205 ->
+    0.193, -22.8 %). At lr 1e-4 localization 10 reads 17 % lower, while its line says the step-size bias
+    there is +4 %: the lone cell wins, unconfirmed. Where the two settings agree within the tolerance, or
+    the line's step-size bias at that lr is the larger, the line stays."""
+    lr = [1e-5, 3e-5, 1e-4, 3e-4] * 2
+    group = [0] * 4 + [1] * 4
+    healthy = [False, False, True, False, True, True, True, False]
+    mean = [0.23, 0.24, 0.2463, 0.2765, 0.199, 0.195, 0.205, 0.22]
+    picked = choose(lr, group, mean, [0.005] * 8, healthy)
+    assert picked.cells == (2,) and picked.lr == 1e-4 and picked.estimate == 0.2463, picked
+    assert not picked.confirmed and "pulls the estimate by -17%" in picked.reason, picked.reason
+    near = [*mean[:2], 0.21, *mean[3:]]  # within 10 % of the line at 1e-4: the line (extrapolated) stays
+    assert choose(lr, group, near, [0.005] * 8, healthy).cells == (4, 5, 6)
+    steep = [0.23, 0.24, 0.2463, 0.2765, 0.1, 0.13, 0.205, 0.3]  # step-size bias at 1e-4 beyond the pull
+    kept = choose(lr, group, steep, [0.005] * 8, healthy)
+    assert kept.extrapolated and kept.cells[0] == 4, kept
 
 
 def test_rule_passes_over_a_group_whose_chains_are_not_localized():
