@@ -6,6 +6,7 @@ every rank; a finished grid loads no checkpoint."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 import zarr
 
 import distinterp
@@ -217,9 +219,12 @@ def test_cli_sweep_cells_equal_distinterp_sample_and_trajectory_takes_a_restrict
     (tmp_path / "g.yaml").write_text(yaml.safe_dump(config))
     assert main(["sweep", str(tmp_path / "g.yaml")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines[1:]] == [
+    assert [line.split()[0] for line in lines[1:-1]] == [
         f"checkpoint={c},restriction={h}" for c in ("step20", "step300") for h in ("l0h0", "l0h1")
     ], lines
+    assert lines[-1] == f"wrote {root}.sweep.zarr"  # the table, as sweep() returned it on rank 0
+    table = xr.open_zarr(f"{root}.sweep.zarr", consolidated=False)
+    assert dict(table.llc_mean.sizes) == {"checkpoint": 2, "restriction": 2, "dataset": 1}
     cell = root / "checkpoint=step300+restriction=l0h1.zarr"
     assert json.loads((cell / "zarr.json").read_text())["attributes"]["distinterp"]["numerics"]["engine"] == (
         "batched"
@@ -279,3 +284,40 @@ def test_a_store_whose_creator_died_between_an_array_folder_and_its_metadata_res
     distinterp.sample(tiny_gpt2(), ds, {}, output_path=str(out), **OPTS)
     assert (out / "sampling_input_ids_micro" / "zarr.json").is_file()
     assert json.loads((out / "zarr.json").read_text())["attributes"]["completed"] == 1
+
+
+def test_cli_sweep_writes_its_table_and_the_susceptibility_vectors(tmp_path, capsys):
+    """`distinterp sweep` with analyses llc, susceptibilities and bif writes what sweep() returns on rank 0
+    beside the root (`<root>.sweep.zarr`: LLC, BIF summaries, susceptibility table) and the token x
+    component vectors (`<root>.token_vectors.zarr`, token ids as text: the built-in model has no tokenizer);
+    the vectors equal write_susceptibility_vectors' of the same table."""
+    import yaml
+
+    from distinterp.analyses.grid import open_susceptibility_vectors, write_susceptibility_vectors
+    from distinterp.jobs.cli import main
+    from tests.test_cli import TINY
+
+    root = tmp_path / "grid"
+    config = {
+        **TINY,
+        "model": {"name": "tiny-gpt2"},
+        "restrictions": {"full": None, "l0h0": "l0h0"},
+        "analyses": ["llc", "susceptibilities", "bif"],
+        "output_path": str(root),
+    }
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(config))
+    assert main(["sweep", str(tmp_path / "g.yaml")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == [f"wrote {root}.sweep.zarr", f"wrote {root}.token_vectors.zarr"], lines
+    table = xr.open_zarr(f"{root}.sweep.zarr", consolidated=False).load()
+    assert {"llc_mean", "bif_mean", "susceptibility"} <= set(table.data_vars)
+    vectors = open_susceptibility_vectors(str(root)).load()
+    assert vectors.vectors.dims == ("token", "component") and list(vectors.component.values) == [
+        "checkpoint=model+dataset=default+restriction=l0h0"
+    ], vectors.component.values
+    again = tmp_path / "again"
+    shutil.copytree(root, again)
+    write_susceptibility_vectors(str(again), table)
+    np.testing.assert_array_equal(
+        open_susceptibility_vectors(str(again)).vectors.values, vectors.vectors.values
+    )

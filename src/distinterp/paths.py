@@ -13,6 +13,7 @@ SIBLINGS: dict[str, str] = {
     "child": "{store}/{name}.zarr",
     "record": "{store}/distinterp-sweep.json",
     "token_vectors": "{stem}.token_vectors.zarr",
+    "sweep_table": "{stem}.sweep.zarr",
 }
 """kind -> path pattern: {store} is the store's URL or path, {stem} the same without '.zarr'."""
 RESULTS = ("bif", "susceptibilities")

@@ -143,14 +143,15 @@ def _check_aggregate_flags(args: argparse.Namespace) -> None:
 
 
 def _aggregate_sweep(args: argparse.Namespace, options: dict[str, Any]) -> int:
-    """aggregate of a trajectory / calibration root: the LLC of every store, over `checkpoint` / `cell`."""
+    """aggregate of a trajectory / calibration / grid root: the LLC of every store, over `checkpoint` / `cell`."""
     from distinterp.jobs.sweep import aggregate_sweep
     from distinterp.store import IncompleteStoreError
 
     if args.bif or args.susceptibilities:
         raise ValueError(
-            f"aggregate: {args.store} is a trajectory/calibration root; --bif and "
-            "--susceptibilities work on one of its stores (<root>/<label>.zarr)"
+            f"aggregate: {args.store} is a sweep root; --bif and --susceptibilities work on one of its "
+            "stores (<root>/<label>.zarr); a grid's BIF summaries and susceptibility table come from "
+            "distinterp sweep with analyses: [llc, bif, susceptibilities] (<root>.sweep.zarr)"
         )
     try:
         res = aggregate_sweep(args.store, storage_options=options, allow_partial=args.allow_partial)
