@@ -186,8 +186,26 @@ def test_damaged_checkpoints_are_skipped_with_a_warning(tmp_path: Path) -> None:
     damage(tmp_path / "run.zarr.checkpoints" / "chain_1.pt")
     with pytest.warns(UserWarning, match="chain 1 is damaged"):
         assert plain.load(1) is None  # the chain starts from its beginning
+    plain.save(1, _ckpt(100))  # the damaged one moves aside as the previous; the new one is read
+    assert plain.load(1).step == 100  # type: ignore[union-attr]
     with pytest.raises(DamagedCheckpoint):
         unseal(seal(b"state")[:-1] + b"X")
+
+
+def test_a_checkpoint_ahead_of_the_store_falls_back_to_the_previous_one(tmp_path: Path) -> None:
+    """Killed between a checkpoint and the progress that covers it, a chain resumes from the checkpoint
+    before (not from its start): the plain layout keeps the previous one until the next save."""
+    plain = CheckpointStore(Location(str(tmp_path / "run.zarr")))
+    for step in (50, 100):
+        plain.save(0, _ckpt(step))
+    assert plain.load(0).step == 100  # type: ignore[union-attr]
+    assert plain.load(0, at_most=99).step == 50  # type: ignore[union-attr]
+    assert plain.load(0, at_most=49) is None
+    plain.save(0, _ckpt(150))
+    assert sorted(p.name for p in (tmp_path / "run.zarr.checkpoints").iterdir()) == ["chain_0.prev.pt", "chain_0.pt"]
+    damage(tmp_path / "run.zarr.checkpoints" / "chain_0.pt")
+    with pytest.warns(UserWarning, match="chain 0 is damaged"):
+        assert plain.load(0).step == 100  # type: ignore[union-attr]
     assert unseal(b"PK older checkpoint") == b"PK older checkpoint"
 
 

@@ -2,8 +2,9 @@
 
 A checkpoint holds what the next step depends on: the sampled parameters, RMSprop state, the RNG
 states (torch CPU/CUDA, numpy, python) and, with save_metrics, the previous point of the MALA acceptance. The data order is a function of the step index, so it needs
-nothing. Checkpoints live beside the store (`<store>.checkpoints/chain_<c>.pt`), one writer each,
-written atomically after the data they cover, and are deleted when the store completes.
+nothing. Checkpoints live beside the store (`<store>.checkpoints/chain_<c>.pt`, and the one before it as
+`chain_<c>.prev.pt`), one writer each, written atomically after the data they cover, and are deleted when
+the store completes.
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ class CheckpointStore:
     def _path(self, chain: int) -> str:
         return f"{self.root}/chain_{chain}.pt"
 
+    def _prev_path(self, chain: int) -> str:
+        return f"{self.root}/chain_{chain}.prev.pt"
+
     def _shard_path(self, chain: int, step: int, rank: int) -> str:
         assert self.shard is not None
         return f"{self.root}/chain_{chain}/step_{step:09d}.shard_{rank}_of_{self.shard[1]}.pt"
@@ -105,6 +109,10 @@ class CheckpointStore:
         torch.save(ckpt.__dict__, buf)
         data = seal(buf.getvalue())  # its digest in front: a damaged copy is skipped, never loaded
         if self.shard is None:
+            # the newest checkpoint may be saved just before the progress that covers it, and a kill in
+            # between must not cost the chain its start: the previous one stays until the next save
+            if self.fs.exists(self._path(chain)):
+                self.fs.mv(self._path(chain), self._prev_path(chain))
             self._write(self._path(chain), data)
             return
         rank = self.shard[0]
@@ -145,11 +153,15 @@ class CheckpointStore:
         return sorted(set.intersection(*sets)) if sets else []
 
     def load(self, chain: int, at_most: int | None = None) -> ChainCheckpoint | None:
-        """The chain's checkpoint, or None; sharded: this rank's shard of the newest complete step (at or
-        before `at_most`, the steps the store holds) whose every shard is intact. A damaged checkpoint is
-        skipped with a warning: the previous good one is used, or the chain starts from its beginning."""
+        """The chain's newest intact checkpoint at or before `at_most` (the steps the store holds), or None;
+        sharded: this rank's shard of the newest such step whose every shard is intact. A damaged checkpoint
+        is skipped with a warning: the previous good one is used, or the chain starts from its beginning."""
         if self.shard is None:
-            return self._read(self._path(chain), chain)
+            for path in (self._path(chain), self._prev_path(chain)):
+                ckpt = self._read(path, chain)
+                if ckpt is not None and (at_most is None or ckpt.step <= at_most):
+                    return ckpt
+            return None
         complete = [s for s in self._complete_steps(chain) if at_most is None or s <= at_most]
         for step in reversed(complete):  # every rank of the chain checks every shard: all pick one step
             shards = [self._read(self._shard_path(chain, step, r), chain) for r in range(self.shard[1])]
