@@ -202,7 +202,10 @@ def test_a_checkpoint_ahead_of_the_store_falls_back_to_the_previous_one(tmp_path
     assert plain.load(0, at_most=99).step == 50  # type: ignore[union-attr]
     assert plain.load(0, at_most=49) is None
     plain.save(0, _ckpt(150))
-    assert sorted(p.name for p in (tmp_path / "run.zarr.checkpoints").iterdir()) == ["chain_0.prev.pt", "chain_0.pt"]
+    assert sorted(p.name for p in (tmp_path / "run.zarr.checkpoints").iterdir()) == [
+        "chain_0.prev.pt",
+        "chain_0.pt",
+    ]
     damage(tmp_path / "run.zarr.checkpoints" / "chain_0.pt")
     with pytest.warns(UserWarning, match="chain 0 is damaged"):
         assert plain.load(0).step == 100  # type: ignore[union-attr]
