@@ -943,6 +943,15 @@ def summarize(rows: list[dict[str, Any]], cells: list[dict[str, Any]]) -> dict[s
             f"empirical {name}: mean |error| over {len(rs)} seeds: calibrated {cal:.1%}, fixed {fix:.1%}; worst "
             f"calibrated {max(abs(r['calibrated_error']) for r in rs):.1%} (goal 30 %)"
         )
+
+    def covered(rs: list[dict[str, Any]]) -> int:
+        """Seeds whose calibrated estimate lies within two of its own standard errors of the reference."""
+        return sum(
+            abs(r["calibrated"] - r["reference_chosen"]) <= 2 * r["calibrated_se"]
+            for r in rs
+            if r["reference_chosen"] == r["reference_chosen"]
+        )
+
     for name, rs in by_case.items():
         if not all("reference" in r for r in rs):
             continue
@@ -955,7 +964,8 @@ def summarize(rows: list[dict[str, Any]], cells: list[dict[str, Any]]) -> dict[s
             f"  {name}: estimator's own error at finite n (reference - lambda), mean |.|: "
             f"{mean_abs('estimator_error_fixed'):.1%} at localization 1, {mean_abs('estimator_error_chosen'):.1%} "
             f"at the chosen localization; sampler's (estimate - reference): fixed {mean_abs('fixed_sampler_error'):.1%}, "
-            f"calibrated {mean_abs('calibrated_sampler_error'):.1%}"
+            f"calibrated {mean_abs('calibrated_sampler_error'):.1%}; the calibrated estimate +- 2 s.e. covers "
+            f"its reference in {covered(rs)} of {len(rs)} seeds"
         )
     if cells:
         bad = [c for c in cells if c["unequilibrated"]]
