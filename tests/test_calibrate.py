@@ -60,6 +60,23 @@ def test_estimate_standard_error_and_confirmation_needs_precision():
     assert lone.estimate_se == 0.03
 
 
+def test_extrapolation_standard_error_counts_the_lines_shape():
+    """Over three lr the intercept's s.e. adds, in quadrature, its distance to the two smallest lr's own
+    intercept: zero on a straight line, the bend's pull on a bent one; two lr keep the statistical s.e."""
+    from distinterp.analyses.calibration import fit_line_se, line_to_zero
+
+    x, s = [1e-4, 3e-4, 1e-3], [0.01] * 3
+    straight = [5.0 + 1000 * v for v in x]
+    assert line_to_zero(x, straight, s)[2] == pytest.approx(fit_line_se(x, straight, s)[2])
+    bent = [5.0 + 1000 * v - 4e5 * v**2 for v in x]  # concave: the 3-point line overshoots the intercept
+    a, _, se = line_to_zero(x, bent, s)
+    a2 = fit_line_se(x[:2], bent[:2], s[:2])[0]
+    assert a > a2 > 5.0 - 1e-9 and se == pytest.approx(np.hypot(fit_line_se(x, bent, s)[2], a - a2))
+    assert line_to_zero(x[:2], bent[:2], s[:2]) == fit_line_se(x[:2], bent[:2], s[:2])
+    picked = choose(x, [0] * 3, bent, s, [True] * 3)
+    assert picked.extrapolated and picked.estimate_se == pytest.approx(se), picked
+
+
 def test_rule_prefers_less_localization_over_a_flatter_curve():
     """A heavily localized group is flat at a biased value; the least localization with two neighbouring
     equilibrated lr wins."""

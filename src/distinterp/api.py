@@ -19,7 +19,7 @@ from distinterp.analyses.bif import (
     _check_options,
     compute_bif,
 )
-from distinterp.analyses.calibration import fit_line_se
+from distinterp.analyses.calibration import line_to_zero
 from distinterp.analyses.llc import compute_llc
 from distinterp.analyses.susceptibilities import (
     Restriction,
@@ -48,8 +48,8 @@ def llc(
 
     `extrapolate` (a calibration's `.extrapolate`: [{lr, num_draws}, ...]) also samples those step sizes,
     each into `<output_path stem>.lr=<lr>.zarr`, and adds `llc_extrapolated`, the straight line through
-    every lr's estimate taken to lr -> 0 (`analyses.calibration.fit_line_se`), its standard error
-    `llc_extrapolated_se`, and `llc_by_lr`.
+    every lr's estimate taken to lr -> 0 (`analyses.calibration.line_to_zero`), its standard error
+    `llc_extrapolated_se` (chains' noise and, over three or more lr, the line's shape), and `llc_by_lr`.
     """
     run = dict(
         model=model, dataset=dataset, observables=observables, param_masks=param_masks, loss_fn=loss_fn
@@ -76,7 +76,7 @@ def llc(
         lrs.append(float(other["lr"]))
         means.append(float(res.llc_mean))
         sems.append(_sem(res))
-    estimate, _, estimate_se = fit_line_se(lrs, means, sems)
+    estimate, _, estimate_se = line_to_zero(lrs, means, sems)
     return result.assign(
         llc_extrapolated=estimate,
         llc_extrapolated_se=estimate_se,
