@@ -172,8 +172,9 @@ def line_to_zero(lr: Floats, llc_mean: Floats, llc_sem: Floats) -> tuple[float, 
     Why: the line removes the first-order step-size bias only; where the points bend, the intercept moves
     with the points chosen, by more than the chains' noise. Measured against float64 references (4-3-5
     trained on an lr >= 3e-4 grid, 5 data seeds each with its own sampler seed): the statistical s.e.
-    alone covered the reference within 2 s.e. in 1 seed of 5, with this term in 4; on the bigram and on
-    calibrate()'s default grid in 5 of 5 either way (`benchmarks/results/known_answers_empirical_v4_*`)."""
+    alone covered the reference within 2 s.e. in 1 seed of 5, with this term in 4; the bigram's in 5 of 5
+    either way (`benchmarks/results/known_answers_empirical_v4_*`, the README's "Each data seed with its
+    own sampler seed")."""
     x, y, s = (np.asarray(v, dtype=np.float64) for v in (lr, llc_mean, llc_sem))
     a, b, se = fit_line_se(x, y, s)
     if x.size > 2:
