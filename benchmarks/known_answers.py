@@ -678,6 +678,8 @@ def main() -> None:
         for c in cases(args.n, args.seeds, args.smoke, args.crossing_n, args.large_n)
         if c.kind in kinds and any(part in c.name for part in args.only.split("|"))
     ]
+    if args.data_seeds and not all(float(x).is_integer() and x >= 0 for x in args.data_seeds):
+        p.error(f"--data-seeds: whole numbers >= 0, e.g. --data-seeds 1,2; got {args.data_seeds}")
     if args.data_seeds:
         for case in suite:
             if case.kind != "population":

@@ -62,8 +62,9 @@ The rule:
    the extrapolation agree within `tolerance` (plus two standard errors): the discretisation bias at
    the chosen lr is small; and the estimate is precise enough to tell: two of its standard errors
    (`Choice.estimate_se`, over chains, propagated through the line by `fit_line_se`, with the line's
-   shape counted in over three or more lr: `line_to_zero`) lie within `tolerance` of it. An extrapolation magnifies the cells' noise (two cells a half-decade apart: about
-   1.5 x the smaller lr's standard error), so a grid of few chains can agree and still not confirm.
+   shape counted in over three or more lr: `line_to_zero`) lie within `tolerance` of it. An
+   extrapolation magnifies the cells' noise (two cells a half-decade apart: about 1.5 x the smaller
+   lr's standard error), so a grid of few chains can agree and still not confirm.
 4. The line removes the chosen group's step-size bias but not its localization bias. So a less localized
    group with a single candidate (no neighbour to extrapolate with) at an lr within the line's range is
    weighed against it at that lr (`_lone_preferred`): when the extra localization pulls the estimate by
