@@ -137,6 +137,11 @@ def test_a_diverging_chain_stops_alone_and_the_others_keep_their_bits(tmp_path: 
     assert_same_layout(hit, serial)
 
 
+PREFLIGHT = 2
+"""Gradient calls of the loss before the batched engine's first step: its preflight runs the model as
+itself and batched once each (`BatchedEngine.preflight`)."""
+
+
 class _Preempt:
     """A loss that raises once after `after` gradient steps (a preempted job), then behaves."""
 
@@ -177,8 +182,9 @@ def test_preempted_batched_chains_continue_from_their_checkpoints(tmp_path: Path
         ).dataset
 
     ref_b, ref_s = run("ref_b.zarr", 2, _Preempt(None)), run("ref_s.zarr", 1, _Preempt(None))
-    for name, k, stop, then in [("b.zarr", 2, 51, 2), ("s.zarr", 1, 52 + 51, 2)]:
-        loss = _Preempt(stop)  # serially, chain 0 runs its 52 steps first
+    # batched: +2 for the preflight's two gradient calls; serially, chain 0 runs its 52 steps first
+    for name, k, stop, then in [("b.zarr", 2, PREFLIGHT + 51, 2), ("s.zarr", 1, 52 + 51, 2)]:
+        loss = _Preempt(stop)
         with pytest.raises(RuntimeError, match="preempted"):
             run(name, k, loss)
         assert (tmp_path / f"{name}.checkpoints").exists()
@@ -217,7 +223,7 @@ def test_preempted_batched_chains_record_the_uninterrupted_metrics(method: str, 
         ).dataset
 
     clean = run("clean.zarr", _Preempt(None))
-    loss = _Preempt(6)
+    loss = _Preempt(PREFLIGHT + 6)
     with pytest.raises(RuntimeError, match="preempted"):
         run("resumed.zarr", loss)
     assert (tmp_path / "resumed.zarr.checkpoints").exists()
@@ -323,3 +329,66 @@ def test_compile_captures_the_batched_loss_in_one_graph(tmp_path: Path) -> None:
     )
     whole = [g for g in graphs if "log_softmax" in g.code and "embedding" in g.code and "isfinite" in g.code]
     assert whole and len(graphs) == len(whole), [g.code[:200] for g in graphs]
+
+
+class _SlicedList(torch.nn.Module):
+    """x -> W_3 W_2 W_1 x through a sliced nn.ParameterList: a slice wraps each item in a new nn.Parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.randn(3, 3, generator=g)) for _ in range(3)]
+        )
+
+    def product(self) -> torch.Tensor:
+        out = self.w[0]
+        for w in self.w[1:]:
+            out = w @ out
+        return out
+
+
+def _sliced_loss(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    loss = (model.product() ** 2).sum()  # type: ignore[operator]
+    return loss.expand(input_ids.shape[0], input_ids.shape[1] - 1)
+
+
+def test_a_model_whose_parameters_lose_their_gradient_when_batched_is_refused_before_any_write(
+    tmp_path: Path,
+) -> None:
+    """Slicing a ParameterList gives its items no gradient under functional_call: batched, they would get
+    noise only. The preflight names them and the fix before the store exists; one at a time it samples."""
+    ds = token_dataset()
+    opts = {**SMALL, "num_chains": 2, "num_draws": 3, "loss_fn": _sliced_loss}
+    with pytest.raises(
+        ValueError, match=r"chains_per_batch: parameter\(s\) 'w.1', 'w.2' get a gradient"
+    ) as e:
+        distinterp.sample(_SlicedList(), ds, {}, output_path=tmp_path / "b.zarr", chains_per_batch=2, **opts)
+    assert "Use chains_per_batch=1, or index the list" in str(e.value)
+    assert not (tmp_path / "b.zarr").exists()
+    res = distinterp.sample(_SlicedList(), ds, {}, output_path=tmp_path / "s.zarr", **opts).dataset
+    assert np.isfinite(res.sampling_loss.values).all()
+
+
+def test_the_deep_linear_network_samples_the_same_batched(tmp_path: Path) -> None:
+    """toy.DeepLinearNetwork indexes its layers, so batched chains get every layer's gradient: the same rows
+    as one chain at a time (it sliced them, and batched chains moved one layer of three by its gradient)."""
+    from distinterp import toy
+
+    model = toy.DeepLinearNetwork([4, 3, 3, 4], 1, point="deepest")
+    ids = toy.dln_regression_data(model, 64, seed=0)
+    opts = dict(
+        lr=1e-3,
+        n_beta=50.0,
+        localization=1.0,
+        num_chains=2,
+        num_draws=20,
+        batch_size=8,
+        loss_fn=toy.dln_population_loss,
+        save_metrics=True,
+    )
+    serial = distinterp.sample(model, ids, {}, output_path=tmp_path / "s.zarr", **opts).dataset
+    batched = distinterp.sample(
+        model, ids, {}, output_path=tmp_path / "b.zarr", chains_per_batch=2, **opts
+    ).dataset
+    assert_close(serial, batched)

@@ -248,6 +248,7 @@ def sample(
 
     working = engine.working_model(model, masks, config, dev, plan)
     _probe(working, fn, ids[: min(config.batch_size, len(ids))].to(dev))
+    engine.preflight(working, fn, masks, ids[: min(config.batch_size, len(ids))].to(dev))
 
     layout = {"noise": stream, "noise_block": DEFAULT_BLOCK, "fsdp_size": plan.fsdp_size}
     schema = _schema(

@@ -346,10 +346,11 @@ class DeepLinearNetwork(torch.nn.Module):
         self.register_buffer("target", self.product().detach().clone())
 
     def product(self) -> torch.Tensor:
-        """W_L ... W_1, an (H_{L+1}, H_1) matrix."""
+        """W_L ... W_1, an (H_{L+1}, H_1) matrix. Indexes the list rather than slicing it: a slice wraps each
+        item in a new nn.Parameter, which cuts the swapped-in weights of batched chains from the graph."""
         out: torch.Tensor = self.weights[0]
-        for w in self.weights[1:]:
-            out = w @ out
+        for i in range(1, len(self.weights)):
+            out = self.weights[i] @ out
         return out
 
 

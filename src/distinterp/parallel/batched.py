@@ -30,7 +30,7 @@ from torch.func import functional_call, vmap
 from distinterp.chain import ChainSetup, compiled, seed_everything
 from distinterp.checkpoint import ChainCheckpoint
 from distinterp.data import BatchFeed, ProbeRows
-from distinterp.loss import LossFn
+from distinterp.loss import LossFn, deferred_finite_check
 from distinterp.parallel.engine import StepOutput
 from distinterp.parallel.serial import SerialEngine
 from distinterp.update import DISTANCE_ONLY, STEP_FIELDS, ParamSlot, SGLDHyper, sgld_step
@@ -76,6 +76,59 @@ class BatchedEngine:
         self.feeds: list[BatchFeed] = []
         self._loss = compiled(vmap(self._per_token, in_dims=(0, 0), randomness="different"), setup.compile)
         self._shared_loss = vmap(self._per_token, in_dims=(0, None), randomness="different")
+
+    @classmethod
+    @_quiet
+    def preflight(
+        cls,
+        model: torch.nn.Module,
+        loss_fn: LossFn,
+        masks: dict[str, torch.Tensor | None],
+        input_ids: torch.Tensor,
+    ) -> None:
+        """Refuse a model whose sampled parameters get a gradient when it runs as itself but none when
+        `functional_call` swaps them in, as this engine does: code that rebuilds a parameter in forward
+        (slicing an nn.ParameterList, `self.weights[1:]`, wraps each item in a new nn.Parameter; so does
+        nn.Parameter(t) on a swapped tensor) cuts it from the graph, and it would get no gradient, only noise:
+        a different posterior, silently. One forward and backward each way, with the RNG put back."""
+        names = list(masks)
+        params = dict(model.named_parameters())
+        was_training = model.training
+        state = torch.get_rng_state()
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        model.train()
+        try:
+            own = torch.autograd.grad(
+                loss_fn(model, input_ids).float().mean(), [params[n] for n in names], allow_unused=True
+            )
+            torch.set_rng_state(state)
+            stacked = {n: params[n].detach().unsqueeze(0).clone().requires_grad_(True) for n in names}
+            module = _LossModule(model, loss_fn)
+            with deferred_finite_check():  # as in the chain loop: no data-dependent raise under vmap
+                swapped = vmap(
+                    lambda p, x: functional_call(module, {f"model.{n}": v for n, v in p.items()}, (x,)),
+                    in_dims=(0, None),
+                    randomness="different",
+                )(stacked, input_ids)
+            batched = torch.autograd.grad(swapped.float().mean(), list(stacked.values()), allow_unused=True)
+        finally:
+            torch.set_rng_state(state)
+            if cuda is not None:
+                torch.cuda.set_rng_state_all(cuda)
+            model.train(was_training)
+        lost = [n for n, a, b in zip(names, own, batched, strict=True) if a is not None and b is None]
+        if lost:
+            shown = ", ".join(repr(n) for n in lost[:6]) + (
+                f" and {len(lost) - 6} more" if len(lost) > 6 else ""
+            )
+            raise ValueError(
+                f"chains_per_batch: parameter(s) {shown} get a gradient when the model runs as itself but "
+                "none when chains are batched (torch.func.functional_call swaps the parameters in, and code "
+                "that rebuilds them in forward cuts them from the graph: slicing an nn.ParameterList, "
+                "`self.weights[1:]`, or nn.Parameter(...) on a parameter). Batched, they would get noise and "
+                "no gradient. Use chains_per_batch=1, or index the list (`self.weights[i]`, or iterate over "
+                "it) instead of slicing it"
+            )
 
     @property
     def k(self) -> int:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from distinterp.chain_setup import ChainSetup
     from distinterp.checkpoint import ChainCheckpoint
     from distinterp.config import SamplerConfig
+    from distinterp.loss import LossFn
     from distinterp.parallel.plan import Plan
 
 
@@ -79,4 +80,15 @@ class EngineFactory(Protocol):
     ) -> torch.nn.Module:
         """This rank's working copy of the user's model on `device` (whole, or its shard); bad layouts for
         this engine fail here, before any work."""
+        ...
+
+    def preflight(
+        self,
+        model: torch.nn.Module,
+        loss_fn: LossFn,
+        masks: dict[str, torch.Tensor | None],
+        input_ids: torch.Tensor,
+    ) -> None:
+        """Refuse, before anything is written, a model this engine would compute wrongly (one forward and
+        backward on `input_ids` at most)."""
         ...

@@ -17,7 +17,7 @@ import torch
 from distinterp.chain import ChainSetup, compiled, observable_loss, seed_everything
 from distinterp.checkpoint import ChainCheckpoint
 from distinterp.data import BatchFeed
-from distinterp.loss import is_transformer_lens_model
+from distinterp.loss import LossFn, is_transformer_lens_model
 from distinterp.noise import BlockedNoise, Piece
 from distinterp.parallel.engine import StepOutput
 from distinterp.update import DISTANCE_ONLY, STEP_FIELDS, ParamSlot, SGLDHyper, make_slots, sgld_step
@@ -67,6 +67,16 @@ class SerialEngine:
         if is_transformer_lens_model(working):
             return working.to(device, print_details=False)  # type: ignore[call-arg]
         return working.to(device)
+
+    @classmethod
+    def preflight(
+        cls,
+        model: torch.nn.Module,
+        loss_fn: LossFn,
+        masks: dict[str, torch.Tensor | None],
+        input_ids: torch.Tensor,
+    ) -> None:
+        """Nothing to refuse: this engine runs the model as it is."""
 
     # ── hooks ──
     def _views(self) -> dict[str, tuple[torch.Tensor, Piece]]:
