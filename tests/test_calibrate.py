@@ -510,3 +510,52 @@ def test_the_draw_budget_serves_the_cheapest_cells_first():
     assert allocate_draws(need, 50_000, 200) == [200, 200, 1_000, 33_333, 200]  # 15 %: not spent
     with pytest.raises(ValueError, match="draw_budget"):
         allocate_draws(need, 999, 200)
+
+
+def test_when_no_cell_counts_the_reason_says_what_would_let_one():
+    """The budget that gives a cut cell its whole time is the one allocate_draws gives it with; cells that
+    ran their whole time and failed only for want of time are named with their problem."""
+    from distinterp.jobs.calibrate import allocate_draws, budget_for, shortfall
+
+    need = [100_000, 200, 1_000, 33_333, 1_000_000]
+    for cell in range(len(need)):
+        budget = budget_for(need, cell, 200)
+        assert allocate_draws(need, budget, 200)[cell] == need[cell]
+        if need[cell] > 200:
+            assert allocate_draws(need, budget - 1, 200)[cell] < need[cell]
+    labels = ["a", "b", "c", "d", "e"]
+    given = allocate_draws(need, 70_000, 200)
+    problems = ["", "ess: bulk ESS 60 < 25 x 4 chains; more draws", "diverged: 1/4 chains", "", ""]
+    text = shortfall(labels, need, given, problems, 200)
+    assert "for want of time failed: b (ess: bulk ESS 60" in text and "c (" not in text
+    assert f"gave a 35267 of the 100000 draws its time needs: draw_budget={budget_for(need, 0, 200)}" in text
+    assert shortfall(labels, need, need, ["", "", "distance: not localized", "", ""], 200) == ""
+
+
+def test_a_calibration_whose_budget_let_no_cell_count_says_which_budget_would(tmp_path):
+    """Two cells capped at num_draws by a small draw_budget: no choice, and the reason names the budget that
+    gives the cheaper cell its whole Langevin time."""
+    import torch
+
+    from distinterp import toy
+    from distinterp.jobs.calibrate import budget_for
+
+    ids = torch.zeros((4, 2), dtype=torch.int64)
+    cal = calibrate(
+        toy.Monomials((1, 2)),
+        ids,
+        {},
+        output_path=str(tmp_path / "cal"),
+        grid={"lr": [1e-3, 3e-3], "localization": [1.0]},
+        num_draws=20,
+        draw_budget=40,
+        loss_fn=toy.monomial_loss,
+        n_beta=100.0,
+        batch_size=1,
+        num_init_loss_batches=1,
+    )
+    assert cal is not None and cal.best is None
+    assert "no cell is healthy" in cal.reason
+    need = [10_000, 3_334]  # 5 relaxations x 2 / localization time units, / lr
+    assert "gave lr=0.003_localization=1 20 of the 3334 draws" in cal.reason
+    assert f"draw_budget={budget_for(need, 1, 20)} gives it all" in cal.reason, cal.reason

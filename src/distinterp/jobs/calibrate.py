@@ -222,6 +222,49 @@ def allocate_draws(need: Sequence[int], budget: int, minimum: int) -> list[int]:
     return given
 
 
+def budget_for(need: Sequence[int], cell: int, minimum: int) -> int:
+    """The least `draw_budget` with which `allocate_draws` gives `cell` its whole need: every cell served
+    before it (cheaper need, ties in grid order) gets its own, the rest `minimum`."""
+    order = sorted(range(len(need)), key=lambda j: (need[j], j))
+    served = order[: order.index(cell) + 1]
+    return sum(max(need[j], minimum) for j in served) + minimum * (len(need) - len(served))
+
+
+SOFT = ("ess", "plateau", "rhat", "nested_rhat")
+"""Health checks a cell that ran its whole time fails for want of time: a longer cell (`relaxations`)
+can pass them, where a diverged or drifting (`distance`) one needs other settings."""
+
+
+def shortfall(
+    labels: Sequence[str], need: Sequence[int], given: Sequence[int], problems: Sequence[str], minimum: int
+) -> str:
+    """What would let a cell count, when none did: the cells that ran their whole time and failed only for
+    want of time (named with their first problem: `relaxations` lengthens every cell), and the cheapest
+    cell the draw budget cut, with the `draw_budget` that gives it its time. Empty when neither applies."""
+    parts = []
+    soft = [
+        i
+        for i, p in enumerate(problems)
+        if given[i] >= need[i]
+        and p.strip()
+        and all(line.split(":")[0] in SOFT for line in p.split("\n") if line)
+    ]
+    if soft:
+        named = "; ".join(f"{labels[i]} ({problems[i].splitlines()[0]})" for i in soft[:3])
+        parts.append(
+            f"ran their whole time but for want of time failed: {named}; longer cells (relaxations=, default "
+            f"{RELAXATIONS:g}) with a draw_budget to match can pass"
+        )
+    short = [i for i in range(len(labels)) if given[i] < need[i]]
+    if short:
+        i = min(short, key=lambda j: (need[j], j))
+        parts.append(
+            f"the draw budget gave {labels[i]} {given[i]} of the {need[i]} draws its time needs: "
+            f"draw_budget={budget_for(need, i, minimum)} gives it all"
+        )
+    return "; ".join(parts)
+
+
 THRESHOLDS = Thresholds(
     rhat=1.1,
     ess_per_chain=25.0,
@@ -442,7 +485,8 @@ def calibrate(
     )
     if not runtime().is_coordinator or not stores_complete(root, [r.label for r in runs]):
         return None
-    return choose_cell(root, tolerance=tolerance, common=common)
+    needs = {r.label: min(n, cap) for r, n in zip(runs, need)} if scaled else None
+    return choose_cell(root, tolerance=tolerance, common=common, need=needs, minimum=base)
 
 
 def choose_cell(
@@ -452,8 +496,12 @@ def choose_cell(
     tolerance: float = TOLERANCE,
     common: Mapping[str, Any] | None = None,
     allow_partial: bool = False,
+    need: Mapping[str, int] | None = None,
+    minimum: int | None = None,
 ) -> Calibration:
-    """The table of a calibration root and the rule's choice (also for a root another job filled)."""
+    """The table of a calibration root and the rule's choice (also for a root another job filled). `need`:
+    each cell's draws for its whole time (calibrate() knows them): when no cell counts, the reason then
+    says what would let one (`shortfall`)."""
     table = aggregate_sweep(
         root, storage_options=storage_options, allow_partial=allow_partial, thresholds=THRESHOLDS
     )
@@ -520,6 +568,10 @@ def choose_cell(
     table = table.assign(num_draws=("cell", [draws(i)["num_draws"] for i in range(len(cells))]))
     between = [str(table.cell.values[i]) for i in picked.cells]
     reason = picked.reason
+    if picked.lr is None and need is not None and minimum is not None:
+        given = [draws(i)["num_draws"] for i in range(len(cells))]
+        hint = shortfall(labels, [need[x] for x in labels], given, problems, minimum)
+        reason += f"; {hint}" if hint else ""
     if picked.not_localized:
         names = [
             ", ".join(f"{n}={v:g}" if isinstance(v, float) else f"{n}={v}" for n, v in zip(others, k))
