@@ -39,6 +39,17 @@ def test_rule_takes_the_smallest_equilibrated_lr_and_extrapolates_a_line():
     assert lone.lr == 1e-3 and lone.cells == (1,) and not lone.confirmed
 
 
+def test_when_the_pair_is_not_first_order_a_lone_smaller_lr_is_taken():
+    """3-2-6 at the truth, data seed 2: lr 3e-4 failed, 1e-3 and 3e-3 were steep (not first order), and the
+    rule took lr 1e-3's own estimate (+26 % against its float64 target) over the lone lr 1e-4 (+0.6 %)."""
+    lr = [1e-4, 3e-4, 1e-3, 3e-3]
+    picked = choose(lr, [0] * 4, [4.093, 4.424, 5.120, 7.226], [0.05] * 4, [True, False, True, True])
+    assert picked.lr == 1e-4 and picked.estimate == 4.093 and picked.cells == (0,) and not picked.confirmed
+    assert "the smallest, lr=0.0001, lies below them" in picked.reason
+    line = choose(lr, [0] * 4, [4.093, 4.424, 4.20, 4.40], [0.05] * 4, [True, False, True, True])
+    assert line.lr == 1e-3 and line.extrapolated  # first order: the line of the run, as before
+
+
 def test_estimate_standard_error_and_confirmation_needs_precision():
     """The estimate carries its standard error (one cell's over chains; an extrapolation's propagated
     through the weighted line: two points give sqrt(x2^2 s1^2 + x1^2 s2^2) / (x2 - x1)), and an estimate
