@@ -249,12 +249,12 @@ def choose(
     values = ", ".join(f"{lr_a[j]:g}: {mean[j]:.4g}" for j in fit)
     if slope > FIRST_ORDER_SLOPE:
         own = min((j for j in cells if ok[j]), key=lambda j: lr_a[j])  # a lone smaller one is less biased
-        lone = f"; the smallest, lr={lr_a[own]:g}, lies below them" if own != a else ""
+        below = f"; the smallest, lr={lr_a[own]:g}, lies below them" if own != a else ""
         return Choice(
             float(lr_a[own]),
             (own,) if own != a else tuple(fit),
             f"UNCONFIRMED: smallest equilibrated neighbouring lr {values}; log-slope {slope:.2f} > "
-            f"{FIRST_ORDER_SLOPE:g} is not first order{lone}, so lr={lr_a[own]:g}'s own estimate "
+            f"{FIRST_ORDER_SLOPE:g} is not first order{below}, so lr={lr_a[own]:g}'s own estimate "
             f"({mean[own]:.4g} +- {sem[own]:.2g})",
             False,
             float(mean[own]),
