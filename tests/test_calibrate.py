@@ -541,6 +541,13 @@ def test_when_no_cell_counts_the_reason_says_what_would_let_one():
     assert "for want of time failed: b (ess: bulk ESS 60" in text and "c (" not in text
     assert f"gave a 35267 of the 100000 draws its time needs: draw_budget={budget_for(need, 0, 200)}" in text
     assert shortfall(labels, need, need, ["", "", "distance: not localized", "", ""], 200) == ""
+    timed = [True, True, False, True, True]  # cell c has no localization: relaxations do not lengthen it
+    text = shortfall(labels, need, given, problems, 200, timed=timed, ess=[0, 60, 0, 0, 0], ess_needed=100)
+    # x 1.2 x 100 / 60 = 2: relaxations 5 -> 10, b's need 200 -> 400, the cheapest: 400 + 4 x 200
+    assert (
+        "b reached bulk ESS 60 of 100: relaxations=10 (from 5) with draw_budget=1200 gives it the time"
+        in text
+    )
 
 
 def test_a_calibration_whose_budget_let_no_cell_count_says_which_budget_would(tmp_path):

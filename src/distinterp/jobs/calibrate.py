@@ -236,11 +236,23 @@ can pass them, where a diverged or drifting (`distance`) one needs other setting
 
 
 def shortfall(
-    labels: Sequence[str], need: Sequence[int], given: Sequence[int], problems: Sequence[str], minimum: int
+    labels: Sequence[str],
+    need: Sequence[int],
+    given: Sequence[int],
+    problems: Sequence[str],
+    minimum: int,
+    *,
+    timed: Sequence[bool] | None = None,
+    ess: Sequence[float] | None = None,
+    ess_needed: float | None = None,
+    relaxations: float = RELAXATIONS,
 ) -> str:
     """What would let a cell count, when none did: the cells that ran their whole time and failed only for
-    want of time (named with their first problem: `relaxations` lengthens every cell), and the cheapest
-    cell the draw budget cut, with the `draw_budget` that gives it its time. Empty when neither applies."""
+    want of time (named with their first problem), and the cheapest cell the draw budget cut, with the
+    `draw_budget` that gives it its time. Where a full-time cell failed on bulk ESS alone (`ess` below
+    `ess_needed`), the `relaxations` that would reach it (ESS grows with the cell's time, which
+    relaxations scales for the cells with a localization, `timed`) and the draw_budget that gives that
+    cell the longer time. Empty when nothing applies."""
     parts = []
     soft = [
         i
@@ -251,10 +263,31 @@ def shortfall(
     ]
     if soft:
         named = "; ".join(f"{labels[i]} ({problems[i].splitlines()[0]})" for i in soft[:3])
-        parts.append(
-            f"ran their whole time but for want of time failed: {named}; longer cells (relaxations=, default "
-            f"{RELAXATIONS:g}) with a draw_budget to match can pass"
-        )
+        parts.append(f"ran their whole time but for want of time failed: {named}")
+        only_ess = [
+            i
+            for i in soft
+            if ess is not None
+            and timed is not None
+            and timed[i]
+            and ess[i] > 0
+            and all(line.startswith("ess:") for line in problems[i].split("\n") if line)
+        ]
+        if only_ess and ess is not None and timed is not None and ess_needed:
+            i = min(only_ess, key=lambda j: (need[j], j))
+            factor = ESS_MARGIN * ess_needed / ess[i]
+            longer = math.ceil(relaxations * factor - 1e-9)
+            scaled = [
+                math.ceil(n * longer / relaxations) if t else n for n, t in zip(need, timed, strict=True)
+            ]
+            parts.append(
+                f"{labels[i]} reached bulk ESS {ess[i]:.0f} of {ess_needed:g}: relaxations={longer} (from "
+                f"{relaxations:g}) with draw_budget={budget_for(scaled, i, minimum)} gives it the time"
+            )
+        else:
+            parts.append(
+                f"longer cells (relaxations=, now {relaxations:g}) with a draw_budget to match can pass"
+            )
     short = [i for i in range(len(labels)) if given[i] < need[i]]
     if short:
         i = min(short, key=lambda j: (need[j], j))
@@ -263,6 +296,11 @@ def shortfall(
             f"draw_budget={budget_for(need, i, minimum)} gives it all"
         )
     return "; ".join(parts)
+
+
+ESS_MARGIN = 1.2
+"""How much more time than the ESS shortfall alone (ESS grows about linearly with a settled chain's
+length) the relaxations `shortfall` suggests gives: the ESS of the longer run is itself an estimate."""
 
 
 THRESHOLDS = Thresholds(
@@ -486,7 +524,9 @@ def calibrate(
     if not runtime().is_coordinator or not stores_complete(root, [r.label for r in runs]):
         return None
     needs = {r.label: min(n, cap) for r, n in zip(runs, need)} if scaled else None
-    return choose_cell(root, tolerance=tolerance, common=common, need=needs, minimum=base)
+    return choose_cell(
+        root, tolerance=tolerance, common=common, need=needs, minimum=base, relaxations=relaxations
+    )
 
 
 def choose_cell(
@@ -498,6 +538,7 @@ def choose_cell(
     allow_partial: bool = False,
     need: Mapping[str, int] | None = None,
     minimum: int | None = None,
+    relaxations: float = RELAXATIONS,
 ) -> Calibration:
     """The table of a calibration root and the rule's choice (also for a root another job filled). `need`:
     each cell's draws for its whole time (calibrate() knows them): when no cell counts, the reason then
@@ -570,7 +611,19 @@ def choose_cell(
     reason = picked.reason
     if picked.lr is None and need is not None and minimum is not None:
         given = [draws(i)["num_draws"] for i in range(len(cells))]
-        hint = shortfall(labels, [need[x] for x in labels], given, problems, minimum)
+        chains = int(table.llc_per_chain.shape[1]) if "llc_per_chain" in table else 0
+        timed = [float(c.get("localization", settings.get("localization", 0.0))) > 0 for c in cells]
+        hint = shortfall(
+            labels,
+            [need[x] for x in labels],
+            given,
+            problems,
+            minimum,
+            timed=timed,
+            ess=[float(e) for e in table["ess_bulk"].values] if "ess_bulk" in table else None,
+            ess_needed=THRESHOLDS.ess_per_chain * chains,
+            relaxations=relaxations,
+        )
         reason += f"; {hint}" if hint else ""
     if picked.not_localized:
         names = [
