@@ -258,8 +258,10 @@ def run_case(
     base: str,
     smoke: bool,
     max_draws: int | None = None,
+    calibrate_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """calibrate() and the fixed settings on one (case, data seed); costs in steps (cells x chains x draws)."""
+    """calibrate() and the fixed settings on one (case, data seed); costs in steps (cells x chains x draws).
+    `calibrate_kwargs` (--relaxations, --draw-budget, --chains-per-batch) go to calibrate() alone."""
     import numpy as np
     import xarray as xr
 
@@ -273,6 +275,7 @@ def run_case(
     kwargs: dict[str, Any] = {"num_draws": 20, "max_draws": 200} if smoke else {}
     if max_draws is not None and not smoke:
         kwargs["max_draws"] = max_draws
+    kwargs.update(calibrate_kwargs or {})
     start = time.perf_counter()
     cal = calibrate(model, data, {}, output_path=f"{base}/cal", grid=grid, **common, **kwargs)
     seconds = time.perf_counter() - start
@@ -620,6 +623,9 @@ def main() -> None:
     p.add_argument("--lr", type=floats, help="comma-separated lr replacing the grid's (e.g. 3e-5,1e-4,3e-4)")
     p.add_argument("--localization", type=floats, help="comma-separated localizations replacing the grid's")
     p.add_argument("--max-draws", type=int, help="cap on a cell's draws (default calibrate's: 50 x 200)")
+    p.add_argument("--relaxations", type=float, help="calibrate()'s relaxations (what its reason may advise)")
+    p.add_argument("--draw-budget", type=int, help="calibrate()'s draw_budget per chain over the grid")
+    p.add_argument("--chains-per-batch", type=int, help="chains per batched step in calibrate()'s cells")
     p.add_argument(
         "--check-cells",
         type=int,
@@ -693,6 +699,8 @@ def main() -> None:
             grid[name] = getattr(args, name)
     if args.smoke:
         grid = {"lr": [1e-3, 3e-3], "localization": [1.0]}
+    passed = ("relaxations", "draw_budget", "chains_per_batch")
+    calibrate_kwargs = {k: getattr(args, k) for k in passed if getattr(args, k) is not None}
     rows: list[dict[str, Any]] = []
     cells: list[dict[str, Any]] = []
     if args.references_from:  # rows a run wrote with --rows-jsonl: add the references only
@@ -709,7 +717,7 @@ def main() -> None:
         for seed in case.seeds:
             with workdir(args.keep, f"{slug(case.name)}_seed{seed}") as tmp, warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                row = run_case(case, seed, grid, tmp, args.smoke, args.max_draws)
+                row = run_case(case, seed, grid, tmp, args.smoke, args.max_draws, calibrate_kwargs)
                 if len(rows) < args.check_cells:
                     cells += check_cells(row, case, args.smoke)
             if not args.keep:
