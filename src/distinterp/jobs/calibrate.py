@@ -235,6 +235,11 @@ SOFT = ("ess", "plateau", "rhat", "nested_rhat")
 can pass them, where a diverged or drifting (`distance`) one needs other settings."""
 
 
+ESS_MARGIN = 1.2
+"""How much more time than the ESS shortfall alone (ESS grows about linearly with a settled chain's
+length) the relaxations `shortfall` suggests gives: the ESS of the longer run is itself an estimate."""
+
+
 def shortfall(
     labels: Sequence[str],
     need: Sequence[int],
@@ -296,11 +301,6 @@ def shortfall(
             f"draw_budget={budget_for(need, i, minimum)} gives it all"
         )
     return "; ".join(parts)
-
-
-ESS_MARGIN = 1.2
-"""How much more time than the ESS shortfall alone (ESS grows about linearly with a settled chain's
-length) the relaxations `shortfall` suggests gives: the ESS of the longer run is itself an estimate."""
 
 
 THRESHOLDS = Thresholds(
