@@ -37,7 +37,7 @@ L_n(w0))] under the exact localized posterior (`distinterp.reference.expected_ll
 chains, with its acceptance rate and standard error), at localization 1 (the fixed settings'), at the chosen
 localization and at the grid's: so each error splits into the sampler's (estimate - reference) and the
 estimator's at finite n (reference - lambda); `--references-from rows.jsonl` adds them to an earlier run's
-rows. `--cases trained` runs the same regressions with the checkpoint at the minimum of L_n (closed-form
+rows (rows that have them keep them, so two runs' rows can be merged into one table). `--cases trained` runs the same regressions with the checkpoint at the minimum of L_n (closed-form
 reduced-rank regression, `toy.dln_empirical_minimum`), as a trained network is, instead of at the truth.
 
 Equilibration against the truth: each calibration cell's all-steps estimate is compared with a reference
@@ -383,12 +383,12 @@ def add_references(
 ) -> None:
     """Each empirical row gains `reference` at localization 1 (the fixed settings'), at the chosen one and at
     every localization of the grid, and the split of its errors: sampler (estimate - reference) and
-    estimator (reference - lambda)."""
+    estimator (reference - lambda). A row that already has them keeps them."""
     by_name = {c.name: c for c in suite}
     for row in rows:
         case = by_name.get(row["case"])
-        if case is None or case.reference_loss is None:
-            continue
+        if case is None or case.reference_loss is None or "reference" in row:
+            continue  # no reference loss, or one an earlier run added (rows merged from two runs)
         chosen = row["chosen"].get("localization")
         locs = [FIXED["localization"], *grid_locs] + ([float(chosen)] if chosen is not None else [])
         refs = references(
@@ -643,7 +643,8 @@ def main() -> None:
     p.add_argument("--rows-jsonl", help="append each (case, seed) row to this JSON-lines file as it finishes")
     p.add_argument(
         "--references-from",
-        help="read the rows of an earlier run from this JSON-lines file (--rows-jsonl) and add the references",
+        help="read the rows of earlier runs from this JSON-lines file (--rows-jsonl) and add the references "
+        "to the rows that lack them",
     )
     p.add_argument(
         "--proxy-localization",

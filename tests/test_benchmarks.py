@@ -86,3 +86,16 @@ def test_known_answers_data_seeds_sample_with_disjoint_chain_seeds(monkeypatch: 
     assert seeds[0] == 100
     chains = [set(range(s, s + 64)) for s in seeds]  # up to 64 chains a cell
     assert all(a.isdisjoint(b) for i, a in enumerate(chains) for b in chains[i + 1 :])
+
+
+def test_known_answers_references_keep_a_merged_rows_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--references-from over rows merged from two runs: a row that carries its references keeps them, so
+    only the new rows pay for the float64 reference."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import known_answers as ka
+
+    case = next(c for c in ka.cases(1000, 1, smoke=True) if c.kind == "empirical")
+    row = {"case": case.name, "seed": 0, "chosen": {"localization": 1.0}, "reference": {"1": {"mean": 4.2}}}
+    before = json.dumps(row, sort_keys=True)
+    ka.add_references([row], [case], [1.0], smoke=True)
+    assert json.dumps(row, sort_keys=True) == before
