@@ -577,3 +577,22 @@ def test_a_calibration_whose_budget_let_no_cell_count_says_which_budget_would(tm
     need = [10_000, 3_334]  # 5 relaxations x 2 / localization time units, / lr
     assert "gave lr=0.003_localization=1 20 of the 3334 draws" in cal.reason
     assert f"draw_budget={budget_for(need, 1, 20)} gives it all" in cal.reason, cal.reason
+
+
+def test_confirmation_interval_is_students_t_over_the_chains():
+    """A standard error over 4 chains has 3 degrees of freedom: 95 % is 3.18 of them, not 2. An estimate
+    whose 2 s.e. fit in the tolerance but whose 3.18 do not is confirmed only when the chain count is
+    unknown (replayed on the 45 recorded known-answer rows with a float64 reference: the interval covered
+    its reference in 36 with 2 s.e., 42 with 3.18; confirmed rows off their reference by > 5 %: 7 -> 3)."""
+    from distinterp.analyses.calibration import z95
+
+    assert z95(None) == 2.0 and z95(1) == 2.0
+    assert z95(4) == pytest.approx(3.1824, abs=1e-4) and z95(8) == pytest.approx(2.3646, abs=1e-4)
+    means, sems, ok = [0.2, 0.74, 0.749, 0.839], [0.037] * 4, [False, True, True, True]
+    unknown = choose(LR, [0] * 4, means, sems, ok)
+    four = choose(LR, [0] * 4, means, sems, ok, chains=4)
+    assert unknown.estimate == four.estimate and unknown.estimate_se == four.estimate_se
+    assert 2 * four.estimate_se < 0.1 * four.estimate < z95(4) * four.estimate_se
+    assert unknown.confirmed and not four.confirmed
+    assert "3.18 s.e." in four.reason and "over 4 chains" in four.reason, four.reason
+    assert choose(LR, [0] * 4, means, sems, ok, chains=64).confirmed

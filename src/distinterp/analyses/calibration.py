@@ -63,10 +63,12 @@ The rule:
    The chosen lr is the smallest candidate (least biased, and its cell length is the one known to
    equilibrate). Only the fallback reaches past a failed cell: a line across one (replayed on the
    recorded cells) moved 4 estimates, each away from its target. `confirmed` when the smallest lr's own estimate and
-   the extrapolation agree within `tolerance` (plus two standard errors): the discretisation bias at
-   the chosen lr is small; and the estimate is precise enough to tell: two of its standard errors
+   the extrapolation agree within `tolerance` (plus z standard errors): the discretisation bias at
+   the chosen lr is small; and the estimate is precise enough to tell: z of its standard errors
    (`Choice.estimate_se`, over chains, propagated through the line by `fit_line_se`, with the line's
-   shape counted in over three or more lr: `line_to_zero`) lie within `tolerance` of it. An
+   shape counted in over three or more lr: `line_to_zero`) lie within `tolerance` of it. z is the 95 %
+   quantile of Student's t over chains - 1 degrees of freedom (`z95`: 3.18 for 4 chains, 2.36 for 8),
+   since a standard error over a few chains is itself uncertain; 2 when the chain count is not given. An
    extrapolation magnifies the cells' noise (two cells a half-decade apart: about 1.5 x the smaller
    lr's standard error), so a grid of few chains can agree and still not confirm.
 4. The line removes the chosen group's step-size bias but not its localization bias. So a less localized
@@ -94,7 +96,7 @@ import numpy as np
 
 TOLERANCE = 0.1
 """`confirmed` when the chosen lr's own estimate and the extrapolation differ by at most this fraction of
-the extrapolation, plus two standard errors, and two standard errors of the estimate are within it."""
+the extrapolation, plus z standard errors, and z standard errors of the estimate are within it (`z95`)."""
 
 FIRST_ORDER_SLOPE = 0.25
 """Extrapolate only when the two smallest equilibrated lr's |d log LLC / d log lr| is at most this (a
@@ -113,6 +115,18 @@ drift +49 % +- 38 %, passed)."""
 
 FIT_CELLS = 3
 """How many of the smallest equilibrated neighbouring lr the straight line is fitted to (2 = Richardson)."""
+
+
+def z95(chains: int | None) -> float:
+    """Standard errors either side of a 95 % interval for a mean over `chains` chains: Student's t over
+    chains - 1 degrees of freedom (12.7 for 2 chains, 3.18 for 4, 2.36 for 8, 2.05 for 30): a standard
+    error from 4 chains has 3 degrees of freedom, and 2 of them cover 86 %, not 95 %. 2 when not known.
+    For an extrapolation the cells' errors pool more degrees of freedom; chains - 1 is the cautious end."""
+    if chains is None or chains < 2:
+        return 2.0
+    from scipy.stats import t as student_t  # imported when used (~0.3 s)
+
+    return float(student_t.ppf(0.975, chains - 1))
 
 
 @dataclass(frozen=True)
@@ -199,9 +213,11 @@ def choose(
     localized: Sequence[bool] | None = None,
     tolerance: float = TOLERANCE,
     fit_cells: int = FIT_CELLS,
+    chains: int | None = None,
 ) -> Choice:
     """Apply the rule above. `group[i]` ranks cell i's other settings (0 = most preferred, e.g. the least
-    localization); `localized[i]` is cell i's localization verdict (default: every cell localized)."""
+    localization); `localized[i]` is cell i's localization verdict (default: every cell localized);
+    `chains` is how many chains each standard error is over (`z95`)."""
     lr_a, mean, sem = (np.asarray(x, dtype=np.float64) for x in (lr, llc_mean, llc_sem))
     grp = np.asarray(group, dtype=np.int64)
     settled_ok = np.asarray(healthy, dtype=bool) & np.isfinite(mean) & (mean > 0)
@@ -286,14 +302,15 @@ def choose(
             not_localized=passed,
         )
     diff = abs(mean[a] - estimate)
-    agree = bool(diff <= tolerance * abs(estimate) + 2 * float(np.hypot(sem[a], sem[b])))
-    precise = bool(2 * estimate_se <= tolerance * abs(estimate))
+    z = z95(chains)
+    agree = bool(diff <= tolerance * abs(estimate) + z * float(np.hypot(sem[a], sem[b])))
+    precise = bool(z * estimate_se <= tolerance * abs(estimate))
     confirmed = agree and precise
     why = (
         f"{'within' if agree else 'beyond'} {tolerance:.0%} of lr={lr_a[a]:g}'s own"
         if precise or not agree
-        else f"agrees with lr={lr_a[a]:g}'s own, but 2 s.e. ({2 * estimate_se / abs(estimate):.0%}) exceed "
-        f"{tolerance:.0%}: more chains or draws"
+        else f"agrees with lr={lr_a[a]:g}'s own, but {z:.3g} s.e. ({z * estimate_se / abs(estimate):.0%}, "
+        f"95 % over {chains or 'an unknown number of'} chains) exceed {tolerance:.0%}: more chains or draws"
     )
     return Choice(
         float(lr_a[a]),

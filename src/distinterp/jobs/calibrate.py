@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 from pydantic import Field, NonNegativeFloat, model_validator
 
-from distinterp.analyses.calibration import TOLERANCE, Choice, choose, settled
+from distinterp.analyses.calibration import TOLERANCE, Choice, choose, settled, z95
 from distinterp.analyses.curvature import CEILING, step_stiffness, top_eigenvalue
 from distinterp.analyses.diagnostics import Thresholds, diagnose
 from distinterp.analyses.equilibration import localized, running_llc_plateau
@@ -577,6 +577,7 @@ def choose_cell(
             dropped_stiffness=[s for _, s in curvature["dropped"]],
             added_lr=list(curvature["added"]),
         )
+    chains = int(table.llc_per_chain.shape[1]) if "llc_per_chain" in table else 0
     picked: Choice = choose(
         [c["lr"] for c in cells],
         [order[k] for k in keys],
@@ -585,6 +586,7 @@ def choose_cell(
         np.asarray(healthy, dtype=bool) & ~short & ~unsettled,
         localized=held,
         tolerance=tolerance,
+        chains=chains or None,
     )
     best = None
     own = record.get("runs", {})
@@ -611,7 +613,6 @@ def choose_cell(
     reason = picked.reason
     if picked.lr is None and need is not None and minimum is not None:
         given = [draws(i)["num_draws"] for i in range(len(cells))]
-        chains = int(table.llc_per_chain.shape[1]) if "llc_per_chain" in table else 0
         timed = [float(c.get("localization", settings.get("localization", 0.0))) > 0 for c in cells]
         hint = shortfall(
             labels,
@@ -651,6 +652,7 @@ def choose_cell(
     table.attrs.update(
         estimate=picked.estimate,
         estimate_se=picked.estimate_se,
+        estimate_z=z95(chains or None),  # standard errors either side of its 95 % interval
         chosen_lr=picked.lr or float("nan"),
         between=between,
         reason=reason,

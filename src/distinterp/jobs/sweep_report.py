@@ -88,7 +88,8 @@ def calibration_figure(table: xr.Dataset) -> ReportFigure:
         label = f"rule's estimate {estimate:.4g}" + (f" +- {se:.2g} (s.e.)" if np.isfinite(se) else "")
         ax.axhline(estimate, color="k", ls=":", lw=1, label=label)
         if np.isfinite(se):
-            ax.axhspan(estimate - 2 * se, estimate + 2 * se, color="k", alpha=0.08, lw=0)
+            z = float(table.attrs.get("estimate_z", 2.0))  # 95 %: Student's t over the chains
+            ax.axhspan(estimate - z * se, estimate + z * se, color="k", alpha=0.08, lw=0)
     ax.set_xscale("log")
     finite = mean[np.isfinite(mean)]
     if finite.size and (finite > 0).all() and finite.max() / finite.min() > 30:

@@ -110,7 +110,10 @@ def _print_sweep(res: Any) -> None:
     estimate = float(res.attrs.get("estimate", float("nan")))
     if dim == "cell" and math.isfinite(estimate):  # a calibration: the rule's number and its precision
         se = float(res.attrs.get("estimate_se", float("nan")))
-        share = f", 2 s.e. = {2 * se / abs(estimate):.1%} of it" if math.isfinite(se) and estimate else ""
+        z = float(res.attrs.get("estimate_z", 2.0))  # 95 %: Student's t over the chains
+        share = (
+            f", {z:.3g} s.e. = {z * se / abs(estimate):.1%} of it" if math.isfinite(se) and estimate else ""
+        )
         print(f"{'rule estimate':>24}  LLC {estimate:9.3f} +- {se:7.3g} (s.e.{share})")
     if res.attrs.get("missing"):
         print(f"unfinished: {', '.join(res.attrs['missing'])}")
