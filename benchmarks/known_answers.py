@@ -37,8 +37,9 @@ L_n(w0))] under the exact localized posterior (`distinterp.reference.expected_ll
 chains, with its acceptance rate and standard error), at localization 1 (the fixed settings'), at the chosen
 localization and at the grid's: so each error splits into the sampler's (estimate - reference) and the
 estimator's at finite n (reference - lambda); `--references-from rows.jsonl` adds them to an earlier run's
-rows (rows that have them keep them, so two runs' rows can be merged into one table). `--cases trained` runs the same regressions with the checkpoint at the minimum of L_n (closed-form
-reduced-rank regression, `toy.dln_empirical_minimum`), as a trained network is, instead of at the truth.
+rows (rows that have them keep them, so two runs' rows can be merged into one table). `--cases trained`
+runs the same regressions with the checkpoint at the minimum of L_n (closed-form reduced-rank regression,
+`toy.dln_empirical_minimum`), as a trained network is, instead of at the truth.
 
 Equilibration against the truth: each calibration cell's all-steps estimate is compared with a reference
 run of the same cell 4x longer (its last half); a cell "has not equilibrated" when they differ by more
