@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import cast
+from typing import Any, cast
 
 import torch
 
@@ -33,6 +33,14 @@ def deferred_finite_check() -> Iterator[None]:
 def is_transformer_lens_model(model: torch.nn.Module) -> bool:
     """TransformerLens HookedTransformer models carry a `cfg` with `n_heads`."""
     return hasattr(model, "cfg") and hasattr(model.cfg, "n_heads")
+
+
+def to_device(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """`model.to(device)`; a HookedTransformer's own `to` without the line it prints on every move."""
+    if is_transformer_lens_model(model):
+        moved: torch.nn.Module = cast(Any, model).to(device, print_details=False)
+        return moved
+    return model.to(device)
 
 
 CONTEXT_ATTRS = ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len")

@@ -33,10 +33,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from distinterp.errors import WeightRestrictionError as WeightRestrictionError  # re-exported: its old home
+from distinterp.loss import is_transformer_lens_model
 from distinterp.model_structures import (
     NORM_MODULE,
     STRUCTURES,
@@ -47,6 +49,9 @@ from distinterp.model_structures import (
 
 ParamMasks = dict[str, torch.Tensor | None]
 """Parameter name -> bool mask of its shape, or None for the whole parameter."""
+
+Tree = dict[str, Any]
+"""The printed summary's module tree: name part -> subtree, and "" -> (selected elements or None, total)."""
 
 VALID_PATTERNS = (
     "'full', 'l<N>', 'l<N>h<M>', 'l<N>g<M>', 'l<N> attn', 'l<N> mlp', 'embed', 'unembed', "
@@ -135,16 +140,11 @@ def parse_restriction(text: str, param_names: Iterable[str] = ()) -> Restriction
 # 2. Look up the model's structure entry.
 
 
-def is_transformer_lens_model(model: torch.nn.Module) -> bool:
-    """TransformerLens models carry a `cfg` with `n_heads` instead of a Hugging Face `config`."""
-    return hasattr(model, "cfg") and hasattr(model.cfg, "n_heads")
-
-
 def model_type_of(model: torch.nn.Module) -> str:
     """The table key for `model`: its `config.model_type`, or "transformer_lens"."""
     if is_transformer_lens_model(model):
         return "transformer_lens"
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    model_type: str | None = getattr(getattr(model, "config", None), "model_type", None)
     if not model_type:
         raise WeightRestrictionError(
             f"Cannot tell the model type of {type(model).__name__}: weight restrictions need a Hugging Face "
@@ -194,7 +194,7 @@ def layer_structure(model: torch.nn.Module, structure: ModelStructure, layer: in
     if not structure.layer_kinds:
         return structure
     layer_types = getattr(getattr(model, structure.config_attr), "layer_types", None) or ()
-    kind = layer_types[layer] if layer < len(layer_types) else None
+    kind = str(layer_types[layer]) if layer < len(layer_types) else ""
     return dict(structure.layer_kinds).get(kind, structure)
 
 
@@ -205,7 +205,8 @@ def _layer_config(model: torch.nn.Module, structure: ModelStructure, layer: int 
         return None
     per_layer = getattr(getattr(model, structure.config_attr), key, None)
     try:
-        return per_layer[layer]  # type: ignore[index]
+        entry: object = per_layer[layer]  # type: ignore[index]
+        return entry
     except (TypeError, KeyError, IndexError):
         return None
 
@@ -510,7 +511,7 @@ def preview_weight_restriction(model: torch.nn.Module, masks: ParamMasks, *, pla
         f"{len(masks)} of {len(params)} parameters sampled: {n_selected:,} of {n_total:,} elements "
         f"({_percent(n_selected, n_total)})"
     )
-    tree: dict = {}
+    tree: Tree = {}
     for name, param in params.items():  # every parameter, so module totals count the unselected too
         node = tree
         for part in name.split("."):
@@ -519,7 +520,7 @@ def preview_weight_restriction(model: torch.nn.Module, masks: ParamMasks, *, pla
     _print_tree(tree, indent="")
 
 
-def _print_tree(node: dict, indent: str) -> None:
+def _print_tree(node: Tree, indent: str) -> None:
     """Print the selected branches of one tree level, joining single-child module chains into one line."""
     children = []
     for label, child in node.items():
@@ -536,10 +537,11 @@ def _print_tree(node: dict, indent: str) -> None:
         _print_tree(child, indent + ("   " if last else "│  "))
 
 
-def _subtree_counts(node: dict) -> tuple[int | None, int]:
+def _subtree_counts(node: Tree) -> tuple[int | None, int]:
     """(selected elements or None when nothing below is selected, total elements) under a tree node."""
     if "" in node:
-        return node[""]
+        leaf: tuple[int | None, int] = node[""]
+        return leaf
     sums = [_subtree_counts(v) for v in node.values()]
     chosen = [s for s, _ in sums if s is not None]
     return (sum(chosen) if chosen else None), sum(t for _, t in sums)

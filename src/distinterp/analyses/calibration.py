@@ -106,6 +106,9 @@ transient the diagnostics missed, and a straight line in lr misleads."""
 Floats = Sequence[float] | np.ndarray
 """A 1-D run of numbers: a list or an array."""
 
+Bools = Sequence[bool] | np.ndarray
+"""A 1-D run of verdicts: a list or a boolean array."""
+
 CUT_TOLERANCE = 0.05
 """A cut cell's plateau differences must be within this (diagnose()'s default plateau tolerance, half the
 10 % an estimate is confirmed to) as measured: the calibration check also lets a difference pass when
@@ -208,9 +211,9 @@ def choose(
     group: Sequence[int],
     llc_mean: Sequence[float],
     llc_sem: Sequence[float],
-    healthy: Sequence[bool],
+    healthy: Bools,
     *,
-    localized: Sequence[bool] | None = None,
+    localized: Bools | None = None,
     tolerance: float = TOLERANCE,
     fit_cells: int = FIT_CELLS,
     chains: int | None = None,

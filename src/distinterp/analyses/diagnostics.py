@@ -570,7 +570,7 @@ def diagnose(
             "warned": (("check", "chain"), np.stack([warned[k] for k in CHECKS])),
             "steps_done": ("chain", np.asarray(lengths, dtype=np.int64)),
             "complete": ("chain", np.isin(chain, complete)),
-            "diverged_step": ("chain", np.array([diverged.get(c, -1) for c in chain], dtype=np.int64)),
+            "diverged_step": ("chain", np.array([diverged.get(int(c), -1) for c in chain], dtype=np.int64)),
             "llc": ("chain", llc),
             "llc_mcse": ("chain", mcse),
             "geweke_z": ("chain", gz),

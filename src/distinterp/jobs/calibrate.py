@@ -613,7 +613,8 @@ def choose_cell(
     reason = picked.reason
     if picked.lr is None and need is not None and minimum is not None:
         given = [draws(i)["num_draws"] for i in range(len(cells))]
-        timed = [float(c.get("localization", settings.get("localization", 0.0))) > 0 for c in cells]
+        base_loc = float(settings.get("localization", 0.0))
+        timed = [float(c.get("localization", base_loc)) > 0 for c in cells]
         hint = shortfall(
             labels,
             [need[x] for x in labels],
@@ -722,7 +723,7 @@ class CalibrationSampler(SamplerConfig):
 class CalibrateSettings(SampleSettings):
     """A calibration job: SampleSettings (output_path = the root) plus the grid over sampler settings."""
 
-    sampler: CalibrationSampler = Field(default_factory=CalibrationSampler)  # type: ignore[assignment]
+    sampler: CalibrationSampler = Field(default_factory=CalibrationSampler)
     grid: dict[str, list[float]] = Field(
         default_factory=lambda: {k: list(v) for k, v in DEFAULT_GRID.items()},
         description="sampler setting -> values; default lr x localization (DEFAULT_GRID)",

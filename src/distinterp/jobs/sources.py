@@ -97,7 +97,9 @@ def _hf_model(spec: ModelSettings, field: str) -> torch.nn.Module:
             config = AutoConfig.from_pretrained(
                 name, revision=spec.revision, local_files_only=True, **spec.config
             )
-            return AutoModelForCausalLM.from_config(config, dtype=dtype)
+            # transformers leaves from_config untyped
+            bare: torch.nn.Module = AutoModelForCausalLM.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]
+            return bare
         return AutoModelForCausalLM.from_pretrained(
             name, revision=spec.revision, dtype=dtype, local_files_only=True, **spec.config
         )
@@ -252,7 +254,8 @@ def _lens_model(spec: ModelSettings, field: str) -> torch.nn.Module:
     if spec.revision is not None:
         kwargs["revision"] = spec.revision
     try:  # the weights as published: no folding, centering or other reparametrisation
-        return HookedTransformer.from_pretrained_no_processing(spec.name, **kwargs)
+        lens: torch.nn.Module = HookedTransformer.from_pretrained_no_processing(spec.name, **kwargs)
+        return lens
     except (OSError, ValueError, KeyError) as e:
         raise SourceError(
             f"{field}.name={spec.name!r}: TransformerLens cannot load it ({_reason(e)}); give one of its "

@@ -138,7 +138,8 @@ identity = sweep_identity
 
 
 def _fs(root: Location) -> tuple[Any, str]:
-    return fsspec.core.url_to_fs(root.url, **root.fsspec_options())
+    fs, path = fsspec.core.url_to_fs(root.url, **root.fsspec_options())
+    return fs, str(path)
 
 
 def read_record(root: Location) -> dict[str, Any] | None:
@@ -146,11 +147,13 @@ def read_record(root: Location) -> dict[str, Any] | None:
     try:
         if root.is_local:
             path = root.local_path / RECORD
-            return json.loads(path.read_text()) if path.is_file() else None
+            record: dict[str, Any] | None = json.loads(path.read_text()) if path.is_file() else None
+            return record
         check_reachable(root)  # an endpoint that does not answer fails in one line, not after retries
         fs, base = _fs(root)
         try:  # one GET, hit or miss (an exists() first costs a HEAD, and a LIST when it is missing)
-            return json.loads(fs.cat_file(f"{base.rstrip('/')}/{RECORD}"))
+            found: dict[str, Any] = json.loads(fs.cat_file(f"{base.rstrip('/')}/{RECORD}"))
+            return found
         except FileNotFoundError:
             return None
     except (OSError, json.JSONDecodeError) as e:

@@ -6,6 +6,7 @@ job instead of a loop of sample() calls (layout and work split: `distinterp.jobs
 
 from __future__ import annotations
 
+import functools
 import glob
 import re
 from collections.abc import Mapping, Sequence
@@ -190,7 +191,7 @@ def run_trajectory(settings: TrajectorySettings) -> xr.Dataset | None:
     runs = [
         Run(
             label,
-            (lambda spec=spec: load_model(spec, data, settings.dataset)),
+            functools.partial(load_model, spec, data, settings.dataset),
             # what `distinterp sample` of this checkpoint records (same keys, same order): --from-store works
             {"run_settings": {**shared, "model": spec.model_dump(mode="json")}},
             checkpoint=label,

@@ -17,7 +17,7 @@ import torch
 from distinterp.chain import ChainSetup, compiled, observable_loss, seed_everything
 from distinterp.checkpoint import ChainCheckpoint
 from distinterp.data import BatchFeed
-from distinterp.loss import LossFn, is_transformer_lens_model
+from distinterp.loss import LossFn, to_device
 from distinterp.noise import BlockedNoise, Piece
 from distinterp.parallel.engine import StepOutput
 from distinterp.update import DISTANCE_ONLY, STEP_FIELDS, ParamSlot, SGLDHyper, make_slots, sgld_step
@@ -64,9 +64,7 @@ class SerialEngine:
     ) -> torch.nn.Module:
         """This rank's working copy of the user's model, on `device` (the user's model is never touched)."""
         working = copy.deepcopy(model)
-        if is_transformer_lens_model(working):
-            return working.to(device, print_details=False)  # type: ignore[call-arg]
-        return working.to(device)
+        return to_device(working, device)
 
     @classmethod
     def preflight(
@@ -102,16 +100,15 @@ class SerialEngine:
         return None
 
     # ── the engine ──
-    def _add_init_noise(self, names: Sequence[str], masked: bool) -> None:
-        """init_noise * N(0, 1) on each named parameter (times its mask when `masked`), in order."""
-        c = self.setup.config
+    def _add_init_noise(self, names: Sequence[str], masked: bool, scale: float) -> None:
+        """scale (init_noise) * N(0, 1) on each named parameter (times its mask when `masked`), in order."""
         with torch.no_grad():
             for name in names:
                 t, piece = self.views[name]
                 eps = torch.randn_like(t.data) if self.blocked is None else self.blocked.init(piece, t.data)
                 mask = self.setup.masks.get(name) if masked else None
                 m = self._local_mask(name, mask).to(t.device) if mask is not None else 1.0
-                t.data.add_(eps * c.init_noise * m)
+                t.data.add_(eps * scale * m)
 
     def _local_mask(self, name: str, mask: torch.Tensor) -> torch.Tensor:
         """The part of a parameter's mask that this engine's tensor covers."""
@@ -127,7 +124,7 @@ class SerialEngine:
         s.model.train()
         self._seed()
         if c.init_noise:
-            self._add_init_noise(list(self.named), masked=False)
+            self._add_init_noise(list(self.named), masked=False, scale=c.init_noise)
         num_batches = c.gradient_accumulation_steps * c.num_init_loss_batches
         feed = s.feed(self.chain)
         feed.check_length(num_batches)
@@ -152,7 +149,7 @@ class SerialEngine:
         if resume[0] is not None:
             resume[0].restore(self.slots, s.device)
         elif c.init_noise:
-            self._add_init_noise(list(s.masks), masked=True)
+            self._add_init_noise(list(s.masks), masked=True, scale=c.init_noise)
         self.feed = s.feed(self.chain)
         self.feed.check_length(c.num_sgld_steps * c.gradient_accumulation_steps)
         s.model.train()
@@ -169,7 +166,7 @@ class SerialEngine:
             mine, per_token = self._loss(input_ids)
             micro_losses.append(per_token.detach())
             micro_ids.append(input_ids)
-            (self._objective(mine, per_token) / gas).backward()
+            (self._objective(mine, per_token) / gas).backward()  # type: ignore[no-untyped-call]
             loss = loss + per_token.detach().float() / gas
         return StepOutput(
             loss=[loss], micro=[torch.cat(micro_losses).float()], input_ids=[torch.cat(micro_ids)]

@@ -20,7 +20,7 @@ from distinterp.chain import seed_everything
 from distinterp.config import EpochMode
 from distinterp.data import DatasetError, epoch_order
 from distinterp.errors import ChainHealthError as ChainHealthError  # its old home
-from distinterp.loss import NonFiniteLogitsError, is_transformer_lens_model
+from distinterp.loss import NonFiniteLogitsError, is_transformer_lens_model, to_device
 from distinterp.masks import ParamMasks as ParamMasks  # one definition, in masks
 from distinterp.optim import SGLD
 
@@ -78,7 +78,7 @@ def _batch_rows(order: torch.Tensor, num_batches: int, epoch_mode: EpochMode) ->
 
 def sample_single_chain(
     ref_model: torch.nn.Module,
-    dataset: torch.utils.data.Dataset,
+    dataset: torch.utils.data.Dataset[Any],
     evaluate: Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, Any]]],
     param_masks: ParamMasks,
     num_draws: int = 100,
@@ -113,12 +113,9 @@ def sample_single_chain(
     order = epoch_order(len(dataset), batch_size, shuffle=shuffle, seed=dataloader_seed)  # type: ignore[arg-type]
     rows = _batch_rows(order, num_steps * gas, epoch_mode)
     # Its own generator: iterating a loader draws a base seed, which must not come from the global RNG.
-    feed = iter(DataLoader(dataset, batch_sampler=rows, generator=torch.Generator()))  # type: ignore[arg-type]
+    feed = iter(DataLoader(dataset, batch_sampler=rows, generator=torch.Generator()))
     model = copy.deepcopy(ref_model)
-    if is_transformer_lens_model(model):
-        model = model.to(device, print_details=False)  # type: ignore[call-arg]
-    else:
-        model = model.to(device)
+    model = to_device(model, device)
     if seed is not None:
         set_seed(seed, device=device)
 
@@ -151,7 +148,7 @@ def sample_single_chain(
                         loss=micro_loss.detach(), input_ids=input_ids, chain=chain, step=i, micro_step=j
                     )
                 micro_loss = micro_loss.float()
-                (micro_loss.mean() / gas).backward()
+                (micro_loss.mean() / gas).backward()  # type: ignore[no-untyped-call]
                 loss = loss + micro_loss.detach() / gas
             if not torch.isfinite(loss).all():
                 raise ChainHealthError(f"Chain {chain} failed: Loss is NaN or Inf")

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import zarr
 from zarr.abc.store import Store
-from zarr.core.metadata import ArrayV3Metadata
+from zarr.core.group import GroupMetadata
+from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 
 from distinterp.store import ArraySpec
 
@@ -74,12 +75,14 @@ class DataArraySpec:
             )
 
     @property
-    def numpy_dtype(self) -> np.dtype:
-        return np.dtype(self.dtype_str)
+    def numpy_dtype(self) -> np.dtype[Any]:
+        dtype: np.dtype[Any] = np.dtype(self.dtype_str)
+        return dtype
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype_str)
+        dtype: torch.dtype = getattr(torch, self.dtype_str)
+        return dtype
 
     def to_metadata(self) -> ArrayV3Metadata:
         spec = ArraySpec(
@@ -95,13 +98,15 @@ class ZarrSchema:
     arrays_meta: dict[str, DataArraySpec] = field(default_factory=dict)
     group_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def create_hierarchy(self, store: Store) -> tuple[zarr.Group, dict[str, zarr.Array]]:
+    def create_hierarchy(self, store: Store) -> tuple[zarr.Group, dict[str, zarr.Array[Any]]]:
         """Create (overwrite) the store in one batch. Returns (root group, arrays by name)."""
         root = zarr.open_group(store, mode="w")
         root_attrs = self.group_attrs.get("")
         if root_attrs:
             root.update_attributes(root_attrs)
-        nodes = {path: spec.to_metadata() for path, spec in self.arrays_meta.items()}
+        nodes: dict[str, ArrayV2Metadata | ArrayV3Metadata | GroupMetadata] = {
+            path: spec.to_metadata() for path, spec in self.arrays_meta.items()
+        }
         created = dict(root.create_hierarchy(nodes, overwrite=True))
         arrays = {path: created[path] for path in self.arrays_meta}
         logger.info("Zarr store created: %d arrays.", len(arrays))
