@@ -32,7 +32,7 @@ def running_llc(trace: np.ndarray, init_loss: float, n_beta: float) -> np.ndarra
     count = np.cumsum(finite, axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(finite, csum / count, np.nan)
-    return llc_estimate(mean, init_loss, n_beta)
+    return np.asarray(llc_estimate(mean, init_loss, n_beta))
 
 
 def rolling_mean(trace: np.ndarray, window: int) -> np.ndarray:
@@ -152,7 +152,7 @@ def metrics_figure(ds: xr.Dataset) -> ReportFigure | None:
     """Every metrics_* trace (save_metrics=True), one panel each, all chains."""
     values_of = {
         n: np.asarray(ds[n].values, dtype=np.float64)
-        for n in sorted(ds.data_vars)
+        for n in sorted(str(v) for v in ds.data_vars)
         if n.startswith("metrics_")
     }
     names = [n for n, v in values_of.items() if np.nan_to_num(v).any()]  # all-zero: a term that is off
@@ -162,7 +162,7 @@ def metrics_figure(ds: xr.Dataset) -> ReportFigure | None:
     cols = 2
     rows = -(-len(names) // cols)
     fig, axes = new_figure(rows, cols, width=10.0, height=2.4)
-    data = {}
+    data: dict[str, np.ndarray] = {}
     for k, name in enumerate(names):
         ax = axes[k // cols, k % cols]
         values = values_of[name]
@@ -225,9 +225,10 @@ def open_result(source: Any, storage_options: dict[str, Any] | None, tree: bool 
     if isinstance(source, (xr.Dataset, xr.DataTree)):
         return source
     location = Location(str(source), dict(storage_options or {}))
-    kwargs = {} if location.is_local else {"storage_options": location.fsspec_options()}
-    opener = xr.open_datatree if tree else xr.open_dataset
-    return opener(str(source), engine="zarr", consolidated=False, **kwargs)
+    options = None if location.is_local else location.fsspec_options()
+    if tree:
+        return xr.open_datatree(str(source), engine="zarr", consolidated=False, storage_options=options)
+    return xr.open_dataset(str(source), engine="zarr", consolidated=False, storage_options=options)
 
 
 def find_beside(url: str, name: str, storage_options: dict[str, Any] | None, tree: bool = False) -> Any:
