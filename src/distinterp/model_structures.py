@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from typing import Any, TypedDict
 
 HEAD_ROLES = ("q", "k", "v", "kv", "o", "qkv")
 QKV_LAYOUTS = ("concat", "interleaved", "grouped")
@@ -154,7 +155,7 @@ def decoder(
     attn: str = r"self_attn\.",
     mlp: str = r"mlp\.",
     heads: tuple[HeadParam, ...] | None = None,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> ModelStructure:
     """An entry with Llama-style defaults; every argument overrides one field."""
     return ModelStructure(
@@ -286,7 +287,17 @@ def t5_like(every_layer_bias: bool = False) -> ModelStructure:
 
 LLAMA = decoder(notes="separate q/k/v/o projections")
 MOE = decoder(mlp=r"(mlp|block_sparse_moe|shared_mlp)\.", notes="separate q/k/v/o; MoE experts count as mlp")
-GPT2_LIKE = dict(layers="transformer.h", attn=r"attn\.", mlp=r"mlp\.")
+
+
+class Layout(TypedDict):
+    """Where a family's blocks and their attention and MLP parameters live (shared by several entries)."""
+
+    layers: str
+    attn: str
+    mlp: str
+
+
+GPT2_LIKE = Layout(layers="transformer.h", attn=r"attn\.", mlp=r"mlp\.")
 GPT2 = decoder(
     **GPT2_LIKE,
     embed=("transformer.wte.weight",),
