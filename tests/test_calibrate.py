@@ -451,6 +451,12 @@ def test_best_and_extrapolate_reproduce_the_calibrated_estimate(tmp_path, caplog
     assert cal.table.capped.values.tolist() == [False, False]  # 300 = max_draws is the whole time
     assert cal.extrapolate == [{"lr": 4e-3, "num_draws": 150}], cal.reason
     assert cal.best is not None and cal.best["num_draws"] == 300 and cal.best["lr"] == 2e-3
+    from distinterp.analyses.calibration import z95
+
+    z = z95(int(cal.table.llc_per_chain.shape[1]))  # Student's t over the chains
+    assert cal.estimate_z == pytest.approx(z) and cal.table.attrs["estimate_z"] == cal.estimate_z
+    lo, hi = cal.interval
+    assert lo < cal.estimate < hi and hi - lo == pytest.approx(2 * z * cal.estimate_se)
     res = distinterp.llc(
         toy.Monomials((1, 2)),
         ids,

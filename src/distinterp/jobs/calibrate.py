@@ -358,6 +358,14 @@ class Calibration:
     """Where the cells' stores are."""
     estimate_se: float = float("nan")
     """The standard error of `estimate` (over chains; through the line when extrapolated)."""
+    estimate_z: float = 2.0
+    """Standard errors either side of `estimate`'s 95 % interval: Student's t over the chains (3.18 for 4)."""
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """`estimate` +- `estimate_z` standard errors: the 95 % interval `confirmed` is judged with."""
+        half = self.estimate_z * self.estimate_se
+        return self.estimate - half, self.estimate + half
 
     def __str__(self) -> str:
         return f"calibration: {self.reason}"
@@ -650,10 +658,11 @@ def choose_cell(
                 else ""
             )
         )
+    z = z95(chains or None)  # standard errors either side of the estimate's 95 % interval
     table.attrs.update(
         estimate=picked.estimate,
         estimate_se=picked.estimate_se,
-        estimate_z=z95(chains or None),  # standard errors either side of its 95 % interval
+        estimate_z=z,
         chosen_lr=picked.lr or float("nan"),
         between=between,
         reason=reason,
@@ -669,6 +678,7 @@ def choose_cell(
         extrapolate=extrapolate,
         root=str(location.url if hasattr(location, "url") else root),
         estimate_se=picked.estimate_se,
+        estimate_z=z,
     )
 
 
