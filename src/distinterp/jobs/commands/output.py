@@ -112,7 +112,9 @@ def _print_sweep(res: Any) -> None:
         se = float(res.attrs.get("estimate_se", float("nan")))
         z = float(res.attrs.get("estimate_z", 2.0))  # 95 %: Student's t over the chains
         share = (
-            f", {z:.3g} s.e. = {z * se / abs(estimate):.1%} of it" if math.isfinite(se) and estimate else ""
+            f"; 95 % interval +- {z:.3g} s.e. = +- {z * se / abs(estimate):.1%} of it"
+            if math.isfinite(se) and estimate
+            else ""
         )
         print(f"{'rule estimate':>24}  LLC {estimate:9.3f} +- {se:7.3g} (s.e.{share})")
     if res.attrs.get("missing"):
