@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from distinterp.config import SamplerConfig
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no types
     """YAML that also reads 1e-3 as a float (YAML 1.1 wants a dot in the mantissa: 1.0e-3)."""
 
 
@@ -40,31 +40,31 @@ class ModelSettings(_Part):
     """Which model to sample around, and where it comes from (loaded by distinterp.jobs.sources)."""
 
     source: Literal["builtin", "hf", "entry_point", "transformer_lens"] = Field(
-        "builtin",
+        default="builtin",
         description="builtin: a toy model; hf: a transformers causal LM; entry_point: your own factory; "
         "transformer_lens: a HookedTransformer",
     )
     name: str = Field(
-        "bigram",
+        default="bigram",
         description="builtin: 'bigram' (at its MLE on the sampling data) or 'tiny-gpt2'; "
         "hf: a local directory or a hub id already in the local cache; "
         "entry_point: 'package.module:factory' (called with `config` as keyword arguments); "
         "transformer_lens: a model name (from the local cache)",
     )
-    revision: str | None = Field(None, description="hf / transformer_lens: branch, tag or commit")
+    revision: str | None = Field(default=None, description="hf / transformer_lens: branch, tag or commit")
     random_init: bool = Field(
-        False, description="hf: build from the config only (no weights); for tests/benchmarks"
+        default=False, description="hf: build from the config only (no weights); for tests/benchmarks"
     )
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="builtin tiny-gpt2 / entry_point: the factory's keyword arguments; hf: config overrides",
     )
     state_dict: str | None = Field(
-        None,
+        default=None,
         description="a state-dict file (.pt/.bin/.safetensors, or a checkpoint with a 'state_dict' key) loaded "
         "strictly into the model the source builds (hf: from its config, without its weights)",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="parameter dtype")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="parameter dtype")
 
     @model_validator(mode="after")
     def _revision_needs_a_hub_model(self) -> ModelSettings:
@@ -80,44 +80,46 @@ class DatasetSettings(_Part):
     """A dataset of equal-length token rows ('input_ids'), given as tokens or as text to tokenize."""
 
     source: Literal["builtin", "hf", "disk", "text", "jsonl", "parquet"] = Field(
-        "builtin",
+        default="builtin",
         description="builtin: generated Markov text; hf: load_dataset (a local directory, or a hub id in "
         "the local cache); disk: a save_to_disk directory; text / jsonl / parquet: local files",
     )
     name: str = Field(
-        "markov",
+        default="markov",
         description="builtin: 'markov'; hf: load_dataset path or id; disk: the directory; "
         "text/jsonl/parquet: a file, a directory of them or a glob (text: one row per line)",
     )
-    split: str = Field("train", description="hf/disk: the split to use")
-    num_rows: PositiveInt | None = Field(None, description="use only the first num_rows rows")
+    split: str = Field(default="train", description="hf/disk: the split to use")
+    num_rows: PositiveInt | None = Field(default=None, description="use only the first num_rows rows")
     tokenizer: str | None = Field(
-        None,
+        default=None,
         description="text without 'input_ids': a tokenizer directory or cached hub id "
         "(default: the model's, for hf/transformer_lens models)",
     )
     context_length: int | None = Field(
-        None,
+        default=None,
         ge=2,
         description="text: tokens per row (tokenize_and_concatenate's max_length, a BOS included); "
         "at most the model's context",
     )
-    text_column: str = Field("text", description="text/jsonl/parquet/hf: the column holding the text")
-    add_bos_token: bool = Field(True, description="text: start every row with the tokenizer's BOS token")
+    text_column: str = Field(default="text", description="text/jsonl/parquet/hf: the column holding the text")
+    add_bos_token: bool = Field(
+        default=True, description="text: start every row with the tokenizer's BOS token"
+    )
     num_proc: PositiveInt | None = Field(
-        None, description="text: processes that tokenize (the rows depend on it, as in devinterp)"
+        default=None, description="text: processes that tokenize (the rows depend on it, as in devinterp)"
     )
     # builtin generator knobs
-    vocab_size: PositiveInt = Field(6, description="builtin: number of symbols")
-    seq_len: PositiveInt = Field(65, description="builtin: tokens per row")
-    seed: int = Field(0, description="builtin: seed of the Markov chain and its text")
+    vocab_size: PositiveInt = Field(default=6, description="builtin: number of symbols")
+    seq_len: PositiveInt = Field(default=65, description="builtin: tokens per row")
+    seed: int = Field(default=0, description="builtin: seed of the Markov chain and its text")
 
 
 class ObservableSettings(DatasetSettings):
     """A probe dataset evaluated at every draw, on the same fixed rows."""
 
     batches_per_draw: PositiveInt | None = Field(
-        None,
+        default=None,
         description="batches of sampler.batch_size rows evaluated per draw (default: the top-level "
         "batches_per_draw); sample()'s (dataset, batches_per_draw) form",
     )
@@ -130,9 +132,10 @@ class BifSettings(_Part):
     reduce_chain_dimension_method: Literal["stack", "mean"] = "stack"
     average_tokenwise_bif: bool = False
     compute_covariance: bool = False
-    batch_size: PositiveInt = Field(32, description="sequences per streamed block")
+    batch_size: PositiveInt = Field(default=32, description="sequences per streamed block")
     output_path: str | None = Field(
-        None, description="where the result goes (zarr; default: <store stem>.bif.zarr beside a local store)"
+        default=None,
+        description="where the result goes (zarr; default: <store stem>.bif.zarr beside a local store)",
     )
 
 
@@ -144,10 +147,12 @@ class SusceptibilitySettings(_Part):
         description="name -> create_param_masks pattern ('l0h1', ['l1 mlp', 'l1 attn'], ...); the "
         "unrestricted 'full' run is added; restriction NAME samples into <output stem>_NAME.zarr",
     )
-    sampling_task: str = Field("train", description="the observable the chains sample (default: 'train')")
+    sampling_task: str = Field(
+        default="train", description="the observable the chains sample (default: 'train')"
+    )
     include_sampling_task: bool = False
     output_path: str | None = Field(
-        None, description="the result (zarr; default: <output stem>.susceptibilities.zarr)"
+        default=None, description="the result (zarr; default: <output stem>.susceptibilities.zarr)"
     )
 
     @field_validator("restrictions")
@@ -161,18 +166,21 @@ class SusceptibilitySettings(_Part):
 class ParallelSettings(_Part):
     """Parallel layout: world size = chain groups x fsdp_size; `noise` as sample()'s (None: by layout)."""
 
-    fsdp_size: PositiveInt = Field(1, description="ranks that shard one chain's model (FSDP2)")
+    fsdp_size: PositiveInt = Field(default=1, description="ranks that shard one chain's model (FSDP2)")
     noise: Literal["devinterp", "blocked"] | None = Field(
-        None, description="SGLD noise stream: devinterp's (fsdp_size=1 only) or layout-invariant 'blocked'"
+        default=None,
+        description="SGLD noise stream: devinterp's (fsdp_size=1 only) or layout-invariant 'blocked'",
     )
-    chains_per_batch: PositiveInt = Field(1, description="chains a rank advances together, batched (GPU)")
+    chains_per_batch: PositiveInt = Field(
+        default=1, description="chains a rank advances together, batched (GPU)"
+    )
 
 
 class ArrayTaskSettings(_Part):
     """Which slice of the chains this Slurm array task runs (read from SLURM_ARRAY_* when unset)."""
 
-    task_id: int | None = Field(None, ge=0, description="0-based position of this task in the array")
-    task_count: PositiveInt | None = Field(None, description="number of tasks in the array")
+    task_id: int | None = Field(default=None, ge=0, description="0-based position of this task in the array")
+    task_count: PositiveInt | None = Field(default=None, description="number of tasks in the array")
 
     @model_validator(mode="after")
     def _check(self) -> ArrayTaskSettings:
@@ -226,10 +234,13 @@ class WandbSettings(_Part):
     project: str = "distinterp"
     entity: str | None = None
     mode: Literal["online", "offline", "disabled"] = Field(
-        "online", description="'offline' writes the run under `dir` only (wandb sync uploads it later)"
+        default="online",
+        description="'offline' writes the run under `dir` only (wandb sync uploads it later)",
     )
     tags: list[str] = Field(default_factory=list)
-    dir: str | None = Field(None, description="where wandb writes its run directory (default ./wandb)")
+    dir: str | None = Field(
+        default=None, description="where wandb writes its run directory (default ./wandb)"
+    )
 
 
 class LoggingSettings(_Part):
@@ -251,35 +262,35 @@ class SampleSettings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
     observables: dict[str, ObservableSettings] | None = Field(
-        None, description="name -> probe dataset; default: the sampling dataset as 'train'"
+        default=None, description="name -> probe dataset; default: the sampling dataset as 'train'"
     )
     sampler: SamplerConfig
     batches_per_draw: PositiveInt = Field(
-        3, description="batches of sampler.batch_size rows each observable evaluates at every draw"
+        default=3, description="batches of sampler.batch_size rows each observable evaluates at every draw"
     )
-    obs_seed: int = Field(1337, description="seed choosing the observables' fixed rows")
-    device: str | None = Field(None, description="None: cuda:LOCAL_RANK when CUDA is available, else cpu")
+    obs_seed: int = Field(default=1337, description="seed choosing the observables' fixed rows")
+    device: str | None = Field(
+        default=None, description="None: cuda:LOCAL_RANK when CUDA is available, else cpu"
+    )
     output_path: str = Field(..., description="local path or fsspec URL (s3://bucket/run.zarr)")
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options; never persisted"
     )
     chains: list[int] | None = Field(
-        None, description="chain indices this job runs (default: all, or the array task's)"
+        default=None, description="chain indices this job runs (default: all, or the array task's)"
     )
     array_task: ArrayTaskSettings = Field(default_factory=ArrayTaskSettings)
     checkpoint_every: PositiveInt | None = Field(
-        None,
+        default=None,
         description="save each chain's state every this many steps, so a requeued job continues mid-chain",
     )
     weight_restriction: str | list[str] | None = Field(
-        None,
+        default=None,
         description="sample only these weights: a create_param_masks pattern ('l0h1', 'l1 mlp', ...) or a list",
     )
     parallel: ParallelSettings = Field(default_factory=ParallelSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
-    analyses: list[Literal["llc"]] = Field(
-        default_factory=lambda: ["llc"], description="run after sampling, on rank 0"
-    )
+    analyses: list[Literal["llc"]] = Field(default=["llc"], description="run after sampling, on rank 0")
     bif: BifSettings = Field(default_factory=BifSettings, description="`distinterp bif` only")
     susceptibilities: SusceptibilitySettings = Field(
         default_factory=SusceptibilitySettings, description="`distinterp susceptibilities` only"
@@ -366,7 +377,8 @@ def parse_override(text: str) -> dict[str, Any]:
         raise ValueError(f"--set {text!r}: the value is not valid YAML ({e})") from None
     for part in reversed(parts):
         value = {part: value}
-    return value
+    nested: dict[str, Any] = value
+    return nested
 
 
 def _leaf(nested: dict[str, Any], parts: list[str]) -> Any:
@@ -413,5 +425,5 @@ def load_settings(
         init = _merge(init, override)
     if not from_file:
         return cls(**init)
-    with_file = type(cls.__name__, (cls,), {"_file_values": from_file})
+    with_file: type[SampleSettings] = type(cls.__name__, (cls,), {"_file_values": from_file})
     return with_file(**init)
