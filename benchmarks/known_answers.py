@@ -307,7 +307,7 @@ def run_case(
         "expected_finite_n": target if target is not None else corrected,
         "calibrated": cal.estimate,
         "calibrated_se": cal.estimate_se,
-        "calibrated_z": float(table.attrs.get("estimate_z", 2.0)),  # s.e. either side of its 95 % interval
+        "calibrated_z": cal.estimate_z,  # s.e. either side of its 95 % interval
         "calibrated_error": (cal.estimate - case.lam) / case.lam,
         "chosen": {k: best.get(k) for k in ("lr", "localization", "num_draws")},
         "extrapolated": cal.extrapolate is not None,

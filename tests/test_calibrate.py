@@ -600,5 +600,6 @@ def test_confirmation_interval_is_students_t_over_the_chains():
     assert unknown.estimate == four.estimate and unknown.estimate_se == four.estimate_se
     assert 2 * four.estimate_se < 0.1 * four.estimate < z95(4) * four.estimate_se
     assert unknown.confirmed and not four.confirmed
+    assert (unknown.estimate_z, four.estimate_z) == (2.0, z95(4))  # the z it was judged with, for .interval
     assert "3.18 s.e." in four.reason and "over 4 chains" in four.reason, four.reason
     assert choose(LR, [0] * 4, means, sems, ok, chains=64).confirmed

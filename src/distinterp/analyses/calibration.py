@@ -149,6 +149,9 @@ class Choice:
     not_localized: tuple[int, ...] = ()
     """Groups (ranks, as `group` gives them) preferred to the chosen one that had two neighbouring
     equilibrated lr but were passed over because their chains were not localized."""
+    estimate_z: float = 2.0
+    """Standard errors either side of the estimate's 95 % interval, the one `confirmed` is judged with
+    (`z95` of the chain count)."""
 
 
 def settled(transient: float, drift: float, tolerance: float = CUT_TOLERANCE) -> bool:
@@ -230,6 +233,7 @@ def choose(
     sem = np.where(np.isfinite(sem), sem, 0.0)
     if fit_cells < 2:
         raise ValueError(f"fit_cells: need at least 2 step sizes to fit a line, got {fit_cells}")
+    z = z95(chains)
     if not ok.any():
         why = (
             "no cell is healthy with a positive LLC; widen the grid or lengthen the runs"
@@ -237,7 +241,7 @@ def choose(
             else "no healthy cell's chains are localized (distance from the checkpoint still growing); "
             "raise localization"
         )
-        return Choice(None, (), why, False, not_localized=passed)
+        return Choice(None, (), why, False, not_localized=passed, estimate_z=z)
     for g in sorted(set(grp[ok].tolist())):
         cells = sorted(np.flatnonzero(grp == g).tolist(), key=lambda j: lr_a[j])
         if any(ok[a] and ok[b] for a, b in itertools.pairwise(cells)):
@@ -254,6 +258,7 @@ def choose(
             float(mean[i]),
             estimate_se=float(sem[i]),
             not_localized=passed,
+            estimate_z=z,
         )
     passed = tuple(p for p in passed if p < g)
     first = next(k for k, (a, b) in enumerate(itertools.pairwise(cells)) if ok[a] and ok[b])
@@ -279,6 +284,7 @@ def choose(
             float(mean[own]),
             estimate_se=float(sem[own]),
             not_localized=passed,
+            estimate_z=z,
         )
     while True:  # drop the largest lr while the points are not on a line (curvature: past first order)
         estimate, slope_b, _ = fit_line_se(lr_a[fit], mean[fit], sem[fit])
@@ -303,9 +309,9 @@ def choose(
             float(mean[i]),
             estimate_se=float(sem[i]),
             not_localized=passed,
+            estimate_z=z,
         )
     diff = abs(mean[a] - estimate)
-    z = z95(chains)
     agree = bool(diff <= tolerance * abs(estimate) + z * float(np.hypot(sem[a], sem[b])))
     precise = bool(z * estimate_se <= tolerance * abs(estimate))
     confirmed = agree and precise
@@ -325,6 +331,7 @@ def choose(
         True,
         estimate_se,
         passed,
+        estimate_z=z,
     )
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 from pydantic import Field, NonNegativeFloat, model_validator
 
-from distinterp.analyses.calibration import TOLERANCE, Choice, choose, settled, z95
+from distinterp.analyses.calibration import TOLERANCE, Choice, choose, settled
 from distinterp.analyses.curvature import CEILING, step_stiffness, top_eigenvalue
 from distinterp.analyses.diagnostics import Thresholds, diagnose
 from distinterp.analyses.equilibration import localized, running_llc_plateau
@@ -658,11 +658,10 @@ def choose_cell(
                 else ""
             )
         )
-    z = z95(chains or None)  # standard errors either side of the estimate's 95 % interval
     table.attrs.update(
         estimate=picked.estimate,
         estimate_se=picked.estimate_se,
-        estimate_z=z,
+        estimate_z=picked.estimate_z,
         chosen_lr=picked.lr or float("nan"),
         between=between,
         reason=reason,
@@ -678,7 +677,7 @@ def choose_cell(
         extrapolate=extrapolate,
         root=str(location.url if hasattr(location, "url") else root),
         estimate_se=picked.estimate_se,
-        estimate_z=z,
+        estimate_z=picked.estimate_z,
     )
 
 
